@@ -1,0 +1,173 @@
+"""Frozen feature extractors: a DINO-style ViT (timm) and a CLIP dual encoder (open_clip).
+
+Both wrappers take RGB images as float tensors in [0, 1] and normalise them with their own
+statistics. They are differentiable (pretraining of the tiny tier trains through them); the
+affordance model runs them under ``torch.no_grad`` and keeps their parameters frozen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["DinoFeatures", "DinoBackbone", "ClipBackbone", "IMAGENET_MEAN", "IMAGENET_STD",
+           "CLIP_MEAN", "CLIP_STD"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class _Normalize(nn.Module):
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+
+
+@dataclass
+class DinoFeatures:
+    """Dense outputs of the DINO-role backbone.
+
+    Attributes:
+        keys: (N, D, h, w) keys of the last block's self-attention for the patch tokens,
+            channels ordered head-dim major (channel = d * heads + head), as the reference.
+        cls_attention: (N, K, h, w) CLS-to-patch attention of the K saliency heads, each
+            head's map summing to at most 1 over the patches.
+    """
+
+    keys: Tensor
+    cls_attention: Tensor
+
+    def saliency(self, binarize_heads: bool = True) -> Tensor:
+        """Object saliency (N, h, w) in [0, 1] from the CLS attention.
+
+        Args:
+            binarize_heads: LOCATE/SelectiveCL style (each head thresholded at its spatial
+                mean, then averaged) when True; LoopTrans style (raw mean of the heads) when
+                False. Both are min-max normalised per image.
+        """
+        attn = self.cls_attention
+        if binarize_heads:
+            mean = attn.flatten(2).mean(-1)[..., None, None]
+            attn = (attn > mean).to(attn.dtype)
+        sal = attn.mean(1)
+        return minmax(sal)
+
+
+def minmax(maps: Tensor, eps: float = 1e-12) -> Tensor:
+    """Min-max normalise each map over its last two dimensions; constant maps become 0."""
+    flat = maps.flatten(-2)
+    lo = flat.min(-1, keepdim=True).values
+    hi = flat.max(-1, keepdim=True).values
+    return ((flat - lo) / (hi - lo + eps)).view_as(maps)
+
+
+class DinoBackbone(nn.Module):
+    """Last-block attention keys and CLS saliency of a timm ``VisionTransformer``.
+
+    Args:
+        vit: a timm VisionTransformer with one class token (e.g. ``vit_small_patch16_224``).
+        saliency_heads: indices of the heads whose CLS attention forms the saliency
+            (the reference uses heads 0, 1 and 3 of DINO ViT-S/16); None = all heads.
+        mean, std: input normalisation.
+    """
+
+    def __init__(self, vit: nn.Module, saliency_heads: Sequence[int] | None = None,
+                 mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD) -> None:
+        super().__init__()
+        self.vit = vit
+        self.normalize = _Normalize(mean, std)
+        heads = vit.blocks[-1].attn.num_heads
+        self.saliency_heads = list(range(heads)) if saliency_heads is None else list(saliency_heads)
+        if max(self.saliency_heads) >= heads:
+            raise ValueError(f"saliency_heads {self.saliency_heads} out of range for {heads} heads")
+        self.num_prefix = int(getattr(vit, "num_prefix_tokens", 1))
+        self.dim = int(vit.embed_dim)
+
+    def forward(self, images: Tensor) -> DinoFeatures:
+        """Args: images (N, 3, S, S) float RGB in [0, 1]. Returns: DinoFeatures."""
+        vit = self.vit
+        x = vit.patch_embed(self.normalize(images))
+        x = vit._pos_embed(x)
+        x = vit.norm_pre(x)
+        for block in vit.blocks[:-1]:
+            x = block(x)
+        last = vit.blocks[-1]
+        attn = last.attn
+        n, tokens, _ = x.shape
+        heads = attn.num_heads
+        head_dim = attn.head_dim
+        qkv = attn.qkv(last.norm1(x)).reshape(n, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+        q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])                 # (N, H, T, dh)
+        patches = tokens - self.num_prefix
+        grid = int(round(patches ** 0.5))
+        keys = k[:, :, self.num_prefix:].permute(0, 2, 3, 1).reshape(n, patches, head_dim * heads)
+        keys = keys.transpose(1, 2).reshape(n, head_dim * heads, grid, grid)
+        sel = self.saliency_heads
+        logits = (q[:, sel, :1] * attn.scale) @ k[:, sel].transpose(-1, -2)  # (N, K, 1, T)
+        cls_attn = logits.softmax(-1)[:, :, 0, self.num_prefix:]
+        return DinoFeatures(keys=keys, cls_attention=cls_attn.reshape(n, len(sel), grid, grid))
+
+
+class ClipBackbone(nn.Module):
+    """Dense CLIP patch embeddings with a ClearCLIP last block, and cached text embeddings.
+
+    The last residual block of the image tower is replaced, for the patch tokens, by
+    query-query attention over the block's LayerNorm'd input, followed by the block's output
+    projection, with neither the residual connection nor the MLP; ``ln_post`` and the visual
+    projection then map every token into the joint space. The ordinary last block is never
+    run (its output would be discarded).
+
+    Args:
+        clip: an ``open_clip.model.CLIP`` (batch-first transformer).
+        tokenizer: callable mapping a list of strings to a (T, L) int64 token tensor.
+    """
+
+    def __init__(self, clip: nn.Module, tokenizer: Callable[[list[str]], Tensor],
+                 mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> None:
+        super().__init__()
+        self.clip = clip
+        self.tokenizer = tokenizer
+        self.normalize = _Normalize(mean, std)
+        self.dim = int(clip.visual.output_dim)
+
+    def encode_dense(self, images: Tensor) -> Tensor:
+        """Args: images (N, 3, S, S) in [0, 1]. Returns: (N, Dc, h, w) L2-normalised embeddings."""
+        visual = self.clip.visual
+        x = visual._embeds(self.normalize(images))
+        blocks = visual.transformer.resblocks
+        for block in blocks[:-1]:
+            x = block(x)
+        last = blocks[-1]
+        mha: nn.MultiheadAttention = last.attn
+        y = last.ln_1(x)
+        n, tokens, width = y.shape
+        heads = mha.num_heads
+        head_dim = width // heads
+        q, _, v = F.linear(y, mha.in_proj_weight, mha.in_proj_bias).chunk(3, dim=-1)
+        q = q.view(n, tokens, heads, head_dim).transpose(1, 2)
+        v = v.view(n, tokens, heads, head_dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, q, v)                       # (N, H, T, dh)
+        out = mha.out_proj(out.transpose(1, 2).reshape(n, tokens, width))
+        out = visual.ln_post(out[:, 1:])
+        if visual.proj is not None:
+            out = out @ visual.proj
+        grid = int(round((tokens - 1) ** 0.5))
+        out = F.normalize(out, dim=-1)
+        return out.transpose(1, 2).reshape(n, -1, grid, grid)
+
+    def encode_text(self, texts: list[str]) -> Tensor:
+        """Args: texts, T strings. Returns: (T, Dc) L2-normalised text embeddings."""
+        device = next(self.clip.parameters()).device
+        tokens = self.tokenizer(texts).to(device)
+        return F.normalize(self.clip.encode_text(tokens), dim=-1)

@@ -1,0 +1,105 @@
+"""Atomic checkpoint files and strict model (re)loading."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import AffordanceConfig
+from .weights import WeightsError
+
+__all__ = ["atomic_save", "save_model", "load_model", "read_checkpoint", "CHECKPOINT_FORMAT"]
+
+CHECKPOINT_FORMAT = "affordance_ros/model/v1"
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``.
+
+    A crash mid-write leaves the previous file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_model(path: str | os.PathLike, model, extra: dict[str, Any] | None = None) -> Path:
+    """Write the model's config, vocabulary and trainable heads (not the frozen backbones)."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "config": model.config.to_dict(),
+        "vocabulary": list(model.vocabulary),
+        "heads": {k: v.detach().cpu() for k, v in model.trainable_state_dict().items()},
+        "extra": dict(extra or {}),
+    }
+    return atomic_save(payload, path)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate a model checkpoint written by :func:`save_model` (or a training state
+    whose ``model`` entry is one).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: unreadable, or not an affordance model checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; train one with "
+                                f"affordance-train (it writes RUN_DIR/model.pt)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); "
+                         f"is it truncated?") from None
+    if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
+        payload = payload["model"]
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an affordance model checkpoint (expected format "
+                         f"{CHECKPOINT_FORMAT!r}); pass RUN_DIR/model.pt from affordance-train")
+    return payload
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
+               weights_dir: str | os.PathLike | None = None, pretrained: bool = True,
+               allow_download: bool = False, **overrides: Any):
+    """Rebuild a trained model: preset backbones (from their weights) + the saved heads.
+
+    Args:
+        overrides: config fields to change at load time (e.g. ``calibration``).
+
+    Raises:
+        FileNotFoundError, ValueError: see :func:`read_checkpoint`; ValueError also when the
+            saved heads do not fit the preset's backbones (the message names the file).
+        WeightsError: backbone weights missing or mismatched.
+    """
+    from .config import build_backbones
+    from .model import AffordanceModel
+
+    payload = read_checkpoint(path)
+    cfg = AffordanceConfig.from_dict({**payload["config"], **overrides})
+    dino, clip = build_backbones(cfg, weights_dir, pretrained, allow_download)
+    model = AffordanceModel(cfg, payload["vocabulary"], dino, clip)
+    try:
+        model.load_trainable_state_dict(payload["heads"])
+    except ValueError as exc:
+        raise ValueError(f"checkpoint {path} does not fit the {cfg.name!r} model: {exc}") from None
+    return model.to(device).eval()
+
+
+__all__ += ["WeightsError"]

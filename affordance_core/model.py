@@ -1,0 +1,267 @@
+"""The affordance model: frozen DINO/CLIP backbones plus the trainable LOCATE-style heads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .backbones import ClipBackbone, DinoBackbone, minmax
+from .config import AffordanceConfig
+from .prompts import ego_prompt, exo_prompt
+
+__all__ = ["AffordanceModel", "Features", "TokenMLP"]
+
+
+@dataclass
+class Features:
+    """Frozen-backbone outputs for a batch of images (no gradient).
+
+    Attributes:
+        keys: (N, D, h, w) DINO last-block keys.
+        cls_attention: (N, K, h, w) DINO CLS attention of the saliency heads.
+        clip: (N, Dc, h, w) L2-normalised ClearCLIP patch embeddings, or None without CLIP.
+    """
+
+    keys: Tensor
+    cls_attention: Tensor
+    clip: Tensor | None
+
+    def saliency(self, binarize_heads: bool = True) -> Tensor:
+        """(N, h, w) saliency in [0, 1]; see :meth:`DinoFeatures.saliency`."""
+        attn = self.cls_attention
+        if binarize_heads:
+            attn = (attn > attn.flatten(2).mean(-1)[..., None, None]).to(attn.dtype)
+        return minmax(attn.mean(1))
+
+    def index(self, idx: Tensor | slice) -> "Features":
+        return Features(self.keys[idx], self.cls_attention[idx],
+                        None if self.clip is None else self.clip[idx])
+
+
+class TokenMLP(nn.Module):
+    """Token-wise LayerNorm -> Linear -> GELU -> Linear on a (N, D, h, w) map."""
+
+    def __init__(self, dim: int, ratio: int = 4, residual: bool = True) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, dim * ratio)
+        self.fc2 = nn.Linear(dim * ratio, dim)
+        self.residual = residual
+
+    def forward(self, x: Tensor) -> Tensor:
+        tokens = x.permute(0, 2, 3, 1)                                       # (N, h, w, D)
+        out = self.fc2(F.gelu(self.fc1(self.norm(tokens))))
+        if self.residual:
+            out = out + tokens
+        return out.permute(0, 3, 1, 2)
+
+
+def _view_projection(dim: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(dim, dim, 3, padding=1), nn.BatchNorm2d(dim), nn.ReLU(inplace=True),
+        nn.Conv2d(dim, dim, 3, padding=1), nn.BatchNorm2d(dim), nn.ReLU(inplace=True))
+
+
+class AffordanceModel(nn.Module):
+    """Frozen backbones + trainable heads producing class activation maps (CAMs).
+
+    Heads (trainable): ``aff_proj`` (token MLP shared by views), one 2-layer conv projection
+    per view (``ego_proj``, ``exo_proj``; LoopTrans' unified localiser is ``exo_proj`` and its
+    ego pixel decoder ``pixel_proj``), the shared 1x1 ``classifier`` (C action classes plus
+    optional noise classes), and SelectiveCL's two 1x1 contrast heads.
+
+    Args:
+        config: architecture (see :class:`AffordanceConfig`).
+        vocabulary: action words; index = class id.
+        dino: DINO-role backbone (frozen).
+        clip: CLIP-role backbone (frozen) or None.
+    """
+
+    def __init__(self, config: AffordanceConfig, vocabulary: Sequence[str], dino: DinoBackbone,
+                 clip: ClipBackbone | None) -> None:
+        super().__init__()
+        if not vocabulary:
+            raise ValueError("the vocabulary is empty; a model needs at least one action word")
+        if len(set(vocabulary)) != len(vocabulary):
+            raise ValueError(f"duplicate action words in the vocabulary: {list(vocabulary)}")
+        self.config = config
+        self.vocabulary = list(vocabulary)
+        self.dino = dino
+        self.clip = clip
+        dim = dino.dim
+        self.num_classes = len(self.vocabulary)
+        self.aff_proj = TokenMLP(dim, config.mlp_ratio, config.proj_residual)
+        self.ego_proj = _view_projection(dim)
+        self.exo_proj = _view_projection(dim)
+        self.pixel_proj = _view_projection(dim) if config.inference_branch == "pixel" else None
+        self.classifier = nn.Conv2d(dim, self.num_classes + config.num_noise_classes, 1)
+        wants_contrast = config.method.startswith("selectivecl")
+        self.proto_head = nn.Conv2d(dim, dim, 1) if wants_contrast else None
+        self.pixel_head = nn.Conv2d(dim, dim, 1) if wants_contrast else None
+        self.register_buffer("ego_text", torch.empty(0), persistent=False)
+        self.register_buffer("exo_text", torch.empty(0), persistent=False)
+        self.refresh_text_embeddings()
+
+    # ------------------------------------------------------------------ bookkeeping
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    def class_id(self, action: str) -> int:
+        """Index of ``action`` in the vocabulary (ValueError listing the vocabulary if absent)."""
+        try:
+            return self.vocabulary.index(action)
+        except ValueError:
+            raise ValueError(f"unknown action {action!r}; this model knows: "
+                             f"{', '.join(self.vocabulary)}") from None
+
+    @torch.no_grad()
+    def refresh_text_embeddings(self) -> None:
+        """Encode the ego and exo prompts of every class once (the text tower is frozen)."""
+        if self.clip is None:
+            return
+        device = next(self.clip.parameters()).device
+        self.clip.to(device)
+        self.ego_text = self.clip.encode_text([ego_prompt(a) for a in self.vocabulary])
+        self.exo_text = self.clip.encode_text([exo_prompt(a) for a in self.vocabulary])
+
+    def train(self, mode: bool = True) -> "AffordanceModel":
+        super().train(mode)
+        self.dino.eval()
+        if self.clip is not None:
+            self.clip.eval()
+        return self
+
+    def head_modules(self) -> Iterator[tuple[str, nn.Module]]:
+        """The trainable (name, module) pairs, i.e. everything but the backbones."""
+        for name, module in self.named_children():
+            if name not in ("dino", "clip") and module is not None:
+                yield name, module
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """State of the trainable heads only (checkpoints do not repeat the backbones)."""
+        return {f"{name}.{k}": v for name, module in self.head_modules()
+                for k, v in module.state_dict().items()}
+
+    def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Strictly load :meth:`trainable_state_dict` output (ValueError on any mismatch)."""
+        own = self.trainable_state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
+        if missing or unexpected or shapes:
+            raise ValueError(f"head weights do not match this model: missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]}, shape mismatch {shapes[:3]}")
+        for name, module in self.head_modules():
+            prefix = f"{name}."
+            module.load_state_dict({k[len(prefix):]: v for k, v in state.items()
+                                    if k.startswith(prefix)})
+
+    def param_groups(self, base_lr: float) -> list[dict]:
+        """SGD parameter groups of the LOCATE recipe.
+
+        Weights train at ``base_lr`` and biases at 2x; the token MLP and the classifier at 10x
+        (biases 20x). The reference applied the 10x rule by matching "fc" in parameter names,
+        which left SelectiveCL's renamed classifier at 1x by accident; we apply it by module.
+        """
+        groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+        for name, module in self.head_modules():
+            mult = 10.0 if name in ("aff_proj", "classifier") else 1.0
+            for pname, param in module.named_parameters():
+                if not param.requires_grad:
+                    continue
+                is_bias = pname.endswith("bias")
+                groups.setdefault((mult * (2.0 if is_bias else 1.0), is_bias), []).append(param)
+        return [{"params": params, "lr": base_lr * lr_mult, "lr_mult": lr_mult,
+                 "name": f"x{lr_mult:g}{'_bias' if is_bias else ''}"}
+                for (lr_mult, is_bias), params in sorted(groups.items())]
+
+    # ------------------------------------------------------------------ forward pieces
+    @torch.no_grad()
+    def extract(self, images: Tensor) -> Features:
+        """Run the frozen backbones once.
+
+        Args:
+            images: (N, 3, S, S) float RGB in [0, 1].
+        """
+        dino = self.dino(images)
+        clip = self.clip.encode_dense(images) if self.clip is not None else None
+        return Features(dino.keys.float(), dino.cls_attention.float(),
+                        None if clip is None else clip.float())
+
+    def cam(self, keys: Tensor, branch: str = "ego") -> tuple[Tensor, Tensor]:
+        """Projected features and CAMs of one branch.
+
+        Args:
+            keys: (N, D, h, w) DINO keys.
+            branch: ``ego``, ``exo`` or ``pixel``.
+
+        Returns:
+            features (N, D, h, w) and CAMs (N, C + noise, h, w) (raw, unbounded).
+        """
+        proj = {"ego": self.ego_proj, "exo": self.exo_proj, "pixel": self.pixel_proj}[branch]
+        if proj is None:
+            raise ValueError(f"this model has no {branch!r} branch")
+        feat = proj(self.aff_proj(keys))
+        return feat, self.classifier(feat)
+
+    def affinity(self, clip_dense: Tensor, class_ids: Tensor, prompt: str = "ego") -> Tensor:
+        """Cosine between patch embeddings and each sample's class prompt.
+
+        Args:
+            clip_dense: (N, Dc, h, w) normalised patch embeddings.
+            class_ids: (N,) int64.
+            prompt: ``ego`` ("an item to X with") or ``exo`` ("a person X an item").
+
+        Returns:
+            (N, h, w) cosine similarities in [-1, 1].
+        """
+        text = (self.ego_text if prompt == "ego" else self.exo_text)[class_ids]   # (N, Dc)
+        return torch.einsum("ndhw,nd->nhw", clip_dense, text.to(clip_dense.dtype))
+
+    def inference_branch(self) -> str:
+        return "pixel" if self.pixel_proj is not None else "ego"
+
+    def calibrate(self, cams: Tensor, affinity: Tensor | None) -> Tensor:
+        """Apply the configured CAM calibration.
+
+        Args:
+            cams: (N, h, w) raw CAMs of the requested classes.
+            affinity: (N, h, w) ego-prompt affinity, or None.
+
+        Returns:
+            (N, h, w) non-negative maps (not normalised).
+        """
+        mode = self.config.calibration
+        if mode == "none" or affinity is None:
+            return cams
+        obj = minmax(affinity)
+        if mode == "binary":
+            obj = (obj >= self.config.object_threshold).to(cams.dtype)
+        return minmax(cams) * obj
+
+    def maps_from_features(self, feats: Features, class_ids: Tensor) -> Tensor:
+        """(N, h, w) inference maps for features of N images and one class id each."""
+        _, cams = self.cam(feats.keys, self.inference_branch())
+        picked = cams.gather(1, class_ids.view(-1, 1, 1, 1).expand(-1, 1, *cams.shape[2:]))[:, 0]
+        aff = None
+        if self.clip is not None and self.config.calibration != "none":
+            aff = self.affinity(feats.clip, class_ids, "ego")
+        return self.calibrate(picked, aff)
+
+    @torch.no_grad()
+    def predict_maps(self, images: Tensor, class_ids: Tensor) -> Tensor:
+        """Inference maps for a batch.
+
+        Args:
+            images: (N, 3, S, S) float RGB in [0, 1].
+            class_ids: (N,) int64 action ids.
+
+        Returns:
+            (N, h, w) float maps (raw scale; evaluation resizes and min-max normalises).
+        """
+        return self.maps_from_features(self.extract(images), class_ids)
