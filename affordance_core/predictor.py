@@ -1,0 +1,181 @@
+"""Numpy-in, numpy-out inference for one camera frame and one or several action words."""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .backbones import minmax
+from .model import AffordanceModel, Features
+
+__all__ = ["AffordancePredictor", "AffordancePrediction", "UnknownActionError"]
+
+
+class UnknownActionError(ValueError):
+    """An action word that is not in the model's vocabulary."""
+
+
+@dataclass
+class AffordancePrediction:
+    """Where ``action`` is afforded in the last image given to :meth:`set_image`.
+
+    Attributes:
+        action: the action word.
+        heatmap: (H, W) float32 in [0, 1] at the input image's resolution.
+        mask: (H, W) bool grasp region: heatmap >= mask threshold, largest connected region.
+        score: float in [0, 1], the classifier's probability that the image affords the action.
+        peak_xy: (x, y) integer pixel of the heatmap maximum.
+    """
+
+    action: str
+    heatmap: np.ndarray
+    mask: np.ndarray
+    score: float
+    peak_xy: tuple[int, int]
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), 8)
+    if count <= 2:
+        return mask
+    keep = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return labels == keep
+
+
+class AffordancePredictor:
+    """Stateful predictor: ``set_image`` runs the frozen backbones once, ``predict`` is cheap.
+
+    Text embeddings of every action are computed once when the model is built, so a new action
+    word costs nothing per frame; several actions for one frame share one backbone pass.
+
+    Args:
+        model: a trained :class:`AffordanceModel`.
+        device: torch device for inference.
+        half: run the backbones in float16 autocast (CUDA only; ignored on CPU).
+        mask_threshold: heatmap level in [0, 1] above which pixels join the grasp region.
+        largest_component: keep only the largest connected region of the mask.
+    """
+
+    def __init__(self, model: AffordanceModel, device: str | torch.device = "cpu",
+                 half: bool = False, mask_threshold: float = 0.5,
+                 largest_component: bool = True) -> None:
+        if not 0.0 <= mask_threshold <= 1.0:
+            raise ValueError(f"mask_threshold must be in [0, 1], got {mask_threshold}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.half = bool(half) and self.device.type == "cuda"
+        self.mask_threshold = float(mask_threshold)
+        self.largest_component = largest_component
+        self._features: Features | None = None
+        self._size: tuple[int, int] | None = None
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
+                        half: bool = False, weights_dir: str | os.PathLike | None = None,
+                        mask_threshold: float = 0.5, allow_download: bool = False,
+                        **overrides) -> "AffordancePredictor":
+        """Load ``RUN_DIR/model.pt`` (see :func:`affordance_core.checkpoint.load_model`)."""
+        from .checkpoint import load_model
+        model = load_model(path, device="cpu", weights_dir=weights_dir,
+                           allow_download=allow_download, **overrides)
+        return cls(model, device, half, mask_threshold)
+
+    @property
+    def vocabulary(self) -> list[str]:
+        return list(self.model.vocabulary)
+
+    def class_ids(self, actions: str | Sequence[str]) -> list[int]:
+        """Validate action words and map them to class ids."""
+        if isinstance(actions, str):
+            actions = [actions]
+        if not actions:
+            raise UnknownActionError("no action word given; known actions: "
+                                     + ", ".join(self.vocabulary))
+        ids = []
+        for action in actions:
+            if action not in self.model.vocabulary:
+                raise UnknownActionError(
+                    f"unknown action {action!r}; known actions: {', '.join(self.vocabulary)}")
+            ids.append(self.model.vocabulary.index(action))
+        return ids
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.float16) if self.half else nullcontext()
+
+    def image_tensor(self, image: np.ndarray) -> Tensor:
+        """Validate an HxWx3 uint8 RGB frame and resize it to the network input (1,3,S,S)."""
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+            shape = getattr(image, "shape", None)
+            raise ValueError(f"expected an HxWx3 RGB uint8 image, got shape {shape}")
+        if image.dtype != np.uint8:
+            raise ValueError(f"expected dtype uint8, got {image.dtype}")
+        if image.shape[0] == 0 or image.shape[1] == 0:
+            raise ValueError("the image is empty (zero width or height)")
+        size = self.model.image_size
+        resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA
+                             if min(image.shape[:2]) > size else cv2.INTER_LINEAR)
+        tensor = torch.from_numpy(np.ascontiguousarray(resized)).to(self.device)
+        return tensor.permute(2, 0, 1)[None].float().div_(255.0)
+
+    @torch.inference_mode()
+    def set_image(self, image: np.ndarray) -> None:
+        """Embed one RGB frame (HxWx3 uint8); following :meth:`predict` calls reuse it."""
+        tensor = self.image_tensor(image)
+        with self._autocast():
+            self._features = self.model.extract(tensor)
+        self._size = (int(image.shape[0]), int(image.shape[1]))
+
+    @torch.inference_mode()
+    def predict_torch(self, actions: str | Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Heatmaps and scores on the device for the current image.
+
+        Returns:
+            heatmaps (A, H, W) float32 in [0, 1] and scores (A,) in [0, 1].
+        """
+        if self._features is None or self._size is None:
+            raise RuntimeError("call set_image() before predict()")
+        ids = torch.tensor(self.class_ids(actions), device=self.device)
+        model, feats = self.model, self._features
+        with self._autocast():
+            _, cams = model.cam(feats.keys, model.inference_branch())         # (1, C', h, w)
+        cams = cams.float()
+        logits = cams.mean((-1, -2))[0, :model.num_classes]
+        scores = logits.softmax(-1)[ids]
+        picked = cams[0, ids]                                                   # (A, h, w)
+        aff = None
+        if model.clip is not None and model.config.calibration != "none":
+            aff = torch.einsum("dhw,ad->ahw", feats.clip[0], model.ego_text[ids].float())
+        maps = model.calibrate(picked, aff)
+        maps = F.interpolate(maps[None], size=self._size, mode="bilinear",
+                             align_corners=False)[0]
+        return minmax(maps), scores
+
+    def predict(self, actions: str | Sequence[str]) -> list[AffordancePrediction]:
+        """Predictions for one or several action words on the current image."""
+        names = [actions] if isinstance(actions, str) else list(actions)
+        heatmaps, scores = self.predict_torch(names)
+        heatmaps_np = heatmaps.cpu().numpy().astype(np.float32, copy=False)
+        scores_np = scores.cpu().numpy()
+        out = []
+        for action, heatmap, score in zip(names, heatmaps_np, scores_np):
+            mask = heatmap >= self.mask_threshold
+            if self.largest_component and mask.any():
+                mask = _largest_component(mask)
+            y, x = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+            out.append(AffordancePrediction(action, heatmap, mask, float(score),
+                                            (int(x), int(y))))
+        return out
+
+    def __call__(self, image: np.ndarray,
+                 actions: str | Sequence[str]) -> list[AffordancePrediction]:
+        """``set_image(image)`` then ``predict(actions)``."""
+        self.set_image(image)
+        return self.predict(actions)
