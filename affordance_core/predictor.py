@@ -30,7 +30,8 @@ class AffordancePrediction:
     Attributes:
         action: the action word.
         heatmap: (H, W) float32 in [0, 1] at the input image's resolution.
-        mask: (H, W) bool grasp region: heatmap >= mask threshold, largest connected region.
+        mask: (H, W) bool grasp region: heatmap >= mask threshold, the connected region
+            around the heatmap peak.
         score: float in [0, 1], the classifier's probability that the image affords the action.
         peak_xy: (x, y) integer pixel of the heatmap maximum.
     """
@@ -42,12 +43,12 @@ class AffordancePrediction:
     peak_xy: tuple[int, int]
 
 
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), 8)
+def _component_at(mask: np.ndarray, x: int, y: int) -> np.ndarray:
+    """The 8-connected region of ``mask`` that contains pixel (x, y)."""
+    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
     if count <= 2:
         return mask
-    keep = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    return labels == keep
+    return labels == labels[y, x]
 
 
 class AffordancePredictor:
@@ -61,19 +62,19 @@ class AffordancePredictor:
         device: torch device for inference.
         half: run the backbones in float16 autocast (CUDA only; ignored on CPU).
         mask_threshold: heatmap level in [0, 1] above which pixels join the grasp region.
-        largest_component: keep only the largest connected region of the mask.
+        peak_component: keep only the connected region of the mask around the peak.
     """
 
     def __init__(self, model: AffordanceModel, device: str | torch.device = "cpu",
                  half: bool = False, mask_threshold: float = 0.5,
-                 largest_component: bool = True) -> None:
+                 peak_component: bool = True) -> None:
         if not 0.0 <= mask_threshold <= 1.0:
             raise ValueError(f"mask_threshold must be in [0, 1], got {mask_threshold}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.half = bool(half) and self.device.type == "cuda"
         self.mask_threshold = float(mask_threshold)
-        self.largest_component = largest_component
+        self.peak_component = peak_component
         self._features: Features | None = None
         self._size: tuple[int, int] | None = None
 
@@ -166,10 +167,10 @@ class AffordancePredictor:
         scores_np = scores.cpu().numpy()
         out = []
         for action, heatmap, score in zip(names, heatmaps_np, scores_np):
-            mask = heatmap >= self.mask_threshold
-            if self.largest_component and mask.any():
-                mask = _largest_component(mask)
             y, x = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+            mask = heatmap >= self.mask_threshold
+            if self.peak_component and mask.any():
+                mask = _component_at(mask, int(x), int(y))
             out.append(AffordancePrediction(action, heatmap, mask, float(score),
                                             (int(x), int(y))))
         return out
