@@ -323,3 +323,12 @@ def test_dataloader_collates_both_datasets(tiny_agd_root: Path) -> None:
     batch = next(iter(DataLoader(test, batch_size=2, num_workers=0)))
     assert batch["image"].shape == (2, 3, S, S) and batch["gt"].shape == (2, 224, 224)
     assert isinstance(batch["key"], list) and len(batch["key"]) == 2
+
+
+def test_vocabulary_file_pins_class_order(tmp_path: Path, make_agd_tree) -> None:
+    split = make_agd_tree(tmp_path, affordances=("hold", "cut_with"))
+    (split / "vocabulary.txt").write_text("cut_with\nhold\npour\n")
+    assert resolve_vocabulary(tmp_path, "Seen") == ["cut_with", "hold", "pour"]
+    (split / "vocabulary.txt").write_text("hold\nhold\n")
+    with pytest.raises(ValueError, match="distinct"):
+        resolve_vocabulary(tmp_path, "Seen")

@@ -123,7 +123,9 @@ def test_corpus_layout(corpus: tuple[Path, object]) -> None:
     for split, objs in DEFAULT_SPLIT_OBJECTS.items():
         train, test = corpus_pairs(objs["train"], objs["test"])
         base = root / split
-        assert sorted(p.name for p in base.iterdir()) == ["testset", "trainset"]
+        assert sorted(p.name for p in base.iterdir()) == ["testset", "trainset",
+                                                          "vocabulary.txt"]
+        assert (base / "vocabulary.txt").read_text().split() == sorted({a for a, _ in train})
         assert sorted(p.name for p in (base / "testset").iterdir()) == ["GT", "egocentric"]
         assert sorted(p.name for p in (base / "trainset").iterdir()) == [
             "egocentric", "exo_meta.json", "exocentric"]
@@ -172,12 +174,12 @@ def test_corpus_is_deterministic_and_order_independent(
                          n_ego_per_pair=N_EGO, n_test_per_pair=N_TEST, size=64,
                          occlusion_rate=0.5, progress=False)
     files = _files(tmp_path / "a", "**/*.*")
-    assert len(files) == 5 * (N_EXO + N_EGO) + 3 * 2 * N_TEST + 1
+    assert len(files) == 5 * (N_EXO + N_EGO) + 3 * 2 * N_TEST + 2  # + exo_meta, vocabulary
     assert files == _files(tmp_path / "b", "**/*.*")
     for f in files:
         data = (tmp_path / "a" / f).read_bytes()
         assert data == (tmp_path / "b" / f).read_bytes(), f
-        if not f.endswith(".json"):  # same key -> same image, whatever else is written
+        if f.endswith((".jpg", ".png")):  # same key -> same image, whatever else is written
             assert data == (root / f).read_bytes(), f
     other = tmp_path / "c"
     write_agd_corpus(other, seed=4, split_objects=small, n_exo_per_pair=1, n_ego_per_pair=1,

@@ -100,10 +100,15 @@ def split_dir(root: str | Path, split: str) -> Path:
     return path
 
 
+#: Optional file in a split folder that pins the class order of a user's own dataset.
+VOCABULARY_FILE = "vocabulary.txt"
+
+
 def resolve_vocabulary(root: str | Path, split: str) -> list[str]:
     """Affordance vocabulary (class order) of a dataset on disk.
 
-    For Seen / Unseen / HICO-IIF, the official list when every affordance directory found in
+    A ``vocabulary.txt`` in the split folder (one action per line) pins the class order and
+    wins over everything else. For Seen / Unseen / HICO-IIF, the official list when every affordance directory found in
     the split (trainset and testset) belongs to it. Otherwise (a user's own data) the sorted
     directory names under ``trainset/exocentric`` (``testset/egocentric`` when there is no
     trainset).
@@ -119,6 +124,12 @@ def resolve_vocabulary(root: str | Path, split: str) -> list[str]:
         ValueError: if the layout is missing or no affordance directory is found.
     """
     base = split_dir(root, split)
+    pinned = base / VOCABULARY_FILE
+    if pinned.is_file():
+        names = [line.strip() for line in pinned.read_text().splitlines() if line.strip()]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"{pinned} must list distinct action words, one per line")
+        return names
     subsets = ("trainset/exocentric", "trainset/egocentric", "testset/egocentric", "testset/GT")
     present = set().union(*(list_subdirs(base / s) for s in subsets))
     official = OFFICIAL_VOCABULARIES.get(split)

@@ -202,6 +202,8 @@ def write_agd_corpus(root: Path | str, *, seed: int,
         path = root / split / "trainset" / "exo_meta.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(dict(sorted(meta[split].items())), indent=1) + "\n")
+        actions = sorted({a for a, _ in stats.pairs[split]["train"]})
+        (root / split / "vocabulary.txt").write_text("\n".join(actions) + "\n")
         stats.counts[split] = {k: int(counts[split][k]) for k in
                                ("train_exo", "train_exo_occluded", "train_ego", "test")}
         stats.test_parts[split] = dict(sorted(parts[split].items()))
