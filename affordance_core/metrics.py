@@ -253,4 +253,4 @@ class MetricAccumulator:
         if self._n == 0:
             return {**{k: float("nan") for k in METRIC_NAMES}, "n": 0}
         means = (self._sums / self._n).tolist()
-        return {**dict(zip(METRIC_NAMES, means)), "n": self._n}
+        return {**dict(zip(METRIC_NAMES, means, strict=True)), "n": self._n}

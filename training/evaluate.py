@@ -1,0 +1,226 @@
+"""``affordance-eval``: KLD / SIM / NSS of a trained model on a split's test set.
+
+Usage::
+
+    affordance-eval --data-root DATA --split Seen --checkpoint runs/x/model.pt \
+        [--json metrics.json] [--viz figures/ --viz-max 16] [--weights-dir DIR]
+
+The metrics follow the reference protocol (:mod:`affordance_core.metrics`): every raw map is
+resized bilinearly to 224 x 224 and min-max normalised, and the means are over images. The
+last line on stdout is one JSON object ``{"KLD": .., "SIM": .., "NSS": .., "n": ..}``; the
+``--json`` file adds the per-affordance breakdown.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from affordance_core.metrics import METRIC_NAMES, MetricAccumulator, prepare_prediction
+from training.common import choose_device, run_cli, setup_logging
+
+__all__ = ["evaluate_model", "heatmap_overlay", "main", "viz_panel"]
+
+PROG = "affordance-eval"
+logger = logging.getLogger(__name__)
+
+
+def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blends a heat map, coloured with OpenCV's JET map, over an image.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        heatmap: (h, w) float in [0, 1]; resized to (H, W) when needed.
+        alpha: weight of the coloured heat map.
+
+    Returns:
+        (H, W, 3) uint8 RGB.
+    """
+    h, w = image.shape[:2]
+    heat = np.asarray(heatmap, dtype=np.float32)
+    if heat.shape != (h, w):
+        heat = cv2.resize(heat, (w, h), interpolation=cv2.INTER_LINEAR)
+    heat8 = np.clip(np.nan_to_num(heat) * 255.0, 0, 255).astype(np.uint8)
+    colour = cv2.cvtColor(cv2.applyColorMap(heat8, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    return cv2.addWeighted(image, 1.0 - alpha, colour, alpha, 0.0)
+
+
+def viz_panel(image: torch.Tensor, gt: torch.Tensor, pred: torch.Tensor,
+              title: str = "") -> np.ndarray:
+    """Image | GT overlay | prediction overlay, side by side at the GT's resolution.
+
+    Args:
+        image: (3, S, S) float RGB in [0, 1].
+        gt: (G, G) float in [0, 1].
+        pred: (G, G) float in [0, 1].
+        title: text drawn on the first panel.
+
+    Returns:
+        (G, 3G, 3) uint8 RGB.
+    """
+    size = tuple(gt.shape[-2:])
+    rgb = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0)
+    rgb = cv2.resize(rgb.astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    panels = [rgb, heatmap_overlay(rgb, gt.cpu().numpy()),
+              heatmap_overlay(rgb, pred.cpu().numpy())]
+    panel = np.concatenate(panels, axis=1)
+    if title:
+        cv2.putText(panel, title, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+    return panel
+
+
+def _mean_dict(sums: torch.Tensor, n: int) -> dict[str, float | int]:
+    values = (sums / n).tolist() if n else [float("nan")] * len(METRIC_NAMES)
+    return {**dict(zip(METRIC_NAMES, values, strict=True)), "n": n}
+
+
+def evaluate_model(model: nn.Module, dataset: Dataset, *, device: torch.device,
+                   batch_size: int = 16, num_workers: int = 0,
+                   viz_dir: str | os.PathLike | None = None, viz_max: int = 16,
+                   progress: bool = True) -> dict[str, Any]:
+    """Runs a model over a test set and computes the protocol's metrics.
+
+    Args:
+        model: an :class:`~affordance_core.model.AffordanceModel` on ``device``, in eval mode.
+        dataset: an :class:`~affordance_core.data.AffordanceTestDataset` (``image``,
+            ``label``, ``gt``, ``key``) built with the model's vocabulary and image size.
+        device: where the images go.
+        batch_size: images per forward pass.
+        num_workers: DataLoader worker processes.
+        viz_dir: write ``image | GT | prediction`` PNGs for the first ``viz_max`` images here.
+        viz_max: maximum number of visualisations.
+        progress: show a progress bar.
+
+    Returns:
+        ``{"KLD", "SIM", "NSS": means over images, "n": image count,
+        "per_affordance": {action: {"KLD", "SIM", "NSS", "n"}}}``.
+    """
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
+    vocabulary = list(model.vocabulary)
+    overall = MetricAccumulator()
+    class_sums = torch.zeros(len(vocabulary), len(METRIC_NAMES), dtype=torch.float64)
+    class_counts = torch.zeros(len(vocabulary), dtype=torch.int64)
+    viz_path = Path(viz_dir) if viz_dir is not None else None
+    if viz_path is not None:
+        viz_path.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc="eval", disable=not progress, file=sys.stderr,
+                          dynamic_ncols=True):
+            images = batch["image"].to(device, non_blocking=True)
+            labels = batch["label"].to(device)
+            gt = batch["gt"]
+            maps = model.predict_maps(images, labels).float().cpu()  # (N, h, w)
+            pred = prepare_prediction(maps, size=tuple(gt.shape[-2:]))  # (N, G, G)
+            values = overall.update(pred, gt, prepared=True)
+            stacked = torch.stack([values[k].cpu() for k in METRIC_NAMES], dim=1)  # (N, 3)
+            cpu_labels = batch["label"].cpu()
+            class_sums.index_add_(0, cpu_labels, stacked)
+            class_counts.index_add_(0, cpu_labels, torch.ones_like(cpu_labels))
+            if viz_path is not None and written < viz_max:
+                for i in range(min(len(pred), viz_max - written)):
+                    key = str(batch["key"][i])
+                    title = f"{vocabulary[int(cpu_labels[i])]}  KLD {float(values['KLD'][i]):.2f}"
+                    panel = viz_panel(batch["image"][i], gt[i], pred[i], title)
+                    name = key.replace("/", "__") + ".png"
+                    cv2.imwrite(str(viz_path / name), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
+                    written += 1
+    result: dict[str, Any] = dict(overall.compute())
+    result["per_affordance"] = {
+        vocabulary[c]: _mean_dict(class_sums[c], int(class_counts[c]))
+        for c in range(len(vocabulary)) if class_counts[c] > 0}
+    return result
+
+
+def _rounded(result: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in METRIC_NAMES:
+        value = float(result[key])
+        out[key] = round(value, 4) if math.isfinite(value) else None
+    out["n"] = int(result["n"])
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Evaluate a trained affordance model on a test split "
+        "(KLD, SIM, NSS of the AGD20K protocol). The last stdout line is a JSON object.")
+    parser.add_argument("--data-root", required=True, help="dataset root (AGD20K layout)")
+    parser.add_argument("--split", required=True,
+                        help="Seen, Unseen, HICO-IIF or the name of your own split folder")
+    parser.add_argument("--checkpoint", required=True,
+                        help="model file written by affordance-train (model.pt, best.pt, last.pt)")
+    parser.add_argument("--json", metavar="OUT.json", help="also write metrics and the "
+                        "per-affordance breakdown to this file")
+    parser.add_argument("--viz", metavar="DIR", help="write image | GT | prediction overlays")
+    parser.add_argument("--viz-max", type=int, default=16, help="overlays to write (default 16)")
+    parser.add_argument("--weights-dir", help="directory with the backbone weights")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    from affordance_core.checkpoint import load_model
+    from affordance_core.data import AffordanceTestDataset
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    device = choose_device(args.device)
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    model = load_model(checkpoint, device=str(device), weights_dir=args.weights_dir)
+    model.to(device).eval()
+    try:
+        dataset = AffordanceTestDataset(args.data_root, args.split, model.config.image_size,
+                                        vocabulary=model.vocabulary)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (checkpoint {checkpoint} knows: "
+                         f"{', '.join(model.vocabulary)})") from None
+    logger.info("evaluating %s on %d test images of %s", checkpoint, len(dataset), args.split)
+    result = evaluate_model(model, dataset, device=device, batch_size=args.batch_size,
+                            num_workers=args.num_workers, viz_dir=args.viz,
+                            viz_max=max(0, args.viz_max), progress=not args.no_progress)
+    for action, values in result["per_affordance"].items():
+        logger.info("%-14s KLD %.4f  SIM %.4f  NSS %.4f  (n=%d)", action, values["KLD"],
+                    values["SIM"], values["NSS"], values["n"])
+    summary = _rounded(result)
+    if args.json:
+        report = {**summary, "split": args.split, "checkpoint": str(checkpoint),
+                  "per_affordance": {a: _rounded(v) for a, v in result["per_affordance"].items()}}
+        out = Path(args.json)
+        if out.parent != Path(""):
+            out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point of ``affordance-eval``; returns the exit status."""
+    return run_cli(PROG, _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
