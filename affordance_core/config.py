@@ -39,6 +39,7 @@ class AffordanceConfig:
         clip_file, clip_url, clip_hub_tag: as for DINO (open_clip pretrained tag).
         proj_residual: aff_proj adds its input back (LOCATE, LoopTrans) or not (SelectiveCL).
         mlp_ratio: hidden width of aff_proj relative to the descriptor width.
+        proj_dim: output width of the view projections (None = the descriptor width D).
         num_noise_classes: extra classifier channels (LoopTrans' denoising distillation).
         calibration: inference map: ``none`` (raw CAM), ``binary`` (CAM x binarised object
             affinity, the paper), ``continuous`` (CAM x min-max affinity, the reference code).
@@ -61,6 +62,7 @@ class AffordanceConfig:
     clip_hub_tag: str | None = None
     proj_residual: bool = False
     mlp_ratio: int = 4
+    proj_dim: int | None = None
     num_noise_classes: int = 0
     calibration: str = "binary"
     object_threshold: float = 0.6
@@ -129,7 +131,7 @@ def paper() -> AffordanceConfig:
 @register_model
 def tiny() -> AffordanceConfig:
     """The project's own small ViT + CLIP-style encoders at 112 px (14x14 grid), CPU-friendly."""
-    return AffordanceConfig(name="tiny", image_size=112)
+    return AffordanceConfig(name="tiny", image_size=112, mlp_ratio=2, proj_dim=128)
 
 
 def get_config(name: str, method: str = "selectivecl", **overrides: Any) -> AffordanceConfig:

@@ -34,7 +34,8 @@ def masked_kmeans(points: Tensor, valid: Tensor, k: int = 3, iters: int = 20,
     """
     b, n, _ = points.shape
     ok = valid.sum(1) >= k
-    noise = torch.rand(b, n, generator=generator, device=points.device)
+    gen_device = generator.device if generator is not None else points.device
+    noise = torch.rand(b, n, generator=generator, device=gen_device).to(points.device)
     noise = noise.masked_fill(~valid, -1.0)
     init = noise.topk(k, dim=1).indices                                      # (B, k)
     centroids = points.gather(1, init[..., None].expand(-1, -1, points.shape[-1]))

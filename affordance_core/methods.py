@@ -284,3 +284,6 @@ def build_method(name: str, model: AffordanceModel, **options: Any) -> Method:
         return METHODS[name](model, **options)
     except TypeError as exc:
         raise ValueError(f"bad options for method {name!r}: {exc}") from None
+
+
+from . import methods_looptrans as _looptrans  # noqa: E402,F401 - registers looptrans(_gated)

@@ -60,10 +60,10 @@ class TokenMLP(nn.Module):
         return out.permute(0, 3, 1, 2)
 
 
-def _view_projection(dim: int) -> nn.Sequential:
+def _view_projection(dim: int, out: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(dim, dim, 3, padding=1), nn.BatchNorm2d(dim), nn.ReLU(inplace=True),
-        nn.Conv2d(dim, dim, 3, padding=1), nn.BatchNorm2d(dim), nn.ReLU(inplace=True))
+        nn.Conv2d(dim, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(inplace=True),
+        nn.Conv2d(out, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(inplace=True))
 
 
 class AffordanceModel(nn.Module):
@@ -93,15 +93,17 @@ class AffordanceModel(nn.Module):
         self.dino = dino
         self.clip = clip
         dim = dino.dim
+        width = config.proj_dim or dim
         self.num_classes = len(self.vocabulary)
         self.aff_proj = TokenMLP(dim, config.mlp_ratio, config.proj_residual)
-        self.ego_proj = _view_projection(dim)
-        self.exo_proj = _view_projection(dim)
-        self.pixel_proj = _view_projection(dim) if config.inference_branch == "pixel" else None
-        self.classifier = nn.Conv2d(dim, self.num_classes + config.num_noise_classes, 1)
+        self.ego_proj = _view_projection(dim, width)
+        self.exo_proj = _view_projection(dim, width)
+        self.pixel_proj = (_view_projection(dim, width) if config.inference_branch == "pixel"
+                           else None)
+        self.classifier = nn.Conv2d(width, self.num_classes + config.num_noise_classes, 1)
         wants_contrast = config.method.startswith("selectivecl")
-        self.proto_head = nn.Conv2d(dim, dim, 1) if wants_contrast else None
-        self.pixel_head = nn.Conv2d(dim, dim, 1) if wants_contrast else None
+        self.proto_head = nn.Conv2d(width, width, 1) if wants_contrast else None
+        self.pixel_head = nn.Conv2d(width, width, 1) if wants_contrast else None
         self.register_buffer("ego_text", torch.empty(0), persistent=False)
         self.register_buffer("exo_text", torch.empty(0), persistent=False)
         self.refresh_text_embeddings()
@@ -201,7 +203,7 @@ class AffordanceModel(nn.Module):
             branch: ``ego``, ``exo`` or ``pixel``.
 
         Returns:
-            features (N, D, h, w) and CAMs (N, C + noise, h, w) (raw, unbounded).
+            features (N, W, h, w) (W = config.proj_dim or D) and CAMs (N, C + noise, h, w) (raw, unbounded).
         """
         proj = {"ego": self.ego_proj, "exo": self.exo_proj, "pixel": self.pixel_proj}[branch]
         if proj is None:

@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--num-workers", type=int, help="DataLoader worker processes")
+    parser.add_argument("--cache-features", action="store_const", const=True, default=None,
+                        help="precompute the frozen backbones' features once per image and "
+                             "train the heads on them (flip-only augmentation)")
+    parser.add_argument("--cache-dir", help="feature cache folder (default RUN_DIR/feature_cache)")
     parser.add_argument("--log-every", type=int, help="steps between log records")
     parser.add_argument("--save-every", type=int, help="steps between last.pt checkpoints")
     parser.add_argument("--eval-every", type=int,
@@ -102,6 +106,7 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "num_workers": ("data", "num_workers"), "log_every": ("train", "log_every"),
         "save_every": ("train", "save_every"), "eval_every": ("train", "eval_every"),
         "select_on_test": ("train", "select_on_test"),
+        "cache_features": ("data", "cache_features"), "cache_dir": ("data", "cache_dir"),
     }
     out: dict[str, Any] = {}
     for attr, (section, key) in mapping.items():
@@ -210,10 +215,16 @@ def build_run(config: dict[str, Any], run_dir: Path, progress: bool,
                          method=str(method_cfg["name"]), weights_dir=model_cfg.get("weights_dir"),
                          pretrained=bool(model_cfg.get("pretrained", True)), **overrides)
     model.to(device)
-    train_set = AffordanceTrainDataset(root, str(data_cfg["split"]), model.config.image_size,
-                                       vocabulary=vocabulary,
-                                       num_exo=int(data_cfg.get("num_exo", 3)),
-                                       seed=int(config["train"]["seed"]))
+    dataset_args = (root, str(data_cfg["split"]), model.config.image_size)
+    dataset_kwargs = {"vocabulary": vocabulary, "num_exo": int(data_cfg.get("num_exo", 3)),
+                      "seed": int(config["train"]["seed"])}
+    train_set = AffordanceTrainDataset(*dataset_args, **dataset_kwargs)
+    if data_cfg.get("cache_features"):
+        from affordance_core.feature_cache import CachedTrainDataset, FeatureCache
+        cache_dir = Path(str(data_cfg.get("cache_dir") or run_dir / "feature_cache"))
+        cache = FeatureCache.build(model, train_set.image_paths(), cache_dir, device=device,
+                                   progress=progress)
+        train_set = CachedTrainDataset(cache, *dataset_args, **dataset_kwargs)
     eval_set = None
     if config["train"].get("select_on_test"):
         eval_set = AffordanceTestDataset(root, str(data_cfg["split"]), model.config.image_size,
