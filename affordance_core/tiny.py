@@ -1,0 +1,290 @@
+"""The project's own ``tiny`` backbones: a small timm ViT (DINO role) and a small open_clip CLIP.
+
+Both take 112x112 RGB images with patch 8, giving the same 14x14 patch grid as the paper tier
+(224 px, patch 16). Their weights come from ``training/pretrain.py`` (dense supervision from
+object and part masks of a synthetic pretraining corpus) and live in ``weights/tiny``.
+
+The dense feature functions here are differentiable reference implementations of what the
+production backbone wrappers compute:
+
+* :func:`dino_keys_and_saliency`: last-block attention keys (head-dim-major channels) and the
+  head-averaged CLS->patch attention.
+* :func:`clearclip_patch_embeddings`: ClearCLIP last block (q-q attention, no residual, no FFN),
+  then ``ln_post`` and the projection on every token.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import open_clip
+import timm.models.vision_transformer as tvit
+import torch
+import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from torch import Tensor
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "TINY_CLIP_FILE",
+    "TINY_DINO_FILE",
+    "TINY_GRID",
+    "TINY_IMAGE_SIZE",
+    "build_tiny_clip",
+    "build_tiny_dino",
+    "clearclip_head",
+    "clearclip_patch_embeddings",
+    "clip_visual_trunk",
+    "default_tiny_weights_dir",
+    "dino_keys_and_saliency",
+    "dino_last_block_qk",
+    "encode_text_normalized",
+    "load_tiny_clip",
+    "load_tiny_dino",
+    "normalize_clip",
+    "normalize_dino",
+    "save_state_dict_fp16",
+    "tiny_tokenizer",
+]
+
+TINY_DINO_FILE = "dino_tiny.pt"
+TINY_CLIP_FILE = "clip_tiny.pt"
+TINY_IMAGE_SIZE = 112
+TINY_GRID = 14
+TINY_CONTEXT_LENGTH = 16
+WEIGHTS_ENV = "AFFORDANCE_WEIGHTS_DIR"
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = tuple(OPENAI_DATASET_MEAN)
+CLIP_STD = tuple(OPENAI_DATASET_STD)
+
+
+def default_tiny_weights_dir() -> Path:
+    """Directory holding the tiny checkpoints.
+
+    Returns:
+        ``$AFFORDANCE_WEIGHTS_DIR/tiny`` if that variable is set and the subfolder exists,
+        ``$AFFORDANCE_WEIGHTS_DIR`` if set otherwise, else the repository's ``weights/tiny``
+        (resolved from this package's location).
+    """
+    env = os.environ.get(WEIGHTS_ENV)
+    if env:
+        root = Path(env).expanduser()
+        return root / "tiny" if (root / "tiny").is_dir() else root
+    return Path(__file__).resolve().parent.parent / "weights" / "tiny"
+
+
+def build_tiny_dino() -> tvit.VisionTransformer:
+    """Tiny DINO-role ViT: 112 px, patch 8 (14x14 grid), width 192, 4 blocks, 3 heads."""
+    return tvit.VisionTransformer(
+        img_size=TINY_IMAGE_SIZE, patch_size=8, embed_dim=192, depth=4, num_heads=3,
+        mlp_ratio=4, qkv_bias=True, num_classes=0, class_token=True, global_pool="token",
+    )
+
+
+def build_tiny_clip() -> open_clip.model.CLIP:
+    """Tiny CLIP dual encoder: vision 112 px / patch 8 / width 192 / 4 layers, embedding 128."""
+    return open_clip.model.CLIP(
+        embed_dim=128,
+        vision_cfg=open_clip.model.CLIPVisionCfg(
+            image_size=TINY_IMAGE_SIZE, patch_size=8, width=192, layers=4, head_width=64,
+            mlp_ratio=4,
+        ),
+        text_cfg=open_clip.model.CLIPTextCfg(
+            context_length=TINY_CONTEXT_LENGTH, vocab_size=49408, width=64, heads=2, layers=3,
+        ),
+    )
+
+
+def tiny_tokenizer() -> open_clip.tokenizer.SimpleTokenizer:
+    """open_clip BPE tokenizer with the tiny text encoder's context length (16)."""
+    return open_clip.tokenizer.SimpleTokenizer(context_length=TINY_CONTEXT_LENGTH)
+
+
+def _normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected images (N, 3, H, W), got {tuple(images.shape)}")
+    m = images.new_tensor(mean).view(1, 3, 1, 1)
+    s = images.new_tensor(std).view(1, 3, 1, 1)
+    return (images - m) / s
+
+
+def normalize_dino(images: Tensor) -> Tensor:
+    """ImageNet-normalise float RGB images (N, 3, H, W) in [0, 1]."""
+    return _normalize(images, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def normalize_clip(images: Tensor) -> Tensor:
+    """OpenAI-CLIP-normalise float RGB images (N, 3, H, W) in [0, 1]."""
+    return _normalize(images, CLIP_MEAN, CLIP_STD)
+
+
+def dino_last_block_qk(vit: tvit.VisionTransformer, images: Tensor) -> tuple[Tensor, Tensor]:
+    """Queries and keys of the last block's attention, from its LayerNorm'd input.
+
+    Args:
+        vit: timm ``VisionTransformer``.
+        images: (N, 3, H, W) float, already normalised.
+
+    Returns:
+        q, k: (N, T, heads, head_dim) float for all T tokens (prefix tokens first).
+    """
+    x = vit.patch_embed(images)
+    x = vit.norm_pre(vit.patch_drop(vit._pos_embed(x)))
+    for blk in vit.blocks[:-1]:
+        x = blk(x)
+    last = vit.blocks[-1]
+    attn = last.attn
+    n, t, c = x.shape
+    heads = attn.num_heads
+    qkv = attn.qkv(last.norm1(x)).reshape(n, t, 3, heads, c // heads)
+    return attn.q_norm(qkv[:, :, 0]), attn.k_norm(qkv[:, :, 1])
+
+
+def dino_keys_and_saliency(vit: tvit.VisionTransformer, images: Tensor) -> tuple[Tensor, Tensor]:
+    """Last-block attention keys and CLS->patch saliency of a timm ViT.
+
+    Args:
+        vit: timm ``VisionTransformer`` with a class token and no register tokens.
+        images: (N, 3, H, W) float, already normalised (see :func:`normalize_dino`).
+
+    Returns:
+        keys: (N, C, h, w) float, C = embed dim, channel index = d * heads + h
+            (head-dim major), patch tokens only.
+        saliency: (N, h, w) float in [0, 1], softmax(q_cls k^T / sqrt(dh)) restricted to the
+            patch tokens (the CLS-to-CLS entry is left out, so maps sum to < 1), averaged over
+            heads.
+    """
+    q, k = dino_last_block_qk(vit, images)
+    n, t, heads, dh = k.shape
+    c = heads * dh
+    n_prefix = t - vit.patch_embed.num_patches
+    gh, gw = vit.patch_embed.grid_size
+    keys = k[:, n_prefix:].permute(0, 1, 3, 2).reshape(n, gh * gw, c)  # channel = d*heads + h
+    keys = keys.transpose(1, 2).reshape(n, c, gh, gw)
+    logits = torch.einsum("nhd,nthd->nht", q[:, 0], k) * dh**-0.5
+    sal = logits.softmax(dim=-1)[:, :, n_prefix:].mean(dim=1)
+    return keys, sal.reshape(n, gh, gw)
+
+
+def clearclip_patch_embeddings(
+    clip: open_clip.model.CLIP, images: Tensor, normalize: bool = True
+) -> Tensor:
+    """Dense ClearCLIP patch embeddings of open_clip's vision tower.
+
+    The last residual block is replaced by q-q self-attention (softmax(q q^T / sqrt(dh)) v and
+    the out-projection) with no residual and no FFN; ``ln_post`` and ``proj`` then map every
+    token to the joint embedding space.
+
+    Args:
+        clip: open_clip ``CLIP`` with a ViT vision tower (``visual.proj`` set).
+        images: (N, 3, H, W) float, already normalised (see :func:`normalize_clip`).
+        normalize: L2-normalise each patch embedding over channels.
+
+    Returns:
+        (N, E, h, w) float patch embeddings (E = joint embedding width); unit norm over E
+        when ``normalize``.
+    """
+    x = clip_visual_trunk(clip, images)
+    return clearclip_head(clip, x, normalize=normalize)
+
+
+def clip_visual_trunk(clip: open_clip.model.CLIP, images: Tensor) -> Tensor:
+    """Tokens entering the last vision block: embeddings, ``ln_pre`` and blocks[:-1].
+
+    Args:
+        clip: open_clip ``CLIP`` with a ViT vision tower.
+        images: (N, 3, H, W) float, already normalised.
+
+    Returns:
+        (N, T, width) float tokens, batch first, class token first.
+    """
+    vis = clip.visual
+    x = vis._embeds(images)
+    tr = vis.transformer
+    batch_first = getattr(tr, "batch_first", True)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    for blk in tr.resblocks[:-1]:
+        x = blk(x)
+    return x if batch_first else x.transpose(0, 1)
+
+
+def clearclip_head(clip: open_clip.model.CLIP, x: Tensor, normalize: bool = True) -> Tensor:
+    """ClearCLIP last block + ``ln_post`` + ``proj`` on trunk tokens (N, T, width).
+
+    Returns:
+        (N, E, h, w) float patch embeddings, unit norm over E when ``normalize``.
+    """
+    vis = clip.visual
+    tr = vis.transformer
+    last = tr.resblocks[-1]
+    mha = last.attn
+    n, t, c = x.shape
+    heads = mha.num_heads
+    dh = c // heads
+    y = last.ln_1(x)
+    q, _, v = F.linear(y, mha.in_proj_weight, mha.in_proj_bias).chunk(3, dim=-1)
+    q = q.reshape(n, t, heads, dh).transpose(1, 2)
+    v = v.reshape(n, t, heads, dh).transpose(1, 2)
+    att = (q @ q.transpose(-2, -1) * dh**-0.5).softmax(dim=-1)
+    y = (att @ v).transpose(1, 2).reshape(n, t, c)
+    y = mha.out_proj(y)
+    y = vis.ln_post(y)
+    if vis.proj is not None:
+        y = y @ vis.proj
+    gh, gw = vis.grid_size
+    patches = y[:, t - gh * gw:].transpose(1, 2).reshape(n, -1, gh, gw)
+    return F.normalize(patches, dim=1) if normalize else patches
+
+
+def encode_text_normalized(clip: open_clip.model.CLIP, tokens: Tensor) -> Tensor:
+    """Text embeddings (M, E) with unit L2 norm, from tokens (M, context_length) int64."""
+    return F.normalize(clip.encode_text(tokens), dim=-1)
+
+
+def save_state_dict_fp16(model: torch.nn.Module, path: str | os.PathLike[str]) -> Path:
+    """Save ``model.state_dict()`` with floating tensors cast to float16, atomically.
+
+    Writes ``<path>.tmp`` then ``os.replace``, so readers never see a partial file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        k: (v.detach().to(torch.float16) if v.is_floating_point() else v.detach()).cpu()
+        for k, v in model.state_dict().items()
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _load(model: torch.nn.Module, path: Path) -> torch.nn.Module:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"tiny checkpoint not found: {path}; rebuild it with `make pretrain` "
+            f"(python -m training.pretrain --out weights/tiny) or set {WEIGHTS_ENV}"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    ref = model.state_dict()
+    state = {k: v.to(ref[k].dtype) if k in ref else v for k, v in state.items()}
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def load_tiny_dino(path: str | os.PathLike[str] | None = None) -> tvit.VisionTransformer:
+    """Build the tiny ViT and load its float16 checkpoint (strict) as float32, in eval mode."""
+    p = Path(path) if path is not None else default_tiny_weights_dir() / TINY_DINO_FILE
+    return _load(build_tiny_dino(), p)  # type: ignore[return-value]
+
+
+def load_tiny_clip(path: str | os.PathLike[str] | None = None) -> open_clip.model.CLIP:
+    """Build the tiny CLIP and load its float16 checkpoint (strict) as float32, in eval mode."""
+    p = Path(path) if path is not None else default_tiny_weights_dir() / TINY_CLIP_FILE
+    return _load(build_tiny_clip(), p)  # type: ignore[return-value]

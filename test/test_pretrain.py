@@ -1,0 +1,180 @@
+"""Tiny backbones: architectures, dense features, pretraining steps, checkpoints, probe."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from affordance_core import tiny
+from training import backbone_probe, pretrain
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return pretrain.load_world()
+
+
+@pytest.fixture(scope="module")
+def data(world):
+    scenes = world.iter_pretrain_scenes(seed=123, n=16, size=tiny.TINY_IMAGE_SIZE)
+    return pretrain.build_pretrain_data(scenes, world.OBJECTS, world.PART_TYPES)
+
+
+def test_dino_grid_keys_and_saliency():
+    torch.manual_seed(0)
+    vit = tiny.build_tiny_dino().eval()
+    x = tiny.normalize_dino(torch.rand(2, 3, 112, 112))
+    keys, sal = tiny.dino_keys_and_saliency(vit, x)
+    assert keys.shape == (2, 192, 14, 14)
+    assert sal.shape == (2, 14, 14)
+    assert bool((sal >= 0).all()) and bool((sal.flatten(1).sum(1) <= 1 + 1e-5).all())
+    # Channel d * heads + h must be key dim d of head h, as computed inside timm's attention.
+    seen = {}
+    vit.blocks[-1].attn.qkv.register_forward_hook(lambda m, i, o: seen.setdefault("qkv", o))
+    vit.forward_features(x)
+    heads, dh = 3, 64
+    k = seen["qkv"].reshape(2, 197, 3, heads, dh)[:, 1:, 1]  # (N, 196, heads, dh)
+    h, d = 2, 5
+    ref = k[:, :, h, d].reshape(2, 14, 14)
+    assert torch.allclose(keys[:, d * heads + h], ref, atol=1e-5)
+
+
+def test_clip_grid_and_trunk_matches_encode_image():
+    torch.manual_seed(0)
+    clip = tiny.build_tiny_clip().eval()
+    x = tiny.normalize_clip(torch.rand(2, 3, 112, 112))
+    pe = tiny.clearclip_patch_embeddings(clip, x)
+    assert pe.shape == (2, 128, 14, 14)
+    assert torch.allclose(pe.norm(dim=1), torch.ones(2, 14, 14), atol=1e-4)
+    vis = clip.visual
+    pooled, _ = vis._pool(vis.transformer.resblocks[-1](tiny.clip_visual_trunk(clip, x)))
+    assert torch.allclose(pooled @ vis.proj, clip.encode_image(x), atol=1e-5)
+    tok = tiny.tiny_tokenizer()(["a photo of a knife", "an item to cut with"])
+    assert tok.shape == (2, 16)
+    txt = tiny.encode_text_normalized(clip, tok)
+    assert txt.shape == (2, 128) and torch.allclose(txt.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+def test_weights_dir_env_override(tmp_path, monkeypatch):
+    monkeypatch.delenv("AFFORDANCE_WEIGHTS_DIR", raising=False)
+    assert tiny.default_tiny_weights_dir().parts[-2:] == ("weights", "tiny")
+    monkeypatch.setenv("AFFORDANCE_WEIGHTS_DIR", str(tmp_path))
+    assert tiny.default_tiny_weights_dir() == tmp_path
+    (tmp_path / "tiny").mkdir()
+    assert tiny.default_tiny_weights_dir() == tmp_path / "tiny"
+    with pytest.raises(FileNotFoundError, match="make pretrain"):
+        tiny.load_tiny_dino()
+
+
+def test_patch_targets_fraction_and_majority():
+    mask = torch.zeros(1, 112, 112, dtype=torch.bool)
+    mask[0, :8, :4] = True  # half of patch (0, 0)
+    parts = torch.full((1, 112, 112), -1, dtype=torch.int8)
+    parts[0, 8:16, 8:14] = 2  # 75% of patch (1, 1)
+    frac, label, purity = pretrain.patch_targets(mask, parts, n_part_types=4)
+    assert frac.shape == (1, 14, 14)
+    assert math.isclose(float(frac[0, 0, 0]), 0.5) and float(frac[0, 0, 1]) == 0.0
+    assert int(label[0, 1, 1]) == 2 and math.isclose(float(purity[0, 1, 1]), 0.75)
+    assert int(label[0, 5, 5]) == 4  # background class
+
+
+def test_augment_keeps_masks_aligned_with_image(data):
+    gen = torch.Generator().manual_seed(0)
+    img = data.object_mask[:4].float()[:, None].expand(-1, 3, -1, -1).contiguous()
+    out, mask, parts = pretrain.augment(img, data.object_mask[:4], data.part_index[:4], gen)
+    assert out.shape == img.shape and mask.dtype == torch.bool and parts.dtype == torch.int64
+    agree = ((out[:, 0] > 0.5) == mask).float().mean()
+    assert agree > 0.97
+    assert bool(((parts >= 0) <= mask | (parts < 0)).all())
+
+
+def test_text_vocabulary_is_object_level(world):
+    vocab = pretrain.build_text_vocabulary(world)
+    o = world.OBJECTS.index("knife")
+    pos = {vocab.texts[j] for j in vocab.positives[o].nonzero().flatten().tolist()}
+    assert world.object_caption("knife", with_actions=False) in pos
+    assert "an item to cut with" in pos and "an item to sit on" not in pos
+
+
+def test_dense_losses_decrease_when_fitting_a_batch(data, world):
+    torch.manual_seed(0)
+    dino, clip = tiny.build_tiny_dino(), tiny.build_tiny_clip()
+    vocab = pretrain.build_text_vocabulary(world)
+    tokens = tiny.tiny_tokenizer()(vocab.texts)
+    n_parts = len(data.part_types)
+    protos = torch.nn.Parameter(torch.randn(n_parts + 1, 192) * 0.02)
+    scale = torch.nn.Parameter(torch.tensor(math.log(10.0)))
+    bias = torch.nn.Parameter(torch.tensor(-5.0))
+    params = [*dino.parameters(), *clip.parameters(), protos, scale, bias]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    imgs = data.images[:8].float() / 255
+    frac, lab, pur = pretrain.patch_targets(data.object_mask[:8], data.part_index[:8], n_parts)
+
+    def losses():
+        lc = pretrain.clip_dense_losses(clip, imgs, data.obj_index[:8], frac, tokens,
+                                        vocab.positives, vocab.n_objects, scale, bias)
+        ld = pretrain.dino_dense_losses(dino, imgs, frac, lab, pur, protos)
+        return lc["dense"] + lc["global"] + ld["part"] + ld["saliency"]
+
+    with torch.no_grad():
+        first = losses()
+    for _ in range(4):
+        opt.zero_grad()
+        loss = losses()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        last = losses()
+    assert torch.isfinite(first) and float(last) < float(first)
+
+
+def test_pretrain_writes_strict_loadable_fp16_checkpoints(data, world, tmp_path):
+    cfg = pretrain.PretrainConfig(seed=0, n_scenes=16, steps=3, batch_size=8)
+    res = pretrain.pretrain(cfg, out_dir=tmp_path, world=world, data=data, verbose=False)
+    assert all(math.isfinite(r["loss"]) for r in res["history"])
+    for name, build in ((tiny.TINY_DINO_FILE, tiny.build_tiny_dino),
+                        (tiny.TINY_CLIP_FILE, tiny.build_tiny_clip)):
+        path = tmp_path / name
+        assert path.is_file() and not (tmp_path / (name + ".tmp")).exists()
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        fresh = build()
+        assert set(state) == set(fresh.state_dict())
+        assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    dino = tiny.load_tiny_dino(tmp_path / tiny.TINY_DINO_FILE)
+    clip = tiny.load_tiny_clip(tmp_path / tiny.TINY_CLIP_FILE)
+    ref = res["dino"].state_dict()["blocks.0.attn.qkv.weight"]
+    assert torch.allclose(dino.state_dict()["blocks.0.attn.qkv.weight"], ref, atol=1e-2)
+    assert next(clip.parameters()).dtype == torch.float32
+
+
+def test_batched_kmeans_separates_two_blobs():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(1, 10, 2, generator=g) * 0.1
+    b = torch.randn(1, 10, 2, generator=g) * 0.1 + 5.0
+    feats = torch.cat([a, b, torch.full((1, 3, 2), 100.0)], 1)
+    valid = torch.tensor([[True] * 20 + [False] * 3])
+    assign = backbone_probe.batched_kmeans(feats, valid, k=2)
+    assert bool((assign[0, 20:] == -1).all())
+    assert len(set(assign[0, :10].tolist())) == 1 and len(set(assign[0, 10:20].tolist())) == 1
+    assert assign[0, 0] != assign[0, 10]
+
+
+REPO_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "tiny"
+
+
+@pytest.mark.skipif(not (REPO_WEIGHTS / tiny.TINY_CLIP_FILE).is_file()
+                    or not (REPO_WEIGHTS / tiny.TINY_DINO_FILE).is_file(),
+                    reason="repository tiny checkpoints not built")
+def test_repository_checkpoints_beat_random_init(world):
+    dino = tiny.load_tiny_dino(REPO_WEIGHTS / tiny.TINY_DINO_FILE)
+    clip = tiny.load_tiny_clip(REPO_WEIGHTS / tiny.TINY_CLIP_FILE)
+    res = backbone_probe.probe_backbones(dino, clip, tiny.tiny_tokenizer(), seed=5, n=24,
+                                         world=world)
+    assert res["clip_object_iou"] > res["random"]["clip_object_iou"] + 0.05
+    assert res["dino_saliency_iou"] > res["random"]["dino_saliency_iou"] + 0.1
+

@@ -1,0 +1,519 @@
+"""Pretrain the project's ``tiny`` backbones with dense supervision (``affordance-pretrain``).
+
+Both models train on one fixed, pre-rendered set of synthetic pretraining scenes
+(``affordance_core.synthetic.world.iter_pretrain_scenes``), never on a benchmark corpus and
+never from affordance labels or affordance heatmaps:
+
+* CLIP role: a multi-label sigmoid loss between every ClearCLIP patch embedding and a fixed
+  text set (object captions, ego and exo action prompts). A patch is positive for the caption
+  of the object covering it and for the prompts of every action that object affords (object
+  level), weighted by the fraction of the patch the object covers; background patches are
+  negative for every text. A global image-to-caption cross-entropy keeps the pooled image
+  embedding and the text tower meaningful.
+* DINO role: last-block keys are classified by a cosine prototype classifier into part types
+  (plus background) using the majority part type of each patch, and the CLS->patch attention
+  of every head is pulled towards the normalised object mask (KL divergence).
+
+Usage: ``python -m training.pretrain --out weights/tiny`` (what ``make pretrain`` runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from affordance_core.prompts import ego_prompt, exo_prompt
+from affordance_core.tiny import (
+    TINY_CLIP_FILE,
+    TINY_DINO_FILE,
+    TINY_GRID,
+    TINY_IMAGE_SIZE,
+    build_tiny_clip,
+    build_tiny_dino,
+    clearclip_head,
+    clip_visual_trunk,
+    dino_last_block_qk,
+    normalize_clip,
+    normalize_dino,
+    save_state_dict_fp16,
+    tiny_tokenizer,
+)
+
+__all__ = [
+    "PretrainConfig",
+    "PretrainData",
+    "TextVocabulary",
+    "augment",
+    "build_pretrain_data",
+    "build_text_vocabulary",
+    "clip_dense_losses",
+    "dino_dense_losses",
+    "load_world",
+    "main",
+    "patch_targets",
+    "pretrain",
+]
+
+PRETRAIN_SEED_SALT = 0  # scenes for pretraining; the probe uses a different salt
+
+
+def load_world() -> Any:
+    """The synthetic world as one namespace.
+
+    Returns:
+        Namespace with ``OBJECTS`` and ``PART_TYPES`` (lists of names), ``list_actions``,
+        ``object_caption`` (from ``affordance_core.synthetic.world``) and
+        ``iter_pretrain_scenes`` (from ``affordance_core.synthetic.corpus``).
+    """
+    world = importlib.import_module("affordance_core.synthetic.world")
+    corpus = importlib.import_module("affordance_core.synthetic.corpus")
+    return SimpleNamespace(
+        OBJECTS=list(world.OBJECTS), PART_TYPES=list(world.PART_TYPES),
+        list_actions=world.list_actions, object_caption=world.object_caption,
+        iter_pretrain_scenes=corpus.iter_pretrain_scenes,
+    )
+
+
+def object_captions(world: Any, obj: str) -> list[str]:
+    """Object-level captions of ``obj``: the plain name caption, then the one with actions."""
+    return [world.object_caption(obj, with_actions=False), world.object_caption(obj)]
+
+
+@dataclass
+class PretrainData:
+    """A pre-rendered pretraining set held in memory.
+
+    Attributes:
+        images: (N, 3, S, S) uint8 RGB.
+        object_mask: (N, S, S) bool, pixels of the object.
+        part_index: (N, S, S) int8, part-type index into ``part_types``, -1 off the object parts.
+        obj_index: (N,) int64 index into ``objects``.
+        objects: object names (the world's ``OBJECTS`` order).
+        part_types: part-type names (the world's ``PART_TYPES`` order).
+    """
+
+    images: Tensor
+    object_mask: Tensor
+    part_index: Tensor
+    obj_index: Tensor
+    objects: list[str]
+    part_types: list[str]
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def _resize_scene_arrays(
+    image: np.ndarray, mask: np.ndarray, parts: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if image.shape[0] == size and image.shape[1] == size:
+        return image, mask, parts
+    import cv2
+
+    image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    mask = cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
+    parts = cv2.resize(parts.astype(np.int16), (size, size), interpolation=cv2.INTER_NEAREST)
+    return image, mask, parts
+
+
+def build_pretrain_data(
+    scenes: Iterable[Any], objects: Sequence[str], part_types: Sequence[str],
+    size: int = TINY_IMAGE_SIZE,
+) -> PretrainData:
+    """Stack rendered scenes into a :class:`PretrainData` (affordance maps are ignored).
+
+    Args:
+        scenes: objects with ``image`` (H, W, 3) uint8, ``object_mask`` (H, W) bool,
+            ``part_instance`` (H, W) int part-type index or -1, and ``obj`` (a name in
+            ``objects``).
+        objects: object vocabulary.
+        part_types: part-type vocabulary (the range of ``part_instance``).
+        size: output side in pixels; scenes of another size are resized.
+    """
+    obj_to_idx = {o: i for i, o in enumerate(objects)}
+    imgs, masks, parts, idx = [], [], [], []
+    for sc in scenes:
+        if sc.obj not in obj_to_idx:
+            raise ValueError(f"scene object {sc.obj!r} not in the object vocabulary")
+        im, m, p = _resize_scene_arrays(
+            np.asarray(sc.image), np.asarray(sc.object_mask), np.asarray(sc.part_instance), size
+        )
+        imgs.append(im)
+        masks.append(m)
+        parts.append(p)
+        idx.append(obj_to_idx[sc.obj])
+    if not imgs:
+        raise ValueError("no scenes to build a pretraining set from")
+    part_index = torch.from_numpy(np.stack(parts).astype(np.int8))
+    if int(part_index.max()) >= len(part_types):
+        raise ValueError("part_instance holds an index outside the part-type vocabulary")
+    return PretrainData(
+        images=torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous(),
+        object_mask=torch.from_numpy(np.stack(masks).astype(bool)),
+        part_index=part_index,
+        obj_index=torch.tensor(idx, dtype=torch.int64),
+        objects=list(objects),
+        part_types=list(part_types),
+    )
+
+
+@dataclass
+class TextVocabulary:
+    """The fixed text set of the CLIP role and which texts each object makes positive.
+
+    Attributes:
+        texts: T strings: O plain object captions, O captions with actions, then the ego
+            prompts and the exo prompts of every action.
+        positives: (O, T) float32 in {0, 1}; row o marks o's two captions and the ego/exo
+            prompts of the actions o affords.
+        n_objects: O; ``texts[:O]`` are the plain captions, in object order.
+        actions: the action vocabulary (order of the ego and exo blocks).
+    """
+
+    texts: list[str]
+    positives: Tensor
+    n_objects: int
+    actions: list[str]
+
+
+def build_text_vocabulary(world: Any) -> TextVocabulary:
+    """Build the CLIP-role text set from the world's objects and actions (object level only)."""
+    objects = list(world.OBJECTS)
+    actions = sorted({a for o in objects for a in world.list_actions(o)})
+    caps = [object_captions(world, o) for o in objects]
+    texts = [c[0] for c in caps] + [c[1] for c in caps]
+    texts += [ego_prompt(a) for a in actions] + [exo_prompt(a) for a in actions]
+    pos = torch.zeros(len(objects), len(texts))
+    n_o, n_a = len(objects), len(actions)
+    for i, o in enumerate(objects):
+        pos[i, i] = pos[i, n_o + i] = 1.0
+        for a in world.list_actions(o):
+            j = actions.index(a)
+            pos[i, 2 * n_o + j] = 1.0
+            pos[i, 2 * n_o + n_a + j] = 1.0
+    return TextVocabulary(texts=texts, positives=pos, n_objects=n_o, actions=actions)
+
+
+def augment(
+    images: Tensor, object_mask: Tensor, part_index: Tensor, gen: torch.Generator,
+    min_scale: float = 0.7,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Random horizontal flip and random square crop (resized back), same for masks.
+
+    Args:
+        images: (B, 3, S, S) float in [0, 1].
+        object_mask: (B, S, S) bool.
+        part_index: (B, S, S) int (-1 = none).
+        gen: CPU generator for reproducibility.
+        min_scale: smallest crop side as a fraction of S.
+
+    Returns:
+        The augmented ``images`` (float, bilinear), ``object_mask`` (bool) and ``part_index``
+        (int64), all at the input size (masks sampled nearest).
+    """
+    b = images.shape[0]
+    scale = min_scale + (1.0 - min_scale) * torch.rand(b, generator=gen)
+    shift = (1.0 - scale)[:, None] * (2.0 * torch.rand(b, 2, generator=gen) - 1.0)
+    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = scale * flip
+    theta[:, 1, 1] = scale
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    labels = torch.stack([object_mask.float(), part_index.float()], dim=1)
+    labels = F.grid_sample(labels, grid, mode="nearest", padding_mode="border",
+                           align_corners=False)
+    return out, labels[:, 0] > 0.5, labels[:, 1].round().long()
+
+
+def patch_targets(
+    object_mask: Tensor, part_index: Tensor, n_part_types: int, grid: int = TINY_GRID
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-patch targets on a grid x grid patch layout.
+
+    Args:
+        object_mask: (B, S, S) bool.
+        part_index: (B, S, S) int, -1 where no part.
+        n_part_types: P; background becomes class P.
+        grid: patches per side (S must be divisible by it).
+
+    Returns:
+        obj_frac: (B, grid, grid) float in [0, 1], fraction of each patch on the object.
+        part_label: (B, grid, grid) int64 in [0, P], majority part type (P = background).
+        purity: (B, grid, grid) float in (0, 1], fraction of the patch with the majority label.
+    """
+    obj_frac = F.adaptive_avg_pool2d(object_mask.float()[:, None], grid)[:, 0]
+    lab = torch.where(part_index < 0, torch.full_like(part_index, n_part_types), part_index)
+    onehot = F.one_hot(lab.long(), n_part_types + 1).permute(0, 3, 1, 2).float()
+    hist = F.adaptive_avg_pool2d(onehot, grid)
+    purity, part_label = hist.max(dim=1)
+    return obj_frac, part_label, purity
+
+
+def clip_dense_losses(
+    clip: nn.Module, images: Tensor, obj_index: Tensor, obj_frac: Tensor, text_tokens: Tensor,
+    positives: Tensor, n_objects: int, dense_scale: Tensor, dense_bias: Tensor,
+) -> dict[str, Tensor]:
+    """CLIP-role losses: dense sigmoid patch-text term (ClearCLIP path) + global caption CE.
+
+    Args:
+        clip: tiny open_clip CLIP (train mode).
+        images: (B, 3, S, S) float in [0, 1], not normalised.
+        obj_index: (B,) int64 object of each image.
+        obj_frac: (B, h, w) float in [0, 1], patch coverage by the object.
+        text_tokens: (T, L) int64 tokens of the text vocabulary.
+        positives: (O, T) float {0, 1} text positives per object.
+        n_objects: O; texts[:O] are the object captions.
+        dense_scale: scalar log-scale parameter of the sigmoid logits.
+        dense_bias: scalar bias of the sigmoid logits.
+
+    Returns:
+        ``dense`` (sigmoid BCE, positives and negatives averaged separately, scalar), ``global`` (caption CE, scalar), ``acc`` (detached
+        caption accuracy).
+    """
+    x = normalize_clip(images)
+    text = F.normalize(clip.encode_text(text_tokens), dim=-1)  # (T, E)
+    trunk = clip_visual_trunk(clip, x)
+    patches = clearclip_head(clip, trunk)  # (B, E, h, w)
+    cos = torch.einsum("behw,te->bthw", patches, text)
+    logits = cos * dense_scale.exp() + dense_bias
+    target = positives[obj_index][:, :, None, None] * obj_frac[:, None]
+    # Positives are rare (object patches x afforded texts): average them apart from negatives.
+    pos_term = target * F.softplus(-logits)
+    neg_term = (1.0 - target) * F.softplus(logits)
+    dense = pos_term.sum() / target.sum().clamp(min=1e-6) \
+        + neg_term.sum() / (1.0 - target).sum().clamp(min=1e-6)
+    vis = clip.visual
+    pooled, _ = vis._pool(vis.transformer.resblocks[-1](trunk))
+    img = F.normalize(pooled @ vis.proj, dim=-1)
+    glog = clip.logit_scale.exp().clamp(max=100) * img @ text[:n_objects].t()
+    glob = F.cross_entropy(glog, obj_index)
+    acc = (glog.argmax(1) == obj_index).float().mean().detach()
+    return {"dense": dense, "global": glob, "acc": acc}
+
+
+def dino_dense_losses(
+    vit: nn.Module, images: Tensor, obj_frac: Tensor, part_label: Tensor, purity: Tensor,
+    prototypes: Tensor, temperature: float = 0.1, min_purity: float = 0.5,
+) -> dict[str, Tensor]:
+    """DINO-role losses: part-type prototype classification of keys + saliency-to-object KL.
+
+    Args:
+        vit: tiny timm ViT (train mode).
+        images: (B, 3, S, S) float in [0, 1], not normalised.
+        obj_frac: (B, h, w) float in [0, 1].
+        part_label: (B, h, w) int64 in [0, P] (P = background).
+        purity: (B, h, w) float; patches below ``min_purity`` are ignored by the part term.
+        prototypes: (P + 1, C) learnable class prototypes in key space.
+        temperature: cosine-classifier temperature.
+        min_purity: purity threshold for the part term.
+
+    Returns:
+        ``part`` (CE), ``saliency`` (KL(object || CLS attention), mean over heads), ``part_acc``.
+    """
+    q, k = dino_last_block_qk(vit, normalize_dino(images))  # (B, T, heads, dh)
+    bsz, tok, heads, dh = k.shape
+    n_prefix = tok - vit.patch_embed.num_patches
+    kp = k[:, n_prefix:]
+    keys = F.normalize(kp.transpose(2, 3).reshape(bsz, tok - n_prefix, heads * dh), dim=-1)
+    logits = keys @ F.normalize(prototypes, dim=-1).t() / temperature
+    lab = part_label.flatten(1).clone()
+    lab[purity.flatten(1) < min_purity] = -100
+    n_cls = prototypes.shape[0]
+    # Balance classes so thin parts are not drowned by background patches.
+    counts = torch.bincount(lab[lab >= 0], minlength=n_cls).float()
+    weight = torch.where(counts > 0, counts.sum() / (counts.clamp(min=1) * n_cls),
+                         torch.zeros_like(counts)).clamp(max=10.0)
+    part = F.cross_entropy(logits.reshape(-1, n_cls), lab.reshape(-1), weight=weight,
+                           ignore_index=-100)
+    acc = ((logits.argmax(-1) == lab).float().sum() / (lab >= 0).sum().clamp(min=1)).detach()
+    # CLS->patch attention per head, softmax over patch tokens only: (B, heads, hw).
+    sal = (torch.einsum("bhd,bthd->bht", q[:, 0], kp) * dh**-0.5).softmax(dim=-1)
+    tgt = obj_frac.flatten(1)
+    valid = tgt.sum(1) > 0
+    tgt = tgt[valid] / tgt[valid].sum(1, keepdim=True)
+    logp = sal[valid].clamp(min=1e-8).log()
+    kl = (tgt[:, None] * (tgt[:, None].clamp(min=1e-8).log() - logp)).sum(-1).mean()
+    return {"part": part, "saliency": kl, "part_acc": acc}
+
+
+@dataclass
+class PretrainConfig:
+    """Recipe of ``make pretrain`` (see weights/tiny/README.md).
+
+    Attributes:
+        seed: seed of scene rendering, initialisation, batching and augmentation.
+        n_scenes: size of the pre-rendered pretraining set.
+        steps: optimisation steps (shared by both models; one batch feeds both).
+        batch_size: images per step.
+        lr: peak AdamW learning rate (warm-up then cosine).
+        weight_decay: AdamW weight decay (matrices only).
+        warmup_frac: fraction of steps of linear warm-up.
+        w_global: weight of the CLIP global caption CE.
+        w_saliency: weight of the DINO saliency KL.
+        threads: torch CPU threads (0 = leave torch's default).
+    """
+
+    seed: int = 0
+    n_scenes: int = 3000
+    steps: int = 450
+    batch_size: int = 24
+    lr: float = 1.5e-3
+    weight_decay: float = 0.05
+    warmup_frac: float = 0.05
+    w_global: float = 0.5
+    w_saliency: float = 1.0
+    threads: int = 0
+
+
+def _param_groups(model: nn.Module, wd: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def pretrain(
+    cfg: PretrainConfig, out_dir: str | Path | None = None, world: Any | None = None,
+    data: PretrainData | None = None, log_every: int = 50, verbose: bool = True,
+) -> dict[str, Any]:
+    """Pretrain both tiny backbones; optionally write their float16 checkpoints.
+
+    Args:
+        cfg: the recipe.
+        out_dir: where to write ``dino_tiny.pt`` and ``clip_tiny.pt``; None writes nothing.
+        world: the synthetic world module (default: ``affordance_core.synthetic.world``).
+        data: a pre-built set (default: render ``cfg.n_scenes`` scenes from ``world``).
+        log_every: steps between log lines.
+        verbose: print progress.
+
+    Returns:
+        Summary dict: ``dino`` and ``clip`` (the trained float32 models, eval mode),
+        ``history`` (list of per-log-step loss dicts), ``render_s``, ``train_s``, ``files``.
+    """
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    world = world if world is not None else load_world()
+    t0 = time.perf_counter()
+    if data is None:
+        scenes = world.iter_pretrain_scenes(
+            seed=cfg.seed * 1000 + PRETRAIN_SEED_SALT, n=cfg.n_scenes, size=TINY_IMAGE_SIZE
+        )
+        data = build_pretrain_data(scenes, world.OBJECTS, world.PART_TYPES)
+    render_s = time.perf_counter() - t0
+    vocab = build_text_vocabulary(world)
+    tokens = tiny_tokenizer()(vocab.texts)
+    n_parts = len(data.part_types)
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    dino, clip = build_tiny_dino(), build_tiny_clip()
+    dino.train()
+    clip.train()
+    prototypes = nn.Parameter(torch.randn(n_parts + 1, dino.embed_dim, generator=gen) * 0.02)
+    dense_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+    dense_bias = nn.Parameter(torch.tensor(-2.0))
+    groups = _param_groups(dino, cfg.weight_decay) + _param_groups(clip, cfg.weight_decay)
+    groups.append({"params": [prototypes, dense_scale, dense_bias], "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98))
+    warm = max(1, int(cfg.warmup_frac * cfg.steps))
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return cfg.lr * (step + 1) / warm
+        prog = (step - warm) / max(1, cfg.steps - warm)
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * prog))
+
+    history: list[dict[str, float]] = []
+    n = len(data)
+    perm = torch.randperm(n, generator=gen)
+    cursor = 0
+    t1 = time.perf_counter()
+    for step in range(cfg.steps):
+        if cursor + cfg.batch_size > n:
+            perm, cursor = torch.randperm(n, generator=gen), 0
+        idx = perm[cursor:cursor + cfg.batch_size]
+        cursor += cfg.batch_size
+        imgs = data.images[idx].float() / 255.0
+        imgs, omask, pidx = augment(imgs, data.object_mask[idx], data.part_index[idx], gen)
+        obj_frac, part_label, purity = patch_targets(omask, pidx, n_parts)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        lc = clip_dense_losses(clip, imgs, data.obj_index[idx], obj_frac, tokens,
+                               vocab.positives, vocab.n_objects, dense_scale, dense_bias)
+        ld = dino_dense_losses(dino, imgs, obj_frac, part_label, purity, prototypes)
+        loss = lc["dense"] + cfg.w_global * lc["global"] + ld["part"] \
+            + cfg.w_saliency * ld["saliency"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+        opt.step()
+        if step % log_every == 0 or step == cfg.steps - 1:
+            rec = {"step": step, "loss": float(loss.detach()), "elapsed_s": time.perf_counter() - t1}
+            rec.update({f"clip_{k}": float(v.detach()) for k, v in lc.items()})
+            rec.update({f"dino_{k}": float(v.detach()) for k, v in ld.items()})
+            history.append(rec)
+            if verbose:
+                print(json.dumps({k: round(v, 4) for k, v in rec.items()}), flush=True)
+    train_s = time.perf_counter() - t1
+    dino.eval()
+    clip.eval()
+    files: dict[str, str] = {}
+    if out_dir is not None:
+        out = Path(out_dir)
+        files["dino"] = str(save_state_dict_fp16(dino, out / TINY_DINO_FILE))
+        files["clip"] = str(save_state_dict_fp16(clip, out / TINY_CLIP_FILE))
+    return {"dino": dino, "clip": clip, "history": history, "render_s": render_s,
+            "train_s": train_s, "files": files}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: ``affordance-pretrain --out weights/tiny [--steps N] [--n-scenes N] [--seed S]``."""
+    ap = argparse.ArgumentParser(prog="affordance-pretrain", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="weights/tiny", help="output folder for the checkpoints")
+    d = PretrainConfig()
+    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--n-scenes", type=int, default=d.n_scenes)
+    ap.add_argument("--steps", type=int, default=d.steps)
+    ap.add_argument("--batch-size", type=int, default=d.batch_size)
+    ap.add_argument("--lr", type=float, default=d.lr)
+    ap.add_argument("--threads", type=int, default=d.threads)
+    ap.add_argument("--log-every", type=int, default=50)
+    ap.add_argument("--no-probe", action="store_true", help="skip the backbone probe")
+    args = ap.parse_args(argv)
+    cfg = PretrainConfig(seed=args.seed, n_scenes=args.n_scenes, steps=args.steps,
+                         batch_size=args.batch_size, lr=args.lr, threads=args.threads)
+    res = pretrain(cfg, out_dir=args.out, log_every=args.log_every)
+    summary: dict[str, Any] = {"render_s": round(res["render_s"], 1),
+                               "train_s": round(res["train_s"], 1), "files": res["files"]}
+    if not args.no_probe:
+        from training.backbone_probe import probe_backbones
+
+        probe = probe_backbones(res["dino"], res["clip"], tiny_tokenizer(), seed=cfg.seed)
+        summary["probe"] = probe
+        tmp = Path(args.out) / "probe.json.tmp"
+        tmp.write_text(json.dumps(probe, indent=2) + "\n")
+        tmp.replace(Path(args.out) / "probe.json")
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
