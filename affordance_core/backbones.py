@@ -7,6 +7,7 @@ affordance model runs them under ``torch.no_grad`` and keeps their parameters fr
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -110,7 +111,7 @@ class DinoBackbone(nn.Module):
         qkv = attn.qkv(last.norm1(x)).reshape(n, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
         q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])                 # (N, H, T, dh)
         patches = tokens - self.num_prefix
-        grid = int(round(patches ** 0.5))
+        grid = math.isqrt(int(patches))
         keys = k[:, :, self.num_prefix:].permute(0, 2, 3, 1).reshape(n, patches, head_dim * heads)
         keys = keys.transpose(1, 2).reshape(n, head_dim * heads, grid, grid)
         sel = self.saliency_heads
@@ -162,7 +163,7 @@ class ClipBackbone(nn.Module):
         out = visual.ln_post(out[:, 1:])
         if visual.proj is not None:
             out = out @ visual.proj
-        grid = int(round((tokens - 1) ** 0.5))
+        grid = math.isqrt(int(tokens) - 1)
         out = F.normalize(out, dim=-1)
         return out.transpose(1, 2).reshape(n, -1, grid, grid)
 

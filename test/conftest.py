@@ -58,7 +58,7 @@ def _write_tree(
     return base
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_agd_tree() -> Callable[..., Path]:
     """Factory writing a tiny AGD20K-layout dataset with cv2; returns the split directory.
 
@@ -95,3 +95,21 @@ def tiny_agd_root(tmp_path: Path) -> Path:
     root = tmp_path / "agd"
     _write_tree(root, split="Seen")
     return root
+
+
+@pytest.fixture(scope="session")
+def random_tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder with randomly initialised tiny backbones (``dino_tiny.pt``, ``clip_tiny.pt``).
+
+    Pass it as ``--weights-dir`` so tests do not depend on the pretrained files in
+    ``weights/tiny`` (which ``make pretrain`` may change).
+    """
+    import torch
+
+    from affordance_core import tiny
+
+    directory = tmp_path_factory.mktemp("random_tiny_weights")
+    torch.manual_seed(0)
+    torch.save(tiny.build_tiny_dino().state_dict(), directory / tiny.TINY_DINO_FILE)
+    torch.save(tiny.build_tiny_clip().state_dict(), directory / tiny.TINY_CLIP_FILE)
+    return directory

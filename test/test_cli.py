@@ -16,17 +16,6 @@ from training.common import parse_set_items
 VOCAB = ["hold", "cut_with", "sit_on"]
 
 
-def write_random_tiny_weights(directory: Path) -> Path:
-    """Saves randomly initialised tiny DINO/CLIP backbones as ``dino_tiny.pt``/``clip_tiny.pt``."""
-    from affordance_core import tiny
-
-    directory.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    torch.save(tiny.build_tiny_dino().state_dict(), directory / tiny.TINY_DINO_FILE)
-    torch.save(tiny.build_tiny_clip().state_dict(), directory / tiny.TINY_CLIP_FILE)
-    return directory
-
-
 def error_line(err: str, prog: str) -> str:
     """The single ``<prog>: error: ...`` line of a failed run."""
     lines = [line for line in err.splitlines() if line.startswith(f"{prog}: error:")]
@@ -36,9 +25,10 @@ def error_line(err: str, prog: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def assets(tmp_path_factory: pytest.TempPathFactory, random_tiny_weights: Path
+           ) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("cli")
-    weights = write_random_tiny_weights(base / "weights")
+    weights = random_tiny_weights
     model = create_model("tiny", vocabulary=VOCAB, method="selectivecl", weights_dir=weights)
     checkpoint = save_model(base / "model.pt", model, extra={"step": 0})
     image = np.zeros((60, 80, 3), np.uint8)

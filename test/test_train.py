@@ -29,17 +29,6 @@ FAST = ["--model", "tiny", "--batch-size", "2", "--num-workers", "0", "--log-eve
         "--no-progress"]
 
 
-def write_random_tiny_weights(directory: Path) -> Path:
-    """Saves randomly initialised tiny DINO/CLIP backbones as ``dino_tiny.pt``/``clip_tiny.pt``."""
-    from affordance_core import tiny
-
-    directory.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    torch.save(tiny.build_tiny_dino().state_dict(), directory / tiny.TINY_DINO_FILE)
-    torch.save(tiny.build_tiny_clip().state_dict(), directory / tiny.TINY_CLIP_FILE)
-    return directory
-
-
 def corrupt_some_training_images(split: Path) -> None:
     """Truncates the first exocentric and egocentric JPEG of every <aff>/<obj> folder."""
     for view in ("exocentric", "egocentric"):
@@ -62,17 +51,16 @@ def last_json_line(text: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from conftest import _write_tree
-
+def workspace(tmp_path_factory: pytest.TempPathFactory, make_agd_tree,
+              random_tiny_weights: Path) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("train")
     root = base / "data"
-    _write_tree(root, split="Seen", n_exo=3, n_ego=2, n_test=2, seed=1)
+    make_agd_tree(root, split="Seen", n_exo=3, n_ego=2, n_test=2, seed=1)
     corrupt_root = base / "corrupt"
-    corrupt_some_training_images(_write_tree(corrupt_root, split="Seen", n_exo=3, n_ego=2,
+    corrupt_some_training_images(make_agd_tree(corrupt_root, split="Seen", n_exo=3, n_ego=2,
                                              n_test=2, seed=2))
     return {"base": base, "root": root, "corrupt_root": corrupt_root,
-            "weights": write_random_tiny_weights(base / "weights")}
+            "weights": random_tiny_weights}
 
 
 def train_args(ws: dict[str, Path], out: Path, method: str, iters: int, *extra: str) -> list[str]:

@@ -13,6 +13,14 @@ selection on the test set and only meant for comparison with the papers' numbers
 
 The last line on stdout is a JSON summary ``{"step", "loss", "skipped", "seconds", "model",
 "best"}``.
+
+Data-parallel training on several GPUs or machines: launch the same command with torchrun,
+``--batch-size`` being the global batch (divided evenly among the processes)::
+
+    torchrun --standalone --nproc_per_node=4 -m training.train --data-root DATA --split Seen \
+        --method selectivecl --model paper --out runs/selcl --batch-size 32
+
+Rank 0 writes every file and prints the summary; see :mod:`training.distributed`.
 """
 from __future__ import annotations
 
@@ -26,9 +34,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from training.common import (CLIError, apply_overrides, choose_device, layered_config,
-                             load_yaml, parse_set_items, run_cli, seed_everything,
-                             setup_logging, write_yaml)
+import torch
+
+from training import distributed
+from training.common import (
+    CLIError,
+    apply_overrides,
+    choose_device,
+    layered_config,
+    load_yaml,
+    parse_set_items,
+    run_cli,
+    seed_everything,
+    setup_logging,
+    write_yaml,
+)
 from training.trainer import Trainer
 
 __all__ = ["build_parser", "build_run", "main", "resolve_config", "validate_config"]
@@ -185,7 +205,8 @@ def _split_options(config: dict[str, Any], prefix_keys: Sequence[str]) -> dict[s
 
 
 def build_run(config: dict[str, Any], run_dir: Path, progress: bool,
-              vocabulary: Sequence[str] | None = None) -> Trainer:
+              vocabulary: Sequence[str] | None = None,
+              device: torch.device | None = None) -> Trainer:
     """Builds the model, method, datasets and :class:`~training.trainer.Trainer` of a config.
 
     Args:
@@ -194,10 +215,15 @@ def build_run(config: dict[str, Any], run_dir: Path, progress: bool,
         progress: show a progress bar.
         vocabulary: class names in id order (a resumed run's); default: resolved from the
             dataset on disk.
+        device: the device to train on (a torchrun process's own GPU); default: from
+            ``train.device``.
     """
     from affordance_core.config import create_model
-    from affordance_core.data import (AffordanceTestDataset, AffordanceTrainDataset,
-                                      resolve_vocabulary)
+    from affordance_core.data import (
+        AffordanceTestDataset,
+        AffordanceTrainDataset,
+        resolve_vocabulary,
+    )
     from affordance_core.methods import build_method
 
     data_cfg, model_cfg, method_cfg = config["data"], config["model"], config["method"]
@@ -205,7 +231,8 @@ def build_run(config: dict[str, Any], run_dir: Path, progress: bool,
     if not root.is_dir():
         raise ValueError(f"data root {root} does not exist; pass --data-root DIR holding "
                          f"<split>/trainset/... (the AGD20K layout)")
-    device = choose_device(config["train"].get("device"))
+    if device is None:
+        device = choose_device(config["train"].get("device"))
     seed_everything(int(config["train"]["seed"]))
     if vocabulary is None:
         vocabulary = resolve_vocabulary(root, str(data_cfg["split"]))
@@ -217,13 +244,15 @@ def build_run(config: dict[str, Any], run_dir: Path, progress: bool,
     model.to(device)
     dataset_args = (root, str(data_cfg["split"]), model.config.image_size)
     dataset_kwargs = {"vocabulary": vocabulary, "num_exo": int(data_cfg.get("num_exo", 3)),
-                      "seed": int(config["train"]["seed"])}
+                      "seed": int(config["train"]["seed"]),
+                      "augment": bool(data_cfg.get("augment", True))}
     train_set = AffordanceTrainDataset(*dataset_args, **dataset_kwargs)
     if data_cfg.get("cache_features"):
         from affordance_core.feature_cache import CachedTrainDataset, FeatureCache
         cache_dir = Path(str(data_cfg.get("cache_dir") or run_dir / "feature_cache"))
-        cache = FeatureCache.build(model, train_set.image_paths(), cache_dir, device=device,
-                                   progress=progress)
+        with distributed.rank_zero_first():  # rank 0 writes the cache, the others read it
+            cache = FeatureCache.build(model, train_set.image_paths(), cache_dir,
+                                       device=device, progress=progress)
         train_set = CachedTrainDataset(cache, *dataset_args, **dataset_kwargs)
     eval_set = None
     if config["train"].get("select_on_test"):
@@ -269,12 +298,34 @@ def _run(argv: Sequence[str] | None) -> int:
                          f"choose another --out")
     config = resolve_config(args, state["train_config"] if state else None)
     validate_config(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(args.verbose, run_dir / "train.log")
-    write_yaml(config, run_dir / "config.yaml")
+    ctx, device = distributed.init_distributed(choose_device(config["train"].get("device")))
+    try:
+        status = _train(args, config, run_dir, payload, state, ctx, device)
+    except BaseException:
+        distributed.shutdown_distributed(ctx, wait=False)  # the others fail on their next call
+        raise
+    distributed.shutdown_distributed(ctx)
+    return status
+
+
+def _train(args: argparse.Namespace, config: dict[str, Any], run_dir: Path,
+           payload: dict[str, Any] | None, state: dict[str, Any] | None,
+           ctx: distributed.DistContext, device: torch.device) -> int:
+    last = run_dir / "last.pt"
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        setup_logging(args.verbose, run_dir / "train.log")
+        write_yaml(config, run_dir / "config.yaml")
+    else:
+        setup_logging(False)
+        logging.getLogger().setLevel(logging.WARNING)
+    distributed.barrier()
+    if ctx.enabled:
+        logger.info("torchrun: %d processes (%s), global batch %s", ctx.world_size,
+                    ctx.backend, config["train"]["batch_size"])
 
     trainer = build_run(config, run_dir, progress=not args.no_progress,
-                        vocabulary=payload["vocabulary"] if payload else None)
+                        vocabulary=payload["vocabulary"] if payload else None, device=device)
     if payload is not None and state is not None:
         try:
             trainer.model.load_trainable_state_dict(payload["heads"])
@@ -296,7 +347,8 @@ def _run(argv: Sequence[str] | None) -> int:
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
-    print(json.dumps(summary), flush=True)
+    if ctx.is_main:
+        print(json.dumps(summary), flush=True)
     return 0
 
 

@@ -15,6 +15,13 @@ Files written in the run directory:
 * ``log.jsonl``: one JSON record per line: ``{"step", "lr", "loss", <terms>, "skipped"}``
   every ``log_every`` steps, ``{"event": "checkpoint", ...}`` and ``{"event": "eval", ...}``;
 * ``tb/``: TensorBoard scalars of every loss term and statistic.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1, see :mod:`training.distributed`) the method module is
+wrapped in ``DistributedDataParallel``, its BatchNorm layers normalise over the global batch,
+each process reads its share of every global batch, and only rank 0 writes files, logs and
+shows the progress bar; logged terms are means over the ranks. ``train.amp`` turns on
+automatic mixed precision on CUDA (``true``/``bf16``: bfloat16 autocast; ``fp16``: float16
+autocast with a gradient scaler); it is ignored on other devices.
 """
 from __future__ import annotations
 
@@ -31,11 +38,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from affordance_core.checkpoint import save_model
+from training import distributed
 from training.common import get_rng_state, resolve_num_workers, set_rng_state
 
 __all__ = ["Trainer", "move_to_device"]
@@ -70,6 +79,33 @@ def _scalar(value: Any) -> torch.Tensor | None:
     return None
 
 
+def resolve_amp(value: Any, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``train.amp`` on ``device`` (None: full precision).
+
+    Args:
+        value: false/None/"off", true/"auto" (bfloat16 where supported, else float16),
+            "bf16"/"bfloat16" or "fp16"/"float16".
+        device: training device; autocast is used on CUDA only.
+
+    Raises:
+        ValueError: on any other value.
+    """
+    text = str(value).strip().lower() if value is not None else "false"
+    if text in ("false", "off", "none", "no", "0"):
+        return None
+    if text not in ("true", "auto", "on", "yes", "1", "bf16", "bfloat16", "fp16", "float16"):
+        raise ValueError(f"train.amp must be false, true, bf16 or fp16, got {value!r}")
+    if device.type != "cuda":
+        logger.warning("train.amp=%s ignored: mixed precision is only used on CUDA (device %s)",
+                       value, device)
+        return None
+    if text in ("fp16", "float16"):
+        return torch.float16
+    if text in ("bf16", "bfloat16") or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
 class Trainer:
     """Runs, logs, checkpoints and resumes the optimisation of one method.
 
@@ -83,7 +119,11 @@ class Trainer:
         train_dataset: training items (``ego``, ``exo``, ``label``, ``skipped``).
         device: where the batches go.
         eval_dataset: test items; used only when ``train.select_on_test`` is set.
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar (rank 0 only under torchrun).
+
+    Raises:
+        ValueError: on settings out of range, or a global batch that the number of processes
+            does not divide.
     """
 
     def __init__(self, config: Mapping[str, Any], run_dir: str | os.PathLike, model: nn.Module,
@@ -113,6 +153,18 @@ class Trainer:
                              f"got {self.milestones}")
         if self.train_cfg.get("select_on_test") and eval_dataset is None:
             raise ValueError("train.select_on_test needs the split's testset/ with GT maps")
+        self.dist = distributed.current()
+        self.is_main = self.dist.is_main
+        world = self.dist.world_size
+        if self.batch_size % world:
+            raise ValueError(f"train.batch_size {self.batch_size} (the global batch) must be "
+                             f"divisible by the {world} processes")
+        if world > 1 and len(train_dataset) < self.batch_size:
+            raise ValueError(f"the training set has {len(train_dataset)} items, fewer than one "
+                             f"global batch of {self.batch_size}; lower --batch-size")
+        self.local_batch_size = self.batch_size // world
+        if world > 1:
+            distributed.convert_batchnorm(model, device)
 
         base_lr = float(self.train_cfg["lr"])
         groups = model.param_groups(base_lr)
@@ -133,6 +185,24 @@ class Trainer:
         self.last_loss = float("nan")
         self._writer = None
         self._log_file = None
+        self.amp_dtype = resolve_amp(self.train_cfg.get("amp", False), device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self._forward: nn.Module = self._wrap_ddp() if world > 1 else method
+
+    def _wrap_ddp(self) -> DistributedDataParallel:
+        """DDP over the method module; the frozen backbones are neither broadcast nor reduced."""
+        frozen = [name for name, p in self.method.named_parameters() if not p.requires_grad]
+        frozen_modules = {name.rsplit(".", 1)[0] for name in frozen}
+        frozen += [name for name, _ in self.method.named_buffers()
+                   if name.rsplit(".", 1)[0] in frozen_modules]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.method, frozen)
+        cuda = self.device.type == "cuda"
+        # Some heads or terms are unused by some methods or before the warm-up ends; the
+        # BatchNorm statistics are already global, so buffers need no broadcast.
+        return DistributedDataParallel(
+            self.method, device_ids=[self.device.index] if cuda else None,
+            output_device=self.device.index if cuda else None,
+            find_unused_parameters=True, broadcast_buffers=False)
 
     # ------------------------------------------------------------------ set-up helpers
     def _model_prefixes(self) -> list[str]:
@@ -169,6 +239,18 @@ class Trainer:
         generator = torch.Generator()
         # A fresh shuffle order per (seed, start step): a resumed run does not replay batches.
         generator.manual_seed(int(self.train_cfg["seed"]) * 1_000_003 + self.step)
+        if self.dist.enabled:
+            # The global batches a single process would draw (same sampler and generator use),
+            # each process keeping items rank, rank + W, ...
+            global_batches = BatchSampler(RandomSampler(self.train_dataset, generator=generator),
+                                          self.batch_size, drop_last=True)
+            return DataLoader(
+                self.train_dataset, num_workers=workers,
+                batch_sampler=distributed.ShardedBatchSampler(
+                    global_batches, self.dist.world_size, self.dist.rank),
+                pin_memory=self.device.type == "cuda", generator=generator,
+                persistent_workers=workers > 0,
+                worker_init_fn=_worker_init if workers else None)
         return DataLoader(
             self.train_dataset, batch_size=self.batch_size, shuffle=True,
             drop_last=len(self.train_dataset) >= self.batch_size, num_workers=workers,
@@ -182,6 +264,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ logging
     def _open_logs(self) -> None:
+        if not self.is_main:
+            return
         from torch.utils.tensorboard import SummaryWriter
 
         self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=self.step + 1)
@@ -223,18 +307,23 @@ class Trainer:
             "skipped": self.skipped,
             "best": self.best,
             "train_config": self.config,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
         }
 
     def save_last(self) -> Path:
-        """Writes ``last.pt`` atomically and records the event in ``log.jsonl``."""
+        """Writes ``last.pt`` atomically and records the event in ``log.jsonl`` (rank 0)."""
         path = self.run_dir / "last.pt"
+        if not self.is_main:
+            return path
         save_model(path, self.model, extra={"training": self.training_state()})
         self.log_record({"event": "checkpoint", "step": self.step, "file": path.name})
         return path
 
     def save_final(self) -> Path:
-        """Writes ``model.pt``: the model of the current step, without optimizer state."""
+        """Writes ``model.pt``: the model of the current step, without optimizer state (rank 0)."""
         path = self.run_dir / "model.pt"
+        if not self.is_main:
+            return path
         save_model(path, self.model, extra={"step": self.step, "train_config": self.config})
         return path
 
@@ -268,13 +357,27 @@ class Trainer:
         self.skipped = int(state.get("skipped", 0))
         self.best = state.get("best")
         set_rng_state(state.get("rng") or {})
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
         generator = getattr(self.method, "generator", None)
         if isinstance(generator, torch.Generator) and state.get("method_rng") is not None:
             generator.set_state(state["method_rng"])
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, Any]:
-        """Evaluates the current model on the test split (``select_on_test`` only)."""
+        """Evaluates the current model on the test split (``select_on_test`` only).
+
+        Under torchrun only rank 0 evaluates (the others wait); they return ``{}``.
+        """
+        if not self.is_main:
+            distributed.barrier()
+            return {}
+        try:
+            return self._evaluate()
+        finally:
+            distributed.barrier()
+
+    def _evaluate(self) -> dict[str, Any]:
         from training.evaluate import evaluate_model
 
         assert self.eval_dataset is not None
@@ -307,17 +410,21 @@ class Trainer:
         """One optimisation step on a collated batch; returns the detached scalar terms."""
         batch = move_to_device(batch, self.device)
         self.optimizer.zero_grad(set_to_none=True)
-        out = self.method(batch, min(1.0, self.step / self.iters))
+        with torch.autocast(self.device.type, dtype=self.amp_dtype,
+                            enabled=self.amp_dtype is not None):
+            out = self._forward(batch, min(1.0, self.step / self.iters))
         loss = out["loss"]
         if not torch.is_tensor(loss) or loss.numel() != 1:
             raise RuntimeError("the method must return a scalar tensor under 'loss'")
         if loss.requires_grad:
-            loss.backward()
+            self.scaler.scale(loss.float()).backward()
             max_norm = self.train_cfg.get("max_grad_norm")
             if max_norm:
+                self.scaler.unscale_(self.optimizer)
                 params = [p for g in self.optimizer.param_groups for p in g["params"]]
                 torch.nn.utils.clip_grad_norm_(params, float(max_norm))
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         terms = {}
         for key, value in out.items():
             scalar = _scalar(value)
@@ -331,6 +438,7 @@ class Trainer:
         batches = self._batches()
         sums: dict[str, torch.Tensor] = {}
         count = 0
+        synced_skipped = self.skipped
         while self.step < self.iters:
             lr = self._apply_lr()
             batch = next(batches)
@@ -343,6 +451,15 @@ class Trainer:
             count += 1
             bar.update(1)
             if self.step % log_every == 0 or self.step == self.iters:
+                if self.dist.enabled:
+                    # Means over the ranks; corrupt-file counts are summed.
+                    pending = torch.tensor(float(self.skipped - synced_skipped))
+                    reduced = distributed.all_reduce_mean(
+                        {**sums, "__skipped__": pending}, self._collective_device())
+                    self.skipped = synced_skipped + round(
+                        float(reduced.pop("__skipped__")) * self.dist.world_size)
+                    synced_skipped = self.skipped
+                    sums = reduced
                 means = {k: float(v) / count for k, v in sums.items()}
                 if not math.isfinite(means.get("loss", 0.0)):
                     raise RuntimeError(f"the loss became {means['loss']} before step "
@@ -367,6 +484,9 @@ class Trainer:
         self.save_last()
         return self.save_final()
 
+    def _collective_device(self) -> torch.device:
+        return self.device if self.dist.backend == "nccl" else torch.device("cpu")
+
     def fit(self) -> dict[str, Any]:
         """Trains from the current step to ``train.iters``.
 
@@ -384,14 +504,15 @@ class Trainer:
         self.model.train()
         self.method.train()
         start_step, start = self.step, time.perf_counter()
+        show = self.progress and self.is_main
         bar = tqdm(total=self.iters, initial=self.step, desc="train", dynamic_ncols=True,
-                   disable=not self.progress, file=sys.stderr)
-        redirect = logging_redirect_tqdm() if self.progress else contextlib.nullcontext()
+                   disable=not show, file=sys.stderr)
+        redirect = logging_redirect_tqdm() if show else contextlib.nullcontext()
         with redirect:
             try:
                 model_path = self._loop(bar, log_every, save_every, eval_every, select)
             except KeyboardInterrupt:
-                if self.step > start_step:
+                if self.step > start_step and self.is_main:
                     self.save_last()
                     logger.warning("interrupted at step %d; saved last.pt (continue with "
                                    "--resume)", self.step)
@@ -399,6 +520,7 @@ class Trainer:
             finally:
                 bar.close()
                 self._close_logs()
+        distributed.barrier()
         seconds = time.perf_counter() - start
         done = self.step - start_step
         logger.info("trained steps %d-%d in %.1f s (%.2f steps/s)", start_step + 1, self.step,

@@ -111,21 +111,3 @@ def reference_predictor(tiny_model_files: tuple[Path, Path]):
 
     ckpt, weights = tiny_model_files
     return AffordancePredictor.from_checkpoint(ckpt, weights_dir=weights)
-
-
-def write_params(path: Path, params: dict[str, object], node: str = "/**") -> Path:
-    """Write a ROS 2 parameters YAML file for ``node`` (default: any node)."""
-    import yaml
-
-    path.write_text(yaml.safe_dump({node: {"ros__parameters": params}}))
-    return path
-
-
-def start_node(tmp: Path, env: dict[str, str], params: dict[str, object],
-               extra_args: list[str] = (), name: str = "node",
-               cmd: list[str] | None = None) -> NodeProcess:
-    """Start ``python -m affordance_ros.node`` (or ``cmd``) with a params file and --ros-args."""
-    pfile = write_params(tmp / f"{name}_params.yaml", params)
-    base = cmd or [sys.executable, "-m", "affordance_ros.node"]
-    argv = [*base, "--ros-args", "--params-file", str(pfile), *extra_args]
-    return NodeProcess(argv, env, tmp / f"{name}.log", cwd=REPO)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -191,3 +192,21 @@ test_image.__test__ = False  # type: ignore[attr-defined]
 
 def diag_values(msg: Any) -> dict[str, str]:
     return {kv.key: kv.value for kv in msg.status[0].values}
+
+
+def write_params(path: Path, params: dict[str, object], node: str = "/**") -> Path:
+    """Write a ROS 2 parameters YAML file for ``node`` (default: any node)."""
+    import yaml
+
+    path.write_text(yaml.safe_dump({node: {"ros__parameters": params}}))
+    return path
+
+
+def start_node(tmp: Path, env: dict[str, str], params: dict[str, object],
+               extra_args: list[str] = (), name: str = "node",
+               cmd: list[str] | None = None) -> NodeProcess:
+    """Start ``python -m affordance_ros.node`` (or ``cmd``) with a params file and --ros-args."""
+    pfile = write_params(tmp / f"{name}_params.yaml", params)
+    base = cmd or [sys.executable, "-m", "affordance_ros.node"]
+    argv = [*base, "--ros-args", "--params-file", str(pfile), *extra_args]
+    return NodeProcess(argv, env, tmp / f"{name}.log", cwd=REPO)

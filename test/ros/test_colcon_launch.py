@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_params
-from ros_helpers import REPO, STUBS, Client, NodeProcess, make_image, stamp_key, test_image
+from ros_helpers import (REPO, STUBS, Client, NodeProcess, make_image, stamp_key, test_image,
+                         write_params)
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(300)]
 

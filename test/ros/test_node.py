@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import start_node
-from ros_helpers import Client, diag_values, make_image, stamp_key, test_image
+from ros_helpers import Client, diag_values, make_image, stamp_key, start_node, test_image
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(180)]
 
