@@ -17,7 +17,7 @@ from .backbones import minmax
 __all__ = ["masked_kmeans", "piou", "PartDiscovery", "discover_parts"]
 
 
-def masked_kmeans(points: Tensor, valid: Tensor, k: int = 3, iters: int = 20,
+def masked_kmeans(points: Tensor, valid: Tensor, k: int = 3, iters: int = 10,
                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """Lloyd's K-means run independently per batch row on the valid points only.
 
@@ -41,7 +41,9 @@ def masked_kmeans(points: Tensor, valid: Tensor, k: int = 3, iters: int = 20,
     centroids = points.gather(1, init[..., None].expand(-1, -1, points.shape[-1]))
     weight = valid.to(points.dtype)
     for _ in range(iters):
-        assign = torch.cdist(points, centroids).argmin(-1)                   # (B, N)
+        # squared distances up to the per-point constant |x|^2, which argmin ignores
+        dist = (centroids * centroids).sum(-1)[:, None] - 2 * points @ centroids.transpose(1, 2)
+        assign = dist.argmin(-1)                                             # (B, N)
         onehot = F.one_hot(assign, k).to(points.dtype) * weight[..., None]    # (B, N, k)
         counts = onehot.sum(1)                                               # (B, k)
         sums = onehot.transpose(1, 2) @ points                               # (B, k, D)
@@ -88,7 +90,7 @@ class PartDiscovery:
 
 def discover_parts(exo_keys: Tensor, exo_maps: Tensor, ego_keys: Tensor, ego_saliency: Tensor,
                    region_threshold: float = 0.6, piou_threshold: float = 0.6, k: int = 3,
-                   iters: int = 20, generator: torch.Generator | None = None) -> PartDiscovery:
+                   iters: int = 10, generator: torch.Generator | None = None) -> PartDiscovery:
     """Find the affordance part prototype from exocentric interaction regions.
 
     Steps (per sample, batched): min-max normalise each exo map and keep the descriptors above
