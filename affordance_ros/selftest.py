@@ -31,7 +31,9 @@ __all__ = ["run_node_selftest"]
 
 def run_node_selftest(checkpoint: str | os.PathLike, seconds: float = 5.0, rate: float = 10.0,
                       log_dir: str | os.PathLike | None = None,
-                      msg_prefix: str | os.PathLike = DEFAULT_MSG_PREFIX) -> dict[str, Any]:
+                      msg_prefix: str | os.PathLike = DEFAULT_MSG_PREFIX,
+                      weights_dir: str | os.PathLike | None = None,
+                      image_size: int = 160) -> dict[str, Any]:
     """Start node + client processes; returns the client's JSON summary.
 
     Raises:
@@ -46,15 +48,20 @@ def run_node_selftest(checkpoint: str | os.PathLike, seconds: float = 5.0, rate:
     fastdds = Path(__file__).resolve().parent.parent / "config" / "fastdds.xml"
     if fastdds.is_file():
         env["FASTRTPS_DEFAULT_PROFILES_FILE"] = str(fastdds)
+    from affordance_core.checkpoint import read_checkpoint
+    model_name = read_checkpoint(checkpoint)["config"]["name"]
     node_log = open(log_dir / "node.log", "w")
     node = subprocess.Popen(
         [sys.executable, "-m", "affordance_ros.node", "--ros-args",
-         "-p", f"checkpoint:={Path(checkpoint).resolve()}", "-p", "image_qos:=reliable"],
+         "-p", f"checkpoint:={Path(checkpoint).resolve()}", "-p", f"model:={model_name}",
+         "-p", "image_qos:=reliable",
+         *(["-p", f"weights_dir:={Path(weights_dir).resolve()}"] if weights_dir else [])],
         env=env, stdout=node_log, stderr=subprocess.STDOUT)
     try:
         client = subprocess.run(
             [sys.executable, "-m", "affordance_ros.selftest", "--client",
-             "--checkpoint", str(checkpoint), "--seconds", str(seconds), "--rate", str(rate)],
+             "--checkpoint", str(checkpoint), "--seconds", str(seconds), "--rate", str(rate),
+             "--image-size", str(image_size)],
             env=env, capture_output=True, text=True, timeout=seconds + 120)
     finally:
         if node.poll() is None:
@@ -71,7 +78,7 @@ def run_node_selftest(checkpoint: str | os.PathLike, seconds: float = 5.0, rate:
     return json.loads(lines[-1])
 
 
-def _client(checkpoint: Path, seconds: float, rate: float) -> dict[str, Any]:
+def _client(checkpoint: Path, seconds: float, rate: float, size: int) -> dict[str, Any]:
     import numpy as np
     import rclpy
     import torch
@@ -91,7 +98,7 @@ def _client(checkpoint: Path, seconds: float, rate: float) -> dict[str, Any]:
     for obj in OBJECTS:
         actions = [a for a in list_actions(obj) if a in vocabulary]
         if actions:
-            scenes.append((render_scene(rng, obj, size=160, view="ego").image, actions[0]))
+            scenes.append((render_scene(rng, obj, size=size, view="ego").image, actions[0]))
 
     rclpy.init()
     node = rclpy.create_node("affordance_selftest_client")
@@ -156,10 +163,10 @@ def _client(checkpoint: Path, seconds: float, rate: float) -> dict[str, Any]:
         summary["last_result"] = {"action": res.action, "score": round(float(res.score), 3),
                                   "grasp_pixel": [round(res.grasp_pixel.x),
                                                   round(res.grasp_pixel.y)]}
-    if diagnostics:
-        status = diagnostics[-1].status
-        if status:
-            summary["diagnostics"] = {kv.key: kv.value for kv in status[0].values}
+    reports = [{kv.key: kv.value for kv in d.status[0].values} for d in diagnostics if d.status]
+    busy = [r for r in reports if r.get("predictor_ms_mean")]
+    if busy or reports:
+        summary["diagnostics"] = (busy or reports)[-1]
     node.destroy_node()
     rclpy.shutdown()
     return summary
@@ -170,12 +177,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rate", type=float, default=10.0)
+    parser.add_argument("--image-size", type=int, default=160, help="square frame side")
+    parser.add_argument("--weights-dir", help="backbone weights folder for the node")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.client:
-        print(json.dumps(_client(Path(args.checkpoint), args.seconds, args.rate)))
+        print(json.dumps(_client(Path(args.checkpoint), args.seconds, args.rate,
+                                 args.image_size)))
     else:
-        print(json.dumps(run_node_selftest(args.checkpoint, args.seconds, args.rate)))
+        print(json.dumps(run_node_selftest(args.checkpoint, args.seconds, args.rate,
+                                           weights_dir=args.weights_dir,
+                                           image_size=args.image_size)))
     return 0
 
 
