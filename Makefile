@@ -43,7 +43,12 @@ pretrain: $(STAMP)
 	$(PY) -m training.pretrain --out weights/tiny
 
 bench: msgs
-	for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+	$(PY) bench/bench_inference.py --model tiny
+	$(PY) bench/bench_inference.py --model paper --frames 4
+	$(PY) bench/bench_train.py --tiers tiny
+	@test -f outputs/demo/runs/Seen/selectivecl/model.pt && \
+	  $(PY) bench/bench_node.py --checkpoint outputs/demo/runs/Seen/selectivecl/model.pt || \
+	  echo "bench_node: run make demo first (it needs a trained checkpoint)"
 
 clean:
 	rm -rf build install log outputs .pytest_cache
