@@ -8,15 +8,28 @@ affordance model runs them under ``torch.no_grad`` and keeps their parameters fr
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DinoFeatures", "DinoBackbone", "ClipBackbone", "IMAGENET_MEAN", "IMAGENET_STD",
-           "CLIP_MEAN", "CLIP_STD"]
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ClipBackbone",
+    "DinoBackbone",
+    "DinoFeatures",
+    "clearclip_head",
+    "clip_trunk",
+    "cls_saliency",
+    "keys_to_grid",
+    "minmax",
+    "vit_last_block_qk",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -49,19 +62,22 @@ class DinoFeatures:
     cls_attention: Tensor
 
     def saliency(self, binarize_heads: bool = True) -> Tensor:
-        """Object saliency (N, h, w) in [0, 1] from the CLS attention.
+        """Object saliency (N, h, w) in [0, 1]; see :func:`cls_saliency`."""
+        return cls_saliency(self.cls_attention, binarize_heads)
 
-        Args:
-            binarize_heads: LOCATE/SelectiveCL style (each head thresholded at its spatial
-                mean, then averaged) when True; LoopTrans style (raw mean of the heads) when
-                False. Both are min-max normalised per image.
-        """
-        attn = self.cls_attention
-        if binarize_heads:
-            mean = attn.flatten(2).mean(-1)[..., None, None]
-            attn = (attn > mean).to(attn.dtype)
-        sal = attn.mean(1)
-        return minmax(sal)
+
+def cls_saliency(cls_attention: Tensor, binarize_heads: bool = True) -> Tensor:
+    """Object saliency (N, h, w) in [0, 1] from CLS attention (N, K, h, w).
+
+    Args:
+        binarize_heads: LOCATE/SelectiveCL style (each head thresholded at its spatial mean,
+            then averaged) when True; LoopTrans style (raw mean of the heads) when False.
+            Both are min-max normalised per image.
+    """
+    attn = cls_attention
+    if binarize_heads:
+        attn = (attn > attn.flatten(2).mean(-1)[..., None, None]).to(attn.dtype)
+    return minmax(attn.mean(1))
 
 
 def minmax(maps: Tensor, eps: float = 1e-12) -> Tensor:
@@ -97,27 +113,95 @@ class DinoBackbone(nn.Module):
 
     def forward(self, images: Tensor) -> DinoFeatures:
         """Args: images (N, 3, S, S) float RGB in [0, 1]. Returns: DinoFeatures."""
-        vit = self.vit
-        x = vit.patch_embed(self.normalize(images))
-        x = vit._pos_embed(x)
-        x = vit.norm_pre(x)
-        for block in vit.blocks[:-1]:
-            x = block(x)
-        last = vit.blocks[-1]
-        attn = last.attn
-        n, tokens, _ = x.shape
-        heads = attn.num_heads
-        head_dim = attn.head_dim
-        qkv = attn.qkv(last.norm1(x)).reshape(n, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
-        q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])                 # (N, H, T, dh)
-        patches = tokens - self.num_prefix
-        grid = math.isqrt(int(patches))
-        keys = k[:, :, self.num_prefix:].permute(0, 2, 3, 1).reshape(n, patches, head_dim * heads)
-        keys = keys.transpose(1, 2).reshape(n, head_dim * heads, grid, grid)
+        q, k = vit_last_block_qk(self.vit, self.normalize(images))           # (N, H, T, dh)
         sel = self.saliency_heads
-        logits = (q[:, sel, :1] * attn.scale) @ k[:, sel].transpose(-1, -2)  # (N, K, 1, T)
+        scale = self.vit.blocks[-1].attn.scale
+        logits = (q[:, sel, :1] * scale) @ k[:, sel].transpose(-1, -2)        # (N, K, 1, T)
         cls_attn = logits.softmax(-1)[:, :, 0, self.num_prefix:]
-        return DinoFeatures(keys=keys, cls_attention=cls_attn.reshape(n, len(sel), grid, grid))
+        keys = keys_to_grid(k, self.num_prefix)
+        n, _, h, w = keys.shape
+        return DinoFeatures(keys=keys, cls_attention=cls_attn.reshape(n, len(sel), h, w))
+
+
+def vit_last_block_qk(vit: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
+    """Queries and keys of a timm ViT's last attention, from that block's LayerNorm'd input.
+
+    Args:
+        vit: timm ``VisionTransformer``.
+        images: (N, 3, S, S) already normalised.
+
+    Returns:
+        q, k: (N, heads, T, head_dim) for all T tokens (prefix tokens first).
+    """
+    x = vit.norm_pre(vit._pos_embed(vit.patch_embed(images)))
+    for block in vit.blocks[:-1]:
+        x = block(x)
+    last = vit.blocks[-1]
+    attn = last.attn
+    n, tokens, _ = x.shape
+    qkv = attn.qkv(last.norm1(x)).reshape(n, tokens, 3, attn.num_heads, attn.head_dim)
+    qkv = qkv.permute(2, 0, 3, 1, 4)
+    return attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+
+
+def keys_to_grid(k: Tensor, num_prefix: int) -> Tensor:
+    """(N, H, T, dh) keys -> (N, dh * H, h, w) patch grid, channel = d * H + head."""
+    n, heads, tokens, head_dim = k.shape
+    patches = tokens - num_prefix
+    grid = math.isqrt(int(patches))
+    keys = k[:, :, num_prefix:].permute(0, 2, 3, 1).reshape(n, patches, head_dim * heads)
+    return keys.transpose(1, 2).reshape(n, head_dim * heads, grid, grid)
+
+
+def clip_trunk(visual: nn.Module, images: Tensor) -> Tensor:
+    """Tokens entering open_clip's last vision block (embeddings, ``ln_pre``, blocks[:-1]).
+
+    Args:
+        visual: ``open_clip`` ViT vision tower.
+        images: (N, 3, S, S) already normalised.
+
+    Returns:
+        (N, T, width) tokens, batch first, class token first.
+    """
+    x = visual._embeds(images)
+    transformer = visual.transformer
+    batch_first = getattr(transformer, "batch_first", True)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    for block in transformer.resblocks[:-1]:
+        x = block(x)
+    return x if batch_first else x.transpose(0, 1)
+
+
+def clearclip_head(visual: nn.Module, tokens: Tensor, normalize: bool = True) -> Tensor:
+    """ClearCLIP last block on trunk tokens: q-q attention and the output projection, with
+    neither residual nor MLP, then ``ln_post`` and the visual projection on every token.
+
+    Args:
+        visual: ``open_clip`` ViT vision tower.
+        tokens: (N, T, width) from :func:`clip_trunk` (one class token first).
+        normalize: L2-normalise each patch embedding.
+
+    Returns:
+        (N, Dc, h, w) patch embeddings.
+    """
+    last = visual.transformer.resblocks[-1]
+    mha: nn.MultiheadAttention = last.attn
+    y = last.ln_1(tokens)
+    n, count, width = y.shape
+    heads = mha.num_heads
+    head_dim = width // heads
+    q, _, v = F.linear(y, mha.in_proj_weight, mha.in_proj_bias).chunk(3, dim=-1)
+    q = q.view(n, count, heads, head_dim).transpose(1, 2)
+    v = v.view(n, count, heads, head_dim).transpose(1, 2)
+    out = F.scaled_dot_product_attention(q, q, v)                           # (N, H, T, dh)
+    out = visual.ln_post(mha.out_proj(out.transpose(1, 2).reshape(n, count, width))[:, 1:])
+    if visual.proj is not None:
+        out = out @ visual.proj
+    if normalize:
+        out = F.normalize(out, dim=-1)
+    grid = math.isqrt(int(count) - 1)
+    return out.transpose(1, 2).reshape(n, -1, grid, grid)
 
 
 class ClipBackbone(nn.Module):
@@ -145,27 +229,7 @@ class ClipBackbone(nn.Module):
     def encode_dense(self, images: Tensor) -> Tensor:
         """Args: images (N, 3, S, S) in [0, 1]. Returns: (N, Dc, h, w) L2-normalised embeddings."""
         visual = self.clip.visual
-        x = visual._embeds(self.normalize(images))
-        blocks = visual.transformer.resblocks
-        for block in blocks[:-1]:
-            x = block(x)
-        last = blocks[-1]
-        mha: nn.MultiheadAttention = last.attn
-        y = last.ln_1(x)
-        n, tokens, width = y.shape
-        heads = mha.num_heads
-        head_dim = width // heads
-        q, _, v = F.linear(y, mha.in_proj_weight, mha.in_proj_bias).chunk(3, dim=-1)
-        q = q.view(n, tokens, heads, head_dim).transpose(1, 2)
-        v = v.view(n, tokens, heads, head_dim).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, q, v)                       # (N, H, T, dh)
-        out = mha.out_proj(out.transpose(1, 2).reshape(n, tokens, width))
-        out = visual.ln_post(out[:, 1:])
-        if visual.proj is not None:
-            out = out @ visual.proj
-        grid = math.isqrt(int(tokens) - 1)
-        out = F.normalize(out, dim=-1)
-        return out.transpose(1, 2).reshape(n, -1, grid, grid)
+        return clearclip_head(visual, clip_trunk(visual, self.normalize(images)))
 
     def encode_text(self, texts: list[str]) -> Tensor:
         """Args: texts, T strings. Returns: (T, Dc) L2-normalised text embeddings."""

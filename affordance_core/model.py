@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbones import ClipBackbone, DinoBackbone, minmax
+from .backbones import ClipBackbone, DinoBackbone, cls_saliency, minmax
 from .config import AffordanceConfig
 from .prompts import ego_prompt, exo_prompt
 
@@ -31,13 +31,10 @@ class Features:
     clip: Tensor | None
 
     def saliency(self, binarize_heads: bool = True) -> Tensor:
-        """(N, h, w) saliency in [0, 1]; see :meth:`DinoFeatures.saliency`."""
-        attn = self.cls_attention
-        if binarize_heads:
-            attn = (attn > attn.flatten(2).mean(-1)[..., None, None]).to(attn.dtype)
-        return minmax(attn.mean(1))
+        """(N, h, w) saliency in [0, 1]; see :func:`affordance_core.backbones.cls_saliency`."""
+        return cls_saliency(self.cls_attention, binarize_heads)
 
-    def index(self, idx: Tensor | slice) -> "Features":
+    def index(self, idx: Tensor | slice) -> Features:
         return Features(self.keys[idx], self.cls_attention[idx],
                         None if self.clip is None else self.clip[idx])
 
@@ -131,7 +128,7 @@ class AffordanceModel(nn.Module):
         self.ego_text = self.clip.encode_text([ego_prompt(a) for a in self.vocabulary])
         self.exo_text = self.clip.encode_text([exo_prompt(a) for a in self.vocabulary])
 
-    def train(self, mode: bool = True) -> "AffordanceModel":
+    def train(self, mode: bool = True) -> AffordanceModel:
         super().train(mode)
         self.dino.eval()
         if self.clip is not None:

@@ -25,6 +25,9 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import Tensor
 
+from .backbones import clearclip_head as _clearclip_head
+from .backbones import clip_trunk, keys_to_grid, vit_last_block_qk
+
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
@@ -134,16 +137,8 @@ def dino_last_block_qk(vit: tvit.VisionTransformer, images: Tensor) -> tuple[Ten
     Returns:
         q, k: (N, T, heads, head_dim) float for all T tokens (prefix tokens first).
     """
-    x = vit.patch_embed(images)
-    x = vit.norm_pre(vit.patch_drop(vit._pos_embed(x)))
-    for blk in vit.blocks[:-1]:
-        x = blk(x)
-    last = vit.blocks[-1]
-    attn = last.attn
-    n, t, c = x.shape
-    heads = attn.num_heads
-    qkv = attn.qkv(last.norm1(x)).reshape(n, t, 3, heads, c // heads)
-    return attn.q_norm(qkv[:, :, 0]), attn.k_norm(qkv[:, :, 1])
+    q, k = vit_last_block_qk(vit, images)
+    return q.transpose(1, 2), k.transpose(1, 2)
 
 
 def dino_keys_and_saliency(vit: tvit.VisionTransformer, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -160,16 +155,12 @@ def dino_keys_and_saliency(vit: tvit.VisionTransformer, images: Tensor) -> tuple
             patch tokens (the CLS-to-CLS entry is left out, so maps sum to < 1), averaged over
             heads.
     """
-    q, k = dino_last_block_qk(vit, images)
-    n, t, heads, dh = k.shape
-    c = heads * dh
-    n_prefix = t - vit.patch_embed.num_patches
-    gh, gw = vit.patch_embed.grid_size
-    keys = k[:, n_prefix:].permute(0, 1, 3, 2).reshape(n, gh * gw, c)  # channel = d*heads + h
-    keys = keys.transpose(1, 2).reshape(n, c, gh, gw)
-    logits = torch.einsum("nhd,nthd->nht", q[:, 0], k) * dh**-0.5
-    sal = logits.softmax(dim=-1)[:, :, n_prefix:].mean(dim=1)
-    return keys, sal.reshape(n, gh, gw)
+    q, k = vit_last_block_qk(vit, images)                                 # (N, H, T, dh)
+    n_prefix = k.shape[2] - vit.patch_embed.num_patches
+    logits = (q[:, :, :1] * vit.blocks[-1].attn.scale) @ k.transpose(-1, -2)  # (N, H, 1, T)
+    sal = logits.softmax(dim=-1)[:, :, 0, n_prefix:].mean(dim=1)
+    keys = keys_to_grid(k, n_prefix)
+    return keys, sal.reshape(keys.shape[0], *keys.shape[-2:])
 
 
 def clearclip_patch_embeddings(
@@ -204,15 +195,7 @@ def clip_visual_trunk(clip: open_clip.model.CLIP, images: Tensor) -> Tensor:
     Returns:
         (N, T, width) float tokens, batch first, class token first.
     """
-    vis = clip.visual
-    x = vis._embeds(images)
-    tr = vis.transformer
-    batch_first = getattr(tr, "batch_first", True)
-    if not batch_first:
-        x = x.transpose(0, 1)
-    for blk in tr.resblocks[:-1]:
-        x = blk(x)
-    return x if batch_first else x.transpose(0, 1)
+    return clip_trunk(clip.visual, images)
 
 
 def clearclip_head(clip: open_clip.model.CLIP, x: Tensor, normalize: bool = True) -> Tensor:
@@ -221,26 +204,7 @@ def clearclip_head(clip: open_clip.model.CLIP, x: Tensor, normalize: bool = True
     Returns:
         (N, E, h, w) float patch embeddings, unit norm over E when ``normalize``.
     """
-    vis = clip.visual
-    tr = vis.transformer
-    last = tr.resblocks[-1]
-    mha = last.attn
-    n, t, c = x.shape
-    heads = mha.num_heads
-    dh = c // heads
-    y = last.ln_1(x)
-    q, _, v = F.linear(y, mha.in_proj_weight, mha.in_proj_bias).chunk(3, dim=-1)
-    q = q.reshape(n, t, heads, dh).transpose(1, 2)
-    v = v.reshape(n, t, heads, dh).transpose(1, 2)
-    att = (q @ q.transpose(-2, -1) * dh**-0.5).softmax(dim=-1)
-    y = (att @ v).transpose(1, 2).reshape(n, t, c)
-    y = mha.out_proj(y)
-    y = vis.ln_post(y)
-    if vis.proj is not None:
-        y = y @ vis.proj
-    gh, gw = vis.grid_size
-    patches = y[:, t - gh * gw:].transpose(1, 2).reshape(n, -1, gh, gw)
-    return F.normalize(patches, dim=1) if normalize else patches
+    return _clearclip_head(clip.visual, x, normalize=normalize)
 
 
 def encode_text_normalized(clip: open_clip.model.CLIP, tokens: Tensor) -> Tensor:
