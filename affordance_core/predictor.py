@@ -60,21 +60,29 @@ class AffordancePredictor:
     Args:
         model: a trained :class:`AffordanceModel`.
         device: torch device for inference.
-        half: run the backbones in float16 autocast (CUDA only; ignored on CPU).
+        half: run the backbones and heads under autocast: float16 on CUDA, bfloat16 on CPU
+            (bfloat16 only pays on CPUs with native bf16 matrix units, e.g. AVX512-BF16 or
+            AMX; ``bench/bench_inference.py --half`` measures it).
         mask_threshold: heatmap level in [0, 1] above which pixels join the grasp region.
         peak_component: keep only the connected region of the mask around the peak.
+        compile: wrap the backbone pass in ``torch.compile`` (the first frame then takes
+            seconds to minutes of compilation; later frames of the same size reuse it).
     """
 
     def __init__(self, model: AffordanceModel, device: str | torch.device = "cpu",
                  half: bool = False, mask_threshold: float = 0.5,
-                 peak_component: bool = True) -> None:
+                 peak_component: bool = True, compile: bool = False) -> None:
         if not 0.0 <= mask_threshold <= 1.0:
             raise ValueError(f"mask_threshold must be in [0, 1], got {mask_threshold}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.half = bool(half) and self.device.type == "cuda"
+        self.half = bool(half)
+        self.autocast_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         self.mask_threshold = float(mask_threshold)
         self.peak_component = peak_component
+        self.compiled = bool(compile)
+        self._extract = (torch.compile(model.extract, dynamic=False) if compile
+                         else model.extract)
         self._features: Features | None = None
         self._size: tuple[int, int] | None = None
 
@@ -82,12 +90,12 @@ class AffordancePredictor:
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
                         half: bool = False, weights_dir: str | os.PathLike | None = None,
                         mask_threshold: float = 0.5, allow_download: bool = False,
-                        **overrides) -> "AffordancePredictor":
+                        compile: bool = False, **overrides) -> "AffordancePredictor":
         """Load ``RUN_DIR/model.pt`` (see :func:`affordance_core.checkpoint.load_model`)."""
         from .checkpoint import load_model
         model = load_model(path, device="cpu", weights_dir=weights_dir,
                            allow_download=allow_download, **overrides)
-        return cls(model, device, half, mask_threshold)
+        return cls(model, device, half, mask_threshold, compile=compile)
 
     @property
     def vocabulary(self) -> list[str]:
@@ -109,7 +117,9 @@ class AffordancePredictor:
         return ids
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.float16) if self.half else nullcontext()
+        if not self.half:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def image_tensor(self, image: np.ndarray) -> Tensor:
         """Validate an HxWx3 uint8 RGB frame and resize it to the network input (1,3,S,S)."""
@@ -131,7 +141,7 @@ class AffordancePredictor:
         """Embed one RGB frame (HxWx3 uint8); following :meth:`predict` calls reuse it."""
         tensor = self.image_tensor(image)
         with self._autocast():
-            self._features = self.model.extract(tensor)
+            self._features = self._extract(tensor)
         self._size = (int(image.shape[0]), int(image.shape[1]))
 
     @torch.inference_mode()

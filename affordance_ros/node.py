@@ -73,6 +73,7 @@ class NodeSettings:
     weights_dir: str
     device: str
     half: bool
+    compile: bool
     mask_threshold: float
     default_action: str
     image_qos: str
@@ -83,6 +84,7 @@ class NodeSettings:
     depth_window: int
     diagnostics_period: float
     log_throttle: float
+    action_rerun_delay: float
 
 
 def parse_actions(text: str) -> list[str]:
@@ -122,7 +124,7 @@ def load_predictor(settings: NodeSettings) -> Any:
     try:
         predictor = AffordancePredictor.from_checkpoint(
             ckpt, device=settings.device, half=settings.half, weights_dir=weights_dir,
-            mask_threshold=settings.mask_threshold,
+            mask_threshold=settings.mask_threshold, compile=settings.compile,
         )
     except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear message
         raise StartupError(
@@ -182,6 +184,10 @@ class _LatestSlot:
                 self._cv.wait(timeout)
             item, self._item = self._item, None
             return item
+
+    def empty(self) -> bool:
+        with self._cv:
+            return self._item is None
 
     def close(self) -> None:
         with self._cv:
@@ -244,6 +250,7 @@ class AffordanceNode(Node):
         self._stats = _Stats()
         self._last_log: dict[str, float] = {}
         self._last_frame: _Frame | None = None
+        self._rerun_due: float | None = None  # when to re-run the newest frame for new actions
         self._depth: tuple[Any, Any] = (None, None)  # latest (depth msg, camera_info msg)
         self._stop = threading.Event()
 
@@ -293,7 +300,10 @@ class AffordanceNode(Node):
             ("weights_dir", "", _descriptor(
                 "Directory with local backbone weights; empty = the tier's default location.")),
             ("device", "cpu", _descriptor("Torch device: cpu, cuda, cuda:1, ...")),
-            ("half", False, _descriptor("Run the backbones in float16 (CUDA only).")),
+            ("half", False, _descriptor(
+                "Autocast inference: float16 on CUDA, bfloat16 on CPU.")),
+            ("compile", False, _descriptor(
+                "torch.compile the backbone pass (slow first frame, faster after on GPU).")),
             ("mask_threshold", 0.5, _descriptor(
                 "Heatmap level in [0, 1] above which a pixel joins the grasp mask.",
                 floating_point_range=[unit])),
@@ -324,6 +334,12 @@ class AffordanceNode(Node):
                 "Seconds between repeated log lines of one bad-input kind.",
                 floating_point_range=[FloatingPointRange(
                     from_value=0.0, to_value=3600.0, step=0.0)])),
+            ("action_rerun_delay", 0.25, _descriptor(
+                "After an action change, re-run the newest frame if no new image arrives "
+                "within this many seconds (a static scene still gets an answer; a streaming "
+                "camera's next frame is used instead of a stale one).",
+                floating_point_range=[FloatingPointRange(
+                    from_value=0.0, to_value=60.0, step=0.0)])),
         ]
         for name, default, desc in specs:
             self.declare_parameter(name, default, desc)
@@ -335,18 +351,21 @@ class AffordanceNode(Node):
                 f"parameter 'image_qos' = '{v['image_qos']}'; use one of {IMAGE_QOS}")
         return NodeSettings(
             model=v["model"], checkpoint=v["checkpoint"], weights_dir=v["weights_dir"],
-            device=v["device"], half=bool(v["half"]), mask_threshold=float(v["mask_threshold"]),
+            device=v["device"], half=bool(v["half"]), compile=bool(v["compile"]),
+            mask_threshold=float(v["mask_threshold"]),
             default_action=v["default_action"], image_qos=v["image_qos"],
             max_rate=float(v["max_rate"]), publish_overlay=bool(v["publish_overlay"]),
             use_depth=bool(v["use_depth"]), max_image_side=int(v["max_image_side"]),
             depth_window=int(v["depth_window"]),
             diagnostics_period=float(v["diagnostics_period"]),
             log_throttle=float(v["log_throttle"]),
+            action_rerun_delay=float(v["action_rerun_delay"]),
         )
 
     # ------------------------------------------------------------------------------ callbacks
     def _store(self, msg: Any, compressed: bool) -> None:
         frame = _Frame(msg, compressed, time.monotonic())
+        self._rerun_due = None  # the new frame answers any pending action change
         replaced = self._slot.put(frame)
         with self._stats.lock:
             self._stats.received += 1
@@ -385,8 +404,9 @@ class AffordanceNode(Node):
             self._bad_input("no_image", f"action {words} stored; no image received yet on "
                             f"'{self.resolve_topic_name('image')}'")
         elif changed:
-            # A static scene still gets an answer: re-run the newest frame unless one is pending.
-            self._slot.put_if_empty(_Frame(last.msg, last.compressed, time.monotonic()))
+            # A static scene still gets an answer: the worker re-runs the newest frame unless a
+            # new image arrives within action_rerun_delay (then that image answers instead).
+            self._rerun_due = time.monotonic() + self.settings.action_rerun_delay
 
     # --------------------------------------------------------------------------------- worker
     def _bad_input(self, kind: str, text: str) -> None:
@@ -407,7 +427,11 @@ class AffordanceNode(Node):
                 delay = next_start - time.monotonic()
                 if delay > 0 and self._stop.wait(delay):
                     break
-            frame = self._slot.take(timeout=0.2)
+            due = self._rerun_due
+            wait = 0.2 if due is None else min(0.2, max(0.0, due - time.monotonic()))
+            frame = self._slot.take(timeout=wait)
+            if frame is None:
+                frame = self._take_rerun()
             if frame is None:
                 continue
             next_start = time.monotonic() + (1.0 / self.settings.max_rate
@@ -416,6 +440,14 @@ class AffordanceNode(Node):
                 self._process(frame)
             except Exception as exc:  # noqa: BLE001 - the worker must survive any frame
                 self._bad_input("internal", f"{type(exc).__name__}: {exc}")
+
+    def _take_rerun(self) -> _Frame | None:
+        """The newest frame again, once its action-change re-run is due and nothing is pending."""
+        due, last = self._rerun_due, self._last_frame
+        if due is None or last is None or time.monotonic() < due or not self._slot.empty():
+            return None
+        self._rerun_due = None
+        return _Frame(last.msg, last.compressed, time.monotonic())
 
     def _process(self, frame: _Frame) -> None:
         try:
@@ -445,12 +477,14 @@ class AffordanceNode(Node):
             return
         pred_ms = (time.perf_counter() - t0) * 1e3
         header = frame.msg.header
+        heatmaps = [array_to_image(pred.heatmap.astype(np.float32, copy=False), "32FC1", header)
+                    for pred in preds]
+        self.pub_heatmap.publish(heatmaps[0])  # first: what latency-critical consumers wait for
         grasp = self._grasp_points(preds, (h, w))
         results = []
-        for pred, point in zip(preds, grasp):
+        for pred, point, heatmap in zip(preds, grasp, heatmaps):
             res = AffordanceResult(header=header, action=pred.action, score=float(pred.score))
-            res.heatmap = array_to_image(pred.heatmap.astype(np.float32, copy=False), "32FC1",
-                                         header)
+            res.heatmap = heatmap
             res.mask = array_to_image(pred.mask.astype(bool, copy=False), "mono8", header)
             res.grasp_pixel = Point(x=float(pred.peak_xy[0]), y=float(pred.peak_xy[1]), z=0.0)
             if point is None:
@@ -459,9 +493,7 @@ class AffordanceNode(Node):
                 res.grasp_point = Point(x=float(point[0]), y=float(point[1]), z=float(point[2]))
             res.has_grasp_point = point is not None
             results.append(res)
-        first = results[0]
-        self.pub_heatmap.publish(first.heatmap)
-        self.pub_mask.publish(first.mask)
+        self.pub_mask.publish(results[0].mask)
         for res in results:
             self.pub_result.publish(res)
         self.pub_results.publish(AffordanceResultArray(header=header, results=results))

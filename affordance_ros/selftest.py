@@ -122,27 +122,36 @@ def _client(checkpoint: Path, seconds: float, rate: float, size: int) -> dict[st
                              lambda m: received["result"].append(m), QoSProfile(depth=50))
     node.create_subscription(DiagnosticArray, "diagnostics", diagnostics.append, 10)
 
+    from rclpy.executors import SingleThreadedExecutor
+
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
     deadline = time.monotonic() + 60.0
     while pub_image.get_subscription_count() == 0 and time.monotonic() < deadline:
-        rclpy.spin_once(node, timeout_sec=0.1)
+        executor.spin_once(timeout_sec=0.1)
     sent = 0
+
+    def publish_frame() -> None:
+        nonlocal sent
+        image, action = scenes[sent % len(scenes)]
+        pub_action.publish(String(data=action))
+        msg = array_to_image(image, "rgb8")
+        now = time.time()
+        msg.header.stamp.sec, msg.header.stamp.nanosec = int(now), int(now % 1 * 1e9)
+        msg.header.frame_id = "camera"
+        pub_image.publish(msg)
+        sent += 1
+
+    # A timer drives the frames and the executor sleeps between events, so the client takes
+    # as little CPU from the node as it can.
+    timer = node.create_timer(1.0 / rate, publish_frame)
     end = time.monotonic() + seconds
-    next_frame = time.monotonic()
     while time.monotonic() < end:
-        if time.monotonic() >= next_frame:
-            image, action = scenes[sent % len(scenes)]
-            pub_action.publish(String(data=action))
-            msg = array_to_image(image, "rgb8")
-            now = time.time()
-            msg.header.stamp.sec, msg.header.stamp.nanosec = int(now), int(now % 1 * 1e9)
-            msg.header.frame_id = "camera"
-            pub_image.publish(msg)
-            sent += 1
-            next_frame += 1.0 / rate
-        rclpy.spin_once(node, timeout_sec=0.01)
+        executor.spin_once(timeout_sec=0.1)
+    node.destroy_timer(timer)
     settle = time.monotonic() + 2.0
     while time.monotonic() < settle:
-        rclpy.spin_once(node, timeout_sec=0.05)
+        executor.spin_once(timeout_sec=0.05)
 
     summary: dict[str, Any] = {"frames_sent": sent,
                                "received": {k: len(v) for k, v in received.items()}}

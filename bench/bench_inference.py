@@ -2,7 +2,8 @@
 
 Measured in one run on the same frames, so the ratios hold even on a noisy machine:
 
-* ``backbones_ms``: DINO forward + CLIP dense image forward (the irreducible cost);
+* ``backbones_ms``: DINO forward + CLIP dense image forward (the irreducible cost), through
+  the same (optionally compiled) function the predictor calls;
 * ``predictor_ms``: ``AffordancePredictor.set_image`` + ``predict`` for one action;
 * ``ratio_predictor_over_backbones`` (target <= 1.05);
 * frames per second with 1, 4 and 8 action words per frame (one backbone pass each).
@@ -11,6 +12,7 @@ Backbone weights are random (inference cost does not depend on their values); th
 has the real architectures (DINO ViT-S/16, CLIP ViT-B/16 at 224 px).
 
 Usage: python bench/bench_inference.py [--model paper|tiny] [--frames N] [--device cpu|cuda]
+       [--half] [--compile]
 Last line: one JSON object with the figures.
 """
 
@@ -43,12 +45,17 @@ def main() -> None:
     parser.add_argument("--model", default="paper", choices=["paper", "tiny"])
     parser.add_argument("--frames", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--half", action="store_true")
+    parser.add_argument("--half", action="store_true",
+                        help="autocast: float16 on CUDA, bfloat16 on CPU")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the backbone pass (compilation excluded from timing)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
     model = create_model(args.model, vocabulary=VOCAB, pretrained=False).to(args.device)
-    predictor = AffordancePredictor(model, device=args.device, half=args.half)
+    predictor = AffordancePredictor(model, device=args.device, half=args.half,
+                                    compile=args.compile)
+    extract = predictor._extract
     rng = np.random.default_rng(0)
     frames = [(rng.random((480, 640, 3)) * 255).astype(np.uint8) for _ in range(args.frames)]
     tensors = [predictor.image_tensor(f) for f in frames]
@@ -56,8 +63,7 @@ def main() -> None:
 
     def backbones(t: torch.Tensor) -> None:
         with torch.inference_mode(), predictor._autocast():
-            model.dino(t)
-            model.clip.encode_dense(t)
+            extract(t)
 
     def predict(actions):
         def run(frame: np.ndarray) -> None:
@@ -79,8 +85,8 @@ def main() -> None:
     for n in (1, 4, 8):
         ms = _timed(predict(VOCAB[:n]), frames, sync)
         results[f"fps_{n}_actions"] = round(1000.0 / ms, 2)
-    results.update(model=args.model, device=args.device, half=args.half, frames=args.frames,
-                   threads=torch.get_num_threads())
+    results.update(model=args.model, device=args.device, half=args.half, compile=args.compile,
+                   frames=args.frames, threads=torch.get_num_threads())
     print(json.dumps(results))
 
 
