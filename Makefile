@@ -40,12 +40,13 @@ demo-quick: msgs
 	$(VENV)/bin/affordance-demo --out outputs/demo-quick --quick
 
 pretrain: $(STAMP)
-	$(PY) -m training.pretrain --out weights/tiny
+	PYTHON=$(PY) bash scripts/pretrain.sh weights/tiny
 
 bench: msgs
 	$(PY) bench/bench_inference.py --model tiny
 	$(PY) bench/bench_inference.py --model paper --frames 4
-	$(PY) bench/bench_train.py --tiers tiny
+	$(PY) bench/bench_train.py --tiers tiny paper
+	$(PY) bench/bench_node.py --model paper --rate 1 --seconds 10
 	@test -f outputs/demo/runs/Seen/selectivecl/model.pt && \
 	  $(PY) bench/bench_node.py --checkpoint outputs/demo/runs/Seen/selectivecl/model.pt || \
 	  echo "bench_node: run make demo first (it needs a trained checkpoint)"

@@ -136,7 +136,8 @@ def test_dense_losses_decrease_when_fitting_a_batch(data, world):
 def test_pretrain_writes_strict_loadable_fp16_checkpoints(data, world, tmp_path):
     cfg = pretrain.PretrainConfig(seed=0, n_scenes=16, steps=3, batch_size=8)
     res = pretrain.pretrain(cfg, out_dir=tmp_path, world=world, data=data, verbose=False)
-    assert all(math.isfinite(r["loss"]) for r in res["history"])
+    assert all(math.isfinite(r["clip_loss"]) and math.isfinite(r["dino_loss"])
+               for r in res["history"])
     for name, build in ((tiny.TINY_DINO_FILE, tiny.build_tiny_dino),
                         (tiny.TINY_CLIP_FILE, tiny.build_tiny_clip)):
         path = tmp_path / name
@@ -178,3 +179,53 @@ def test_repository_checkpoints_beat_random_init(world):
     assert res["clip_object_iou"] > res["random"]["clip_object_iou"] + 0.05
     assert res["dino_saliency_iou"] > res["random"]["dino_saliency_iou"] + 0.1
 
+
+
+def test_within_image_contrast_prefers_label_aligned_features():
+    e = torch.eye(4)
+    # Image of 4 patches: two of label 0 share a direction, two of label 1 share another.
+    aligned = torch.stack([e[0], e[0], e[1], e[1]])[None]
+    labels = torch.tensor([[0, 0, 1, 1]])
+    valid = torch.ones(1, 4, dtype=torch.bool)
+    good = pretrain.within_image_contrast(aligned, labels, valid)
+    bad = pretrain.within_image_contrast(aligned, torch.tensor([[0, 1, 0, 1]]), valid)
+    assert float(good) < 0.01 < float(bad)
+    # Pairs never cross images: a second image of opposite labels leaves the first unchanged.
+    other = torch.stack([e[2], e[3], e[2], e[3]])[None]
+    both = pretrain.within_image_contrast(torch.cat([aligned, other]),
+                                          torch.cat([labels, torch.tensor([[0, 0, 1, 1]])]),
+                                          valid.expand(2, -1))
+    alone = pretrain.within_image_contrast(other, torch.tensor([[0, 0, 1, 1]]), valid)
+    assert torch.isclose(both, (good + alone) / 2, atol=1e-6)
+    # No anchor with a positive: a zero that still backpropagates.
+    feats = aligned.clone().requires_grad_(True)
+    none = pretrain.within_image_contrast(feats, torch.tensor([[0, 1, 2, 3]]), valid)
+    none.backward()
+    assert float(none) == 0.0 and feats.grad is not None
+
+
+def test_training_one_backbone_alone_matches_joint_training(data, world, tmp_path):
+    cfg = dict(seed=0, n_scenes=16, steps=2, batch_size=4, save_every=0)
+    joint = pretrain.pretrain(pretrain.PretrainConfig(**cfg), world=world, data=data,
+                              verbose=False)
+    alone = pretrain.pretrain(pretrain.PretrainConfig(**cfg, models=("clip",)),
+                              out_dir=tmp_path, world=world, data=data, verbose=False)
+    assert alone["dino"] is None and set(alone["files"]) == {"clip"}
+    ref = joint["clip"].state_dict()
+    for key, value in alone["clip"].state_dict().items():
+        assert torch.allclose(value, ref[key], atol=1e-5), key
+    with pytest.raises(ValueError, match="subset"):
+        pretrain.pretrain(pretrain.PretrainConfig(**cfg, models=("vit",)), world=world,
+                          data=data, verbose=False)
+
+
+def test_part_transfer_iou_rewards_type_features_not_colour():
+    # Two images, patches 0-1 part type 0 and patches 2-3 part type 1, object-only patches.
+    labels = torch.tensor([[0, 0, 1, 1, -1, -1], [0, 0, 1, 1, -1, -1]])
+    e = torch.eye(3)
+    by_type = torch.stack([e[0], e[0], e[1], e[1], e[2], e[2]])[None].repeat(2, 1, 1)
+    assert torch.allclose(backbone_probe.part_transfer_iou(by_type, labels, 2), torch.ones(4))
+    # Per-instance colours: image 0 paints type 0 with colour A, image 1 with colour B.
+    colour = torch.stack([torch.stack([e[0], e[0], e[1], e[1], e[2], e[2]]),
+                          torch.stack([e[1], e[1], e[0], e[0], e[2], e[2]])])
+    assert float(backbone_probe.part_transfer_iou(colour, labels, 2).max()) == 0.0

@@ -12,6 +12,12 @@ benchmark corpus) it reports:
   (object covers >= half the patch), mean over part types of the best-matching cluster IoU
   with the part mask (pixel level). ``dino_part_iou_raw`` clusters the raw keys. Baseline
   ``pixel_part_iou``: K-means on the patch-mean RGB of the same patches.
+* ``dino_part_transfer_iou``: what SelectiveCL's part discovery needs across images: the mean
+  L2-normalised key of one part type in one image (a part prototype) is compared with the
+  object patches of *another* image (another instance, other colours); cosine above its mean
+  over those patches is scored by IoU against that image's patches of the same part type
+  (patch level, majority label, purity >= 0.5). Baseline ``pixel_part_transfer_iou``: the
+  same with patch-mean RGB, which cannot transfer since colours are drawn per instance.
 * ``dino_saliency_iou``: CLS->patch attention above its spatial mean, IoU with the object mask.
   Baseline ``centre_saliency_iou``: a centre Gaussian above its mean.
 
@@ -48,7 +54,8 @@ from affordance_core.tiny import (
     tiny_tokenizer,
 )
 
-__all__ = ["PROBE_SEED_SALT", "batched_kmeans", "main", "probe_backbones", "probe_scenes"]
+__all__ = ["PROBE_SEED_SALT", "batched_kmeans", "main", "part_transfer_iou", "probe_backbones",
+           "probe_scenes"]
 
 PROBE_SEED_SALT = 7919
 
@@ -180,6 +187,46 @@ def _part_cluster_iou(
     return (best * ok).sum(1) / ok.sum(1).clamp(min=1), ok.any(1)
 
 
+def part_transfer_iou(feats: Tensor, part_label: Tensor, n_part_types: int) -> Tensor:
+    """Cross-image part retrieval IoU (see the module docstring), vectorised over the batch.
+
+    Args:
+        feats: (B, hw, C) patch features (normalised inside).
+        part_label: (B, hw) int64 part type of each patch, -1 off the object parts.
+        n_part_types: P.
+
+    Returns:
+        (M,) float IoU for every (image, part type) present in image b and in image b + 1.
+    """
+    feats = F.normalize(feats.float(), dim=-1)
+    onehot = F.one_hot(part_label.clamp(min=0), n_part_types).float() \
+        * (part_label >= 0).float()[..., None]                                # (B, hw, P)
+    counts = onehot.sum(1)                                                   # (B, P)
+    protos = F.normalize(onehot.transpose(1, 2) @ feats, dim=-1)             # (B, P, C)
+    other = feats.roll(-1, dims=0)
+    other_onehot = onehot.roll(-1, dims=0)
+    on_object = other_onehot.sum(-1) > 0                                     # (B, hw)
+    sim = torch.einsum("bpc,bnc->bpn", protos, other)                        # (B, P, hw)
+    weight = on_object.float()[:, None]
+    mean = (sim * weight).sum(-1, keepdim=True) / weight.sum(-1, keepdim=True).clamp(min=1)
+    pred = (sim > mean) & on_object[:, None]
+    gt = other_onehot.transpose(1, 2) > 0                                    # (B, P, hw)
+    inter = (pred & gt).sum(-1).float()
+    union = (pred | gt).sum(-1).float()
+    shared = (counts > 0) & (other_onehot.sum(1) > 0)
+    return (inter / union.clamp(min=1))[shared]
+
+
+def _patch_part_labels(sc: dict[str, Any], n_parts: int, grid: int) -> Tensor:
+    """(B, grid*grid) majority part type of each patch (purity >= 0.5), -1 elsewhere."""
+    lab = torch.where(sc["part_index"] < 0, torch.full_like(sc["part_index"], n_parts),
+                      sc["part_index"])
+    hist = F.adaptive_avg_pool2d(F.one_hot(lab, n_parts + 1).permute(0, 3, 1, 2).float(), grid)
+    purity, label = hist.max(1)
+    label = torch.where((purity >= 0.5) & (label < n_parts), label, torch.full_like(label, -1))
+    return label.flatten(1)
+
+
 @torch.no_grad()
 def _clip_numbers(clip: nn.Module, tokenizer: Any, world: Any,
                   sc: dict[str, Any]) -> dict[str, float]:
@@ -221,8 +268,10 @@ def _dino_numbers(dino: nn.Module, world: Any, sc: dict[str, Any]) -> dict[str, 
     raw_iou, _ = _part_cluster_iou(feats, obj_patch, sc["part_index"], n_parts)
     sal_mask = sal > sal.flatten(1).mean(1)[:, None, None]
     sal_iou = _iou(_up(sal_mask.float(), size, "nearest") > 0.5, sc["object_mask"])
+    transfer = part_transfer_iou(feats, _patch_part_labels(sc, n_parts, grid), n_parts)
     return {"dino_part_iou": float(norm_iou[ok].mean()), "dino_part_iou_raw":
-            float(raw_iou[ok].mean()), "dino_saliency_iou": float(sal_iou.mean())}
+            float(raw_iou[ok].mean()), "dino_part_transfer_iou": float(transfer.mean()),
+            "dino_saliency_iou": float(sal_iou.mean())}
 
 
 @torch.no_grad()
@@ -236,10 +285,13 @@ def _baselines(world: Any, sc: dict[str, Any], grid: int = TINY_GRID) -> dict[st
     obj_frac = F.adaptive_avg_pool2d(gt.float()[:, None], grid)[:, 0]
     obj_patch = obj_frac.flatten(1) >= 0.5
     rgb = F.adaptive_avg_pool2d(imgs, grid).flatten(2).transpose(1, 2)
-    pix, ok = _part_cluster_iou(rgb, obj_patch, sc["part_index"], len(world.PART_TYPES))
+    n_parts = len(world.PART_TYPES)
+    pix, ok = _part_cluster_iou(rgb, obj_patch, sc["part_index"], n_parts)
+    transfer = part_transfer_iou(rgb, _patch_part_labels(sc, n_parts, grid), n_parts)
     return {"centre_affinity_iou": float(_iou(aff, gt).mean()),
             "centre_saliency_iou": float(_iou(sal, gt).mean()),
-            "pixel_part_iou": float(pix[ok].mean())}
+            "pixel_part_iou": float(pix[ok].mean()),
+            "pixel_part_transfer_iou": float(transfer.mean())}
 
 
 def probe_backbones(

@@ -46,6 +46,8 @@ from affordance_core.tiny import (
     clearclip_head,
     clip_visual_trunk,
     dino_last_block_qk,
+    load_tiny_clip,
+    load_tiny_dino,
     normalize_clip,
     normalize_dino,
     save_state_dict_fp16,
@@ -264,9 +266,38 @@ def patch_targets(
     return obj_frac, part_label, purity
 
 
+def within_image_contrast(features: Tensor, labels: Tensor, valid: Tensor,
+                          temperature: float = 0.1) -> Tensor:
+    """Supervised contrast between the patches of each image (no pair crosses images).
+
+    Every valid patch is an anchor; its positives are the other valid patches of the same
+    image with the same label, its candidates all other valid patches of that image.
+
+    Args:
+        features: (B, N, C) L2-normalised patch descriptors.
+        labels: (B, N) int64 patch labels.
+        valid: (B, N) bool, patches that take part.
+        temperature: softmax temperature on cosine similarities.
+
+    Returns:
+        Scalar mean over anchors with at least one positive (0 when there is none).
+    """
+    n = features.shape[1]
+    sim = features @ features.transpose(1, 2) / temperature                # (B, N, N)
+    pair = valid[:, :, None] & valid[:, None, :] & ~torch.eye(n, dtype=torch.bool,
+                                                              device=features.device)
+    positive = pair & (labels[:, :, None] == labels[:, None, :])
+    logp = sim.masked_fill(~pair, -1e4).log_softmax(-1)
+    n_pos = positive.sum(-1)
+    per_anchor = -(logp * positive).sum(-1) / n_pos.clamp(min=1)
+    use = valid & (n_pos > 0)
+    return per_anchor[use].mean() if bool(use.any()) else features.sum() * 0.0
+
+
 def clip_dense_losses(
     clip: nn.Module, images: Tensor, obj_index: Tensor, obj_frac: Tensor, text_tokens: Tensor,
     positives: Tensor, n_objects: int, dense_scale: Tensor, dense_bias: Tensor,
+    objectness_head: nn.Module | None = None,
 ) -> dict[str, Tensor]:
     """CLIP-role losses: dense sigmoid patch-text term (ClearCLIP path) + global caption CE.
 
@@ -280,10 +311,16 @@ def clip_dense_losses(
         n_objects: O; texts[:O] are the object captions.
         dense_scale: scalar log-scale parameter of the sigmoid logits.
         dense_bias: scalar bias of the sigmoid logits.
+        objectness_head: optional ``Linear(width, 1)`` on the trunk's patch tokens; when given,
+            ``objectness`` (BCE against the object coverage) supervises the trunk directly
+            (deep supervision; the head is discarded after pretraining).
 
     Returns:
-        ``dense`` (sigmoid BCE, positives and negatives averaged separately, scalar), ``global`` (caption CE, scalar), ``acc`` (detached
-        caption accuracy).
+        ``dense`` (sigmoid BCE, positives and negatives averaged separately, scalar),
+        ``contrast`` (within-image object-vs-background contrast of the patch embeddings:
+        patches at least half on the object against patches off it), ``text`` (CE that keeps
+        the O object captions apart from each other), ``global`` (caption CE, scalar),
+        ``acc`` (detached caption accuracy).
     """
     x = normalize_clip(images)
     text = F.normalize(clip.encode_text(text_tokens), dim=-1)  # (T, E)
@@ -297,13 +334,23 @@ def clip_dense_losses(
     neg_term = (1.0 - target) * F.softplus(logits)
     dense = pos_term.sum() / target.sum().clamp(min=1e-6) \
         + neg_term.sum() / (1.0 - target).sum().clamp(min=1e-6)
+    frac = obj_frac.flatten(1)
+    contrast = within_image_contrast(patches.flatten(2).transpose(1, 2), (frac >= 0.5).long(),
+                                     (frac >= 0.5) | (frac <= 0.01))
+    captions = text[:n_objects]
+    text_sep = F.cross_entropy(captions @ captions.t() / 0.1,
+                               torch.arange(n_objects, device=captions.device))
     vis = clip.visual
     pooled, _ = vis._pool(vis.transformer.resblocks[-1](trunk))
     img = F.normalize(pooled @ vis.proj, dim=-1)
     glog = clip.logit_scale.exp().clamp(max=100) * img @ text[:n_objects].t()
     glob = F.cross_entropy(glog, obj_index)
     acc = (glog.argmax(1) == obj_index).float().mean().detach()
-    return {"dense": dense, "global": glob, "acc": acc}
+    out = {"dense": dense, "contrast": contrast, "text": text_sep, "global": glob, "acc": acc}
+    if objectness_head is not None:
+        logit = objectness_head(trunk[:, 1:]).squeeze(-1)                     # (B, h*w)
+        out["objectness"] = F.binary_cross_entropy_with_logits(logit, frac)
+    return out
 
 
 def dino_dense_losses(
@@ -323,7 +370,8 @@ def dino_dense_losses(
         min_purity: purity threshold for the part term.
 
     Returns:
-        ``part`` (CE), ``saliency`` (KL(object || CLS attention), mean over heads), ``part_acc``.
+        ``part`` (CE), ``contrast`` (within-image contrast of the keys of object patches by
+        part type), ``saliency`` (KL(object || CLS attention), mean over heads), ``part_acc``.
     """
     q, k = dino_last_block_qk(vit, normalize_dino(images))  # (B, T, heads, dh)
     bsz, tok, heads, dh = k.shape
@@ -341,6 +389,8 @@ def dino_dense_losses(
     part = F.cross_entropy(logits.reshape(-1, n_cls), lab.reshape(-1), weight=weight,
                            ignore_index=-100)
     acc = ((logits.argmax(-1) == lab).float().sum() / (lab >= 0).sum().clamp(min=1)).detach()
+    on_part = (lab >= 0) & (lab < n_cls - 1)
+    contrast = within_image_contrast(keys, lab.clamp(min=0), on_part)
     # CLS->patch attention per head, softmax over patch tokens only: (B, heads, hw).
     sal = (torch.einsum("bhd,bthd->bht", q[:, 0], kp) * dh**-0.5).softmax(dim=-1)
     tgt = obj_frac.flatten(1)
@@ -348,7 +398,7 @@ def dino_dense_losses(
     tgt = tgt[valid] / tgt[valid].sum(1, keepdim=True)
     logp = sal[valid].clamp(min=1e-8).log()
     kl = (tgt[:, None] * (tgt[:, None].clamp(min=1e-8).log() - logp)).sum(-1).mean()
-    return {"part": part, "saliency": kl, "part_acc": acc}
+    return {"part": part, "contrast": contrast, "saliency": kl, "part_acc": acc}
 
 
 @dataclass
@@ -364,19 +414,34 @@ class PretrainConfig:
         weight_decay: AdamW weight decay (matrices only).
         warmup_frac: fraction of steps of linear warm-up.
         w_global: weight of the CLIP global caption CE.
+        w_clip_contrast: weight of the CLIP within-image object/background contrast.
+        w_text: weight of the CLIP caption-separation CE.
         w_saliency: weight of the DINO saliency KL.
+        w_dino_contrast: weight of the DINO within-image part contrast.
+        w_objectness: weight of the CLIP trunk's deep objectness supervision.
+        clearclip_query_init_scale: factor on the initial query weights of the CLIP's last
+            block (the block ClearCLIP reuses).
+        models: which backbones to train (``dino``, ``clip``).
+        save_every: write the checkpoints every this many steps (0 = only at the end).
         threads: torch CPU threads (0 = leave torch's default).
     """
 
     seed: int = 0
-    n_scenes: int = 3000
-    steps: int = 450
-    batch_size: int = 24
-    lr: float = 1.5e-3
+    n_scenes: int = 6000
+    steps: int = 2500
+    batch_size: int = 16
+    lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_frac: float = 0.05
     w_global: float = 0.5
+    w_clip_contrast: float = 1.0
+    w_text: float = 1.0
     w_saliency: float = 1.0
+    w_dino_contrast: float = 0.5
+    w_objectness: float = 1.0
+    clearclip_query_init_scale: float = 4.0
+    models: tuple[str, ...] = ("dino", "clip")
+    save_every: int = 250
     threads: int = 0
 
 
@@ -389,27 +454,39 @@ def _param_groups(model: nn.Module, wd: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+MODELS = ("dino", "clip")
+
+
 def pretrain(
     cfg: PretrainConfig, out_dir: str | Path | None = None, world: Any | None = None,
     data: PretrainData | None = None, log_every: int = 50, verbose: bool = True,
 ) -> dict[str, Any]:
-    """Pretrain both tiny backbones; optionally write their float16 checkpoints.
+    """Pretrain the tiny backbones named in ``cfg.models``; optionally write their checkpoints.
+
+    Both models see the same batches and augmentations, and each model's initialisation,
+    optimiser and gradient clipping are its own, so training one model alone
+    (``cfg.models=("clip",)``) gives the same weights as training both together, up to
+    floating-point summation order: the two can run as two processes on a multi-core machine.
 
     Args:
         cfg: the recipe.
-        out_dir: where to write ``dino_tiny.pt`` and ``clip_tiny.pt``; None writes nothing.
+        out_dir: where to write ``dino_tiny.pt`` and ``clip_tiny.pt`` (also every
+            ``cfg.save_every`` steps, atomically); None writes nothing.
         world: the synthetic world module (default: ``affordance_core.synthetic.world``).
         data: a pre-built set (default: render ``cfg.n_scenes`` scenes from ``world``).
         log_every: steps between log lines.
         verbose: print progress.
 
     Returns:
-        Summary dict: ``dino`` and ``clip`` (the trained float32 models, eval mode),
-        ``history`` (list of per-log-step loss dicts), ``render_s``, ``train_s``, ``files``.
+        Summary dict: ``dino`` and ``clip`` (the trained float32 models in eval mode, None for
+        a model not trained), ``history`` (list of per-log-step loss dicts), ``render_s``,
+        ``train_s``, ``files``.
     """
+    unknown = set(cfg.models) - set(MODELS)
+    if unknown or not cfg.models:
+        raise ValueError(f"models must be a non-empty subset of {MODELS}, got {cfg.models}")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     world = world if world is not None else load_world()
     t0 = time.perf_counter()
@@ -423,16 +500,31 @@ def pretrain(
     tokens = tiny_tokenizer()(vocab.texts)
     n_parts = len(data.part_types)
 
-    gen = torch.Generator().manual_seed(cfg.seed)
-    dino, clip = build_tiny_dino(), build_tiny_clip()
-    dino.train()
-    clip.train()
-    prototypes = nn.Parameter(torch.randn(n_parts + 1, dino.embed_dim, generator=gen) * 0.02)
-    dense_scale = nn.Parameter(torch.tensor(math.log(10.0)))
-    dense_bias = nn.Parameter(torch.tensor(-2.0))
-    groups = _param_groups(dino, cfg.weight_decay) + _param_groups(clip, cfg.weight_decay)
-    groups.append({"params": [prototypes, dense_scale, dense_bias], "weight_decay": 0.0})
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98))
+    dino = clip = None
+    trained: dict[str, tuple[nn.Module, list[nn.Parameter], torch.optim.Optimizer]] = {}
+    if "dino" in cfg.models:
+        torch.manual_seed(cfg.seed * 7 + 1)
+        dino = build_tiny_dino().train()
+        prototypes = nn.Parameter(torch.randn(n_parts + 1, dino.embed_dim) * 0.02)
+        groups = _param_groups(dino, cfg.weight_decay)
+        groups.append({"params": [prototypes], "weight_decay": 0.0})
+        trained["dino"] = (dino, [p for g in groups for p in g["params"]],
+                           torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98)))
+    if "clip" in cfg.models:
+        torch.manual_seed(cfg.seed * 7 + 2)
+        clip = build_tiny_clip().train()
+        with torch.no_grad():
+            # Larger initial queries make ClearCLIP's q-q attention start near-diagonal, so
+            # each patch embedding starts local instead of an image-wide average.
+            attn = clip.visual.transformer.resblocks[-1].attn
+            attn.in_proj_weight[: attn.embed_dim] *= cfg.clearclip_query_init_scale
+        dense_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        dense_bias = nn.Parameter(torch.tensor(-2.0))
+        objectness = nn.Linear(clip.visual.transformer.width, 1)
+        groups = _param_groups(clip, cfg.weight_decay) + _param_groups(objectness, 0.0)
+        groups.append({"params": [dense_scale, dense_bias], "weight_decay": 0.0})
+        trained["clip"] = (clip, [p for g in groups for p in g["params"]],
+                           torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98)))
     warm = max(1, int(cfg.warmup_frac * cfg.steps))
 
     def lr_at(step: int) -> float:
@@ -441,10 +533,19 @@ def pretrain(
         prog = (step - warm) / max(1, cfg.steps - warm)
         return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * prog))
 
+    def save() -> dict[str, str]:
+        if out_dir is None:
+            return {}
+        names = {"dino": TINY_DINO_FILE, "clip": TINY_CLIP_FILE}
+        return {name: str(save_state_dict_fp16(model, Path(out_dir) / names[name]))
+                for name, (model, _, _) in trained.items()}
+
+    gen = torch.Generator().manual_seed(cfg.seed)  # batches and augmentation, shared
     history: list[dict[str, float]] = []
     n = len(data)
     perm = torch.randperm(n, generator=gen)
     cursor = 0
+    files: dict[str, str] = {}
     t1 = time.perf_counter()
     for step in range(cfg.steps):
         if cursor + cfg.batch_size > n:
@@ -454,32 +555,38 @@ def pretrain(
         imgs = data.images[idx].float() / 255.0
         imgs, omask, pidx = augment(imgs, data.object_mask[idx], data.part_index[idx], gen)
         obj_frac, part_label, purity = patch_targets(omask, pidx, n_parts)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        lc = clip_dense_losses(clip, imgs, data.obj_index[idx], obj_frac, tokens,
-                               vocab.positives, vocab.n_objects, dense_scale, dense_bias)
-        ld = dino_dense_losses(dino, imgs, obj_frac, part_label, purity, prototypes)
-        loss = lc["dense"] + cfg.w_global * lc["global"] + ld["part"] \
-            + cfg.w_saliency * ld["saliency"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
-        opt.step()
+        rec: dict[str, float] = {"step": step}
+        for name, (model, params, opt) in trained.items():
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            if name == "clip":
+                parts = clip_dense_losses(model, imgs, data.obj_index[idx], obj_frac, tokens,
+                                          vocab.positives, vocab.n_objects, dense_scale,
+                                          dense_bias, objectness_head=objectness)
+                loss = parts["dense"] + cfg.w_global * parts["global"] \
+                    + cfg.w_clip_contrast * parts["contrast"] + cfg.w_text * parts["text"] \
+                    + cfg.w_objectness * parts["objectness"]
+            else:
+                parts = dino_dense_losses(model, imgs, obj_frac, part_label, purity, prototypes)
+                loss = parts["part"] + cfg.w_saliency * parts["saliency"] \
+                    + cfg.w_dino_contrast * parts["contrast"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            rec[f"{name}_loss"] = float(loss.detach())
+            rec.update({f"{name}_{k}": float(v.detach()) for k, v in parts.items()})
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+            files = save()
         if step % log_every == 0 or step == cfg.steps - 1:
-            rec = {"step": step, "loss": float(loss.detach()), "elapsed_s": time.perf_counter() - t1}
-            rec.update({f"clip_{k}": float(v.detach()) for k, v in lc.items()})
-            rec.update({f"dino_{k}": float(v.detach()) for k, v in ld.items()})
+            rec["elapsed_s"] = time.perf_counter() - t1
             history.append(rec)
             if verbose:
                 print(json.dumps({k: round(v, 4) for k, v in rec.items()}), flush=True)
     train_s = time.perf_counter() - t1
-    dino.eval()
-    clip.eval()
-    files: dict[str, str] = {}
-    if out_dir is not None:
-        out = Path(out_dir)
-        files["dino"] = str(save_state_dict_fp16(dino, out / TINY_DINO_FILE))
-        files["clip"] = str(save_state_dict_fp16(clip, out / TINY_CLIP_FILE))
+    for model, _, _ in trained.values():
+        model.eval()
+    files = save()
     return {"dino": dino, "clip": clip, "history": history, "render_s": render_s,
             "train_s": train_s, "files": files}
 
@@ -496,17 +603,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=d.lr)
     ap.add_argument("--threads", type=int, default=d.threads)
     ap.add_argument("--log-every", type=int, default=50)
+    ap.add_argument("--models", nargs="+", choices=MODELS, default=list(d.models),
+                    help="backbones to train (one each in two processes gives the same weights)")
     ap.add_argument("--no-probe", action="store_true", help="skip the backbone probe")
     args = ap.parse_args(argv)
     cfg = PretrainConfig(seed=args.seed, n_scenes=args.n_scenes, steps=args.steps,
-                         batch_size=args.batch_size, lr=args.lr, threads=args.threads)
+                         batch_size=args.batch_size, lr=args.lr, threads=args.threads,
+                         models=tuple(args.models))
     res = pretrain(cfg, out_dir=args.out, log_every=args.log_every)
     summary: dict[str, Any] = {"render_s": round(res["render_s"], 1),
                                "train_s": round(res["train_s"], 1), "files": res["files"]}
-    if not args.no_probe:
+    out = Path(args.out)
+    dino = res["dino"]
+    clip = res["clip"]
+    if dino is None and (out / TINY_DINO_FILE).is_file():
+        dino = load_tiny_dino(out / TINY_DINO_FILE)
+    if clip is None and (out / TINY_CLIP_FILE).is_file():
+        clip = load_tiny_clip(out / TINY_CLIP_FILE)
+    if not args.no_probe and (dino is None or clip is None):
+        print("probe skipped: it needs both checkpoints in --out", flush=True)
+    elif not args.no_probe:
         from training.backbone_probe import probe_backbones
 
-        probe = probe_backbones(res["dino"], res["clip"], tiny_tokenizer(), seed=cfg.seed)
+        probe = probe_backbones(dino, clip, tiny_tokenizer(), seed=cfg.seed)
         summary["probe"] = probe
         tmp = Path(args.out) / "probe.json.tmp"
         tmp.write_text(json.dumps(probe, indent=2) + "\n")

@@ -122,6 +122,20 @@ def test_serves_frames_and_follows_action(served, reference_predictor):
     assert image_to_array(outs[0].msg).shape == (40, 56)
 
 
+def test_new_frame_right_after_action_change_answers_instead_of_a_rerun(served):
+    """A streaming camera: the frame that follows an action change is what gets processed;
+    the previous frame is not re-run for the new action (that would delay the new frame)."""
+    _, client = served
+    client.action("hold")
+    old_key, _ = send_and_wait(client, test_image(48, 64, seed=3))
+    client.action("pour")
+    _, results = send_and_wait(client, test_image(48, 64, seed=4))
+    assert [r.msg.action for r in results] == ["pour"]
+    time.sleep(1.0)                                  # well past action_rerun_delay (0.25 s)
+    stale = [r for r in client.outputs_for("result", old_key) if r.msg.action == "pour"]
+    assert not stale, "the old frame was re-run although a new frame had arrived"
+
+
 def _bad_frames():
     from sensor_msgs.msg import CompressedImage, Image
 
