@@ -85,6 +85,7 @@ class NodeSettings:
     diagnostics_period: float
     log_throttle: float
     action_rerun_delay: float
+    cpu_threads: int
 
 
 def parse_actions(text: str) -> list[str]:
@@ -119,7 +120,12 @@ def load_predictor(settings: NodeSettings) -> Any:
         raise StartupError(f"weights directory not found: {weights_dir} (parameter 'weights_dir')")
     if weights_dir is None:
         weights_dir = _installed_weights_dir(settings.model)
+    import torch
+
     from affordance_core.predictor import AffordancePredictor
+
+    if settings.cpu_threads > 0:
+        torch.set_num_threads(settings.cpu_threads)
 
     try:
         predictor = AffordancePredictor.from_checkpoint(
@@ -334,6 +340,11 @@ class AffordanceNode(Node):
                 "Seconds between repeated log lines of one bad-input kind.",
                 floating_point_range=[FloatingPointRange(
                     from_value=0.0, to_value=3600.0, step=0.0)])),
+            ("cpu_threads", 0, _descriptor(
+                "Torch intra-op CPU threads for inference; 0 = torch's default (all cores). "
+                "On a small CPU shared with other processes fewer threads avoid "
+                "oversubscription.",
+                integer_range=[IntegerRange(from_value=0, to_value=1024, step=1)])),
             ("action_rerun_delay", 0.25, _descriptor(
                 "After an action change, re-run the newest frame if no new image arrives "
                 "within this many seconds (a static scene still gets an answer; a streaming "
@@ -360,6 +371,7 @@ class AffordanceNode(Node):
             diagnostics_period=float(v["diagnostics_period"]),
             log_throttle=float(v["log_throttle"]),
             action_rerun_delay=float(v["action_rerun_delay"]),
+            cpu_threads=int(v["cpu_threads"]),
         )
 
     # ------------------------------------------------------------------------------ callbacks

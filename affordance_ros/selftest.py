@@ -33,8 +33,11 @@ def run_node_selftest(checkpoint: str | os.PathLike, seconds: float = 5.0, rate:
                       log_dir: str | os.PathLike | None = None,
                       msg_prefix: str | os.PathLike = DEFAULT_MSG_PREFIX,
                       weights_dir: str | os.PathLike | None = None,
-                      image_size: int = 160) -> dict[str, Any]:
+                      image_size: int = 160,
+                      node_params: dict[str, Any] | None = None) -> dict[str, Any]:
     """Start node + client processes; returns the client's JSON summary.
+
+    ``node_params`` are extra ``-p name:=value`` parameters for the node.
 
     Raises:
         FileNotFoundError: the messages are not built (``make msgs``).
@@ -55,7 +58,9 @@ def run_node_selftest(checkpoint: str | os.PathLike, seconds: float = 5.0, rate:
         [sys.executable, "-m", "affordance_ros.node", "--ros-args",
          "-p", f"checkpoint:={Path(checkpoint).resolve()}", "-p", f"model:={model_name}",
          "-p", "image_qos:=reliable",
-         *(["-p", f"weights_dir:={Path(weights_dir).resolve()}"] if weights_dir else [])],
+         *(["-p", f"weights_dir:={Path(weights_dir).resolve()}"] if weights_dir else []),
+         *[arg for name, value in (node_params or {}).items()
+           for arg in ("-p", f"{name}:={value}")]],
         env=env, stdout=node_log, stderr=subprocess.STDOUT)
     try:
         client = subprocess.run(

@@ -14,7 +14,7 @@ to a temporary folder and measures those (latency does not depend on weight valu
 the latency measures the wait.
 
 Usage: python bench/bench_node.py (--checkpoint RUN/model.pt [--weights-dir W] | --model paper)
-       [--seconds 8] [--rate 5] [--image-size 160]
+       [--seconds 8] [--rate 5] [--image-size 160] [--cpu-threads N]
 Last line: one JSON object.
 """
 
@@ -68,7 +68,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rate", type=float, default=5.0)
     parser.add_argument("--image-size", type=int, default=160)
+    parser.add_argument("--cpu-threads", type=int, default=0,
+                        help="torch threads, here and in the node (node parameter cpu_threads); "
+                             "0 = torch's default")
     args = parser.parse_args()
+    if args.cpu_threads > 0:
+        torch.set_num_threads(args.cpu_threads)
 
     tmp = None
     checkpoint, weights_dir = args.checkpoint, args.weights_dir
@@ -89,7 +94,8 @@ def main() -> None:
     del predictor
 
     node = run_node_selftest(checkpoint, seconds=args.seconds, rate=args.rate,
-                             weights_dir=weights_dir, image_size=args.image_size)
+                             weights_dir=weights_dir, image_size=args.image_size,
+                             node_params={"cpu_threads": args.cpu_threads})
     e2e = node.get("latency_ms", {}).get("median", float("nan"))
     in_node = float(node.get("diagnostics", {}).get("predictor_ms_mean") or "nan")
     print(json.dumps({
@@ -102,7 +108,8 @@ def main() -> None:
         "ratio_e2e_over_node_predictor": round(e2e / in_node, 3),
         "frames_sent": node.get("frames_sent"), "heatmaps": node["received"]["heatmap"],
         "dropped": node.get("diagnostics", {}).get("frames_dropped"),
-        "rate_hz": args.rate, "image_size": args.image_size}))
+        "rate_hz": args.rate, "image_size": args.image_size,
+        "cpu_threads": args.cpu_threads or torch.get_num_threads()}))
     if tmp is not None:
         tmp.cleanup()
 

@@ -173,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--calibration", choices=["binary", "continuous", "none"],
+                        help="score with this CAM calibration instead of the checkpoint's "
+                        "(an ablation: the trained heads are unchanged)")
+    parser.add_argument("--object-threshold", type=float, metavar="GAMMA",
+                        help="threshold on the min-max object affinity for binary calibration")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
@@ -190,7 +195,12 @@ def _run(argv: Sequence[str] | None) -> int:
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
-    model = load_model(checkpoint, device=str(device), weights_dir=args.weights_dir)
+    overrides = {k: v for k, v in (("calibration", args.calibration),
+                                   ("object_threshold", args.object_threshold)) if v is not None}
+    if "object_threshold" in overrides and not 0.0 <= overrides["object_threshold"] <= 1.0:
+        raise ValueError(f"--object-threshold must be in [0, 1], got {args.object_threshold}")
+    model = load_model(checkpoint, device=str(device), weights_dir=args.weights_dir,
+                       **overrides)
     model.to(device).eval()
     try:
         dataset = AffordanceTestDataset(args.data_root, args.split, model.config.image_size,
