@@ -60,7 +60,7 @@ __all__ = ["PROBE_SEED_SALT", "batched_kmeans", "main", "part_transfer_iou", "pr
 PROBE_SEED_SALT = 7919
 
 
-from training.pretrain import build_pretrain_data, load_world, object_captions
+from training.pretrain import build_pretrain_data, load_world, object_captions, patch_targets
 
 
 def _world(world: Any | None) -> Any:
@@ -219,12 +219,9 @@ def part_transfer_iou(feats: Tensor, part_label: Tensor, n_part_types: int) -> T
 
 def _patch_part_labels(sc: dict[str, Any], n_parts: int, grid: int) -> Tensor:
     """(B, grid*grid) majority part type of each patch (purity >= 0.5), -1 elsewhere."""
-    lab = torch.where(sc["part_index"] < 0, torch.full_like(sc["part_index"], n_parts),
-                      sc["part_index"])
-    hist = F.adaptive_avg_pool2d(F.one_hot(lab, n_parts + 1).permute(0, 3, 1, 2).float(), grid)
-    purity, label = hist.max(1)
-    label = torch.where((purity >= 0.5) & (label < n_parts), label, torch.full_like(label, -1))
-    return label.flatten(1)
+    _, label, purity = patch_targets(sc["object_mask"], sc["part_index"], n_parts, grid)
+    keep = (purity >= 0.5) & (label < n_parts)
+    return torch.where(keep, label, torch.full_like(label, -1)).flatten(1)
 
 
 @torch.no_grad()

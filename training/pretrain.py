@@ -46,8 +46,6 @@ from affordance_core.tiny import (
     clearclip_head,
     clip_visual_trunk,
     dino_last_block_qk,
-    load_tiny_clip,
-    load_tiny_dino,
     normalize_clip,
     normalize_dino,
     save_state_dict_fp16,
@@ -545,7 +543,6 @@ def pretrain(
     n = len(data)
     perm = torch.randperm(n, generator=gen)
     cursor = 0
-    files: dict[str, str] = {}
     t1 = time.perf_counter()
     for step in range(cfg.steps):
         if cursor + cfg.batch_size > n:
@@ -577,7 +574,7 @@ def pretrain(
             rec[f"{name}_loss"] = float(loss.detach())
             rec.update({f"{name}_{k}": float(v.detach()) for k, v in parts.items()})
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
-            files = save()
+            save()
         if step % log_every == 0 or step == cfg.steps - 1:
             rec["elapsed_s"] = time.perf_counter() - t1
             history.append(rec)
@@ -613,19 +610,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     res = pretrain(cfg, out_dir=args.out, log_every=args.log_every)
     summary: dict[str, Any] = {"render_s": round(res["render_s"], 1),
                                "train_s": round(res["train_s"], 1), "files": res["files"]}
-    out = Path(args.out)
-    dino = res["dino"]
-    clip = res["clip"]
-    if dino is None and (out / TINY_DINO_FILE).is_file():
-        dino = load_tiny_dino(out / TINY_DINO_FILE)
-    if clip is None and (out / TINY_CLIP_FILE).is_file():
-        clip = load_tiny_clip(out / TINY_CLIP_FILE)
-    if not args.no_probe and (dino is None or clip is None):
-        print("probe skipped: it needs both checkpoints in --out", flush=True)
+    if not args.no_probe and (res["dino"] is None or res["clip"] is None):
+        # A file left in --out by an earlier run may not belong with the model just trained.
+        print("probe skipped: it needs both backbones trained in this run; run "
+              "`python -m training.backbone_probe --weights-dir OUT` once both are written",
+              flush=True)
     elif not args.no_probe:
         from training.backbone_probe import probe_backbones
 
-        probe = probe_backbones(dino, clip, tiny_tokenizer(), seed=cfg.seed)
+        probe = probe_backbones(res["dino"], res["clip"], tiny_tokenizer(), seed=cfg.seed)
         summary["probe"] = probe
         tmp = Path(args.out) / "probe.json.tmp"
         tmp.write_text(json.dumps(probe, indent=2) + "\n")
