@@ -23,8 +23,8 @@ venv: $(STAMP)
 
 $(STAMP): setup.py Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e ".[ros,export,test]" $(ROS_RUNTIME_WHEELS) $(ROS_BUILD_WHEELS)
+	$(PIP) install -q --no-compile $(TORCH)
+	$(PIP) install -q --no-compile -e ".[ros,export,test]" $(ROS_RUNTIME_WHEELS) $(ROS_BUILD_WHEELS)
 	@touch $(STAMP)
 
 msgs: $(STAMP)

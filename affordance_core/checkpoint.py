@@ -12,7 +12,8 @@ import torch
 from .config import AffordanceConfig
 from .weights import WeightsError
 
-__all__ = ["atomic_save", "save_model", "load_model", "read_checkpoint", "CHECKPOINT_FORMAT"]
+__all__ = ["atomic_save", "save_model", "load_model", "read_checkpoint", "update_checkpoint_config",
+           "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "affordance_ros/model/v1"
 
@@ -73,6 +74,29 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path} is not an affordance model checkpoint (expected format "
                          f"{CHECKPOINT_FORMAT!r}); pass RUN_DIR/model.pt from affordance-train")
     return payload
+
+
+def update_checkpoint_config(path: str | os.PathLike, **fields: Any) -> Path:
+    """Rewrite config fields of a saved model (e.g. the inference ``calibration``), atomically.
+
+    The heads are unchanged; the previous values are kept in ``extra["config_changes"]``.
+
+    Raises:
+        FileNotFoundError, ValueError: see :func:`read_checkpoint`; ValueError also for a
+            field that :class:`AffordanceConfig` does not have.
+    """
+    payload = read_checkpoint(path)
+    unknown = set(fields) - set(AffordanceConfig().to_dict())
+    if unknown:
+        raise ValueError(f"not AffordanceConfig fields: {sorted(unknown)}")
+    changes = {k: [payload["config"].get(k), v] for k, v in fields.items()
+               if payload["config"].get(k) != v}
+    if not changes:
+        return Path(path)
+    AffordanceConfig.from_dict({**payload["config"], **fields})  # validates the new values
+    payload["config"] = {**payload["config"], **fields}
+    payload.setdefault("extra", {}).setdefault("config_changes", []).append(changes)
+    return atomic_save(payload, path)
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",

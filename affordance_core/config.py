@@ -21,6 +21,9 @@ __all__ = ["AffordanceConfig", "register_model", "list_models", "get_config", "c
            "build_backbones", "METHOD_DEFAULTS"]
 
 
+CALIBRATIONS = ("none", "binary", "continuous")
+
+
 @dataclass
 class AffordanceConfig:
     """Everything that defines an affordance model's architecture.
@@ -68,6 +71,16 @@ class AffordanceConfig:
     object_threshold: float = 0.6
     inference_branch: str = "ego"
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration must be one of {CALIBRATIONS}, got "
+                             f"{self.calibration!r}")
+        if not 0.0 <= float(self.object_threshold) <= 1.0:
+            raise ValueError(f"object_threshold must be in [0, 1], got {self.object_threshold}")
+        if self.inference_branch not in ("ego", "pixel"):
+            raise ValueError(f"inference_branch must be 'ego' or 'pixel', got "
+                             f"{self.inference_branch!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data view (YAML/JSON/checkpoint friendly)."""

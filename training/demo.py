@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -46,19 +47,61 @@ def _stage(name: str) -> None:
     print(f"\n== {name}", flush=True)
 
 
-def make_corpus(root: Path, budget: dict[str, Any], seed: int) -> dict[str, Any]:
+def make_corpus(root: Path, budget: dict[str, Any], seed: int,
+                split_objects: dict[str, dict[str, list[str]]] | None = None) -> dict[str, Any]:
     """Write the corpus once; a stamp file records the parameters it was made with."""
     from affordance_core.synthetic.corpus import write_agd_corpus
 
     stamp = root / "corpus.json"
-    params = {"seed": seed, **budget["corpus"]}
+    params: dict[str, Any] = {"seed": seed, **budget["corpus"]}
+    if split_objects is not None:
+        params["split_objects"] = split_objects
     if stamp.is_file() and json.loads(stamp.read_text()).get("params") == params:
         print(f"reusing corpus in {root}")
         return json.loads(stamp.read_text())
-    stats = write_agd_corpus(root, seed=seed, progress=True, **budget["corpus"])
+    stats = write_agd_corpus(root, seed=seed, progress=True, **budget["corpus"],
+                             **({} if split_objects is None else {"split_objects": split_objects}))
     record = {"params": params, "stats": stats.to_dict()}
     stamp.write_text(json.dumps(record, indent=1))
     return record
+
+
+VALIDATION_SEED_OFFSET = 1000
+
+
+def make_validation_corpus(root: Path, budget: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Held-out images with GT for model decisions (never the test split).
+
+    Each split's test folder holds new images of that split's *training* categories, rendered
+    from seed ``seed + VALIDATION_SEED_OFFSET``: no test image and no unseen category is used
+    to choose anything. Its training folders are minimal and unused.
+    """
+    from affordance_core.synthetic.corpus import DEFAULT_SPLIT_OBJECTS
+
+    split_objects = {split: {"train": sorted(objs["train"]), "test": sorted(objs["train"])}
+                     for split, objs in DEFAULT_SPLIT_OBJECTS.items()}
+    corpus = {"n_exo_per_pair": 1, "n_ego_per_pair": 1,
+              "n_test_per_pair": budget["corpus"]["n_test_per_pair"]}
+    return make_corpus(root, {"corpus": corpus}, seed + VALIDATION_SEED_OFFSET, split_objects)
+
+
+def choose_calibration(model_path: Path, val_root: Path, split: str) -> dict[str, Any] | None:
+    """For a method trained with a calibration, pick binary vs continuous on validation data
+    and write the choice into its checkpoint; None for methods that use the raw CAM."""
+    from affordance_core import load_model
+    from affordance_core.checkpoint import read_checkpoint, update_checkpoint_config
+    from affordance_core.data import AffordanceTestDataset
+    from training.evaluate import select_calibration
+
+    if read_checkpoint(model_path)["config"]["calibration"] == "none":
+        return None
+    model = load_model(model_path).eval()
+    val_set = AffordanceTestDataset(val_root, split, model.image_size,
+                                    vocabulary=model.vocabulary)
+    best, scores = select_calibration(model, val_set, device=torch.device("cpu"))
+    update_checkpoint_config(model_path, calibration=best)
+    return {"chosen": best, "validation": {c: {k: round(float(v), 4) for k, v in m.items()}
+                                           for c, m in scores.items()}}
 
 
 def _mean_stat(log_file: Path, key: str) -> float | None:
@@ -192,6 +235,13 @@ def write_report(out: Path, results: dict[str, Any]) -> str:
             lines += ["", f"SelectiveCL vs CE-only: KLD {abs(gain):.1f}% {word} "
                       f"(the paper reports 16.7% lower on AGD20K-Seen)."]
             lines += ["", selectivecl_check(rows)]
+        for name, row in rows.items():
+            choice = row.get("calibration")
+            if choice:
+                val = ", ".join(f"{c} {m['KLD']:.3f}" for c, m in choice["validation"].items())
+                lines += ["", f"{name} inference calibration, chosen on the validation corpus "
+                          f"(new images of the training categories, another seed): "
+                          f"{choice['chosen']} (validation KLD: {val})."]
         lines.append("")
     probe = results.get("backbone_probe")
     if probe:
@@ -250,23 +300,156 @@ def run_node_stage(checkpoint: Path, seconds: float, out: Path) -> dict[str, Any
         return {"error": str(exc)}
 
 
-def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict[str, Any]:
-    """Run every stage; returns the results dictionary written to results.json."""
+def train_and_evaluate_split(split: str, data_root: Path, out: Path, budget: dict[str, Any],
+                             seed: int) -> dict[str, Any]:
+    """Stages 3-4 for one split: train every method, evaluate them and the baselines.
+
+    A method trained with a calibration (SelectiveCL) gets its inference calibration chosen
+    on the validation corpus in ``out / "data_val"`` before it is evaluated.
+
+    Returns:
+        Rows keyed by method or baseline name: ``KLD``, ``SIM``, ``NSS``, ``n`` and, for
+        methods, ``train_seconds``, ``reliable_rate`` and ``calibration`` (None, or the
+        chosen calibration with its validation scores).
+    """
     from affordance_core import load_model
     from affordance_core.data import AffordanceTestDataset
     from training.evaluate import evaluate_model
 
+    _stage(f"3/6 train on {split}")
+    rows: dict[str, Any] = {}
+    trained: dict[str, Path] = {}
+    for method in budget["methods"]:
+        run_dir = out / "runs" / split / method
+        t0 = time.perf_counter()
+        trained[method] = train_method(method, data_root, split, run_dir, budget,
+                                       out / "feature_cache" / split, seed)
+        rows[method] = {"train_seconds": round(time.perf_counter() - t0, 1),
+                        "reliable_rate": _mean_stat(run_dir / "log.jsonl",
+                                                    "stat_reliable_rate"),
+                        "calibration": choose_calibration(trained[method], out / "data_val",
+                                                          split)}
+
+    _stage(f"4/6 evaluate on {split}")
+    test_set = None
+    model = None
+    for method, path in trained.items():
+        model = load_model(path).eval()
+        if test_set is None:
+            test_set = AffordanceTestDataset(data_root, split, model.image_size,
+                                             vocabulary=model.vocabulary)
+        metrics = evaluate_model(model, test_set, device=torch.device("cpu"), batch_size=32,
+                                 progress=False)
+        rows[method].update({k: metrics[k] for k in ("KLD", "SIM", "NSS", "n")})
+        print(f"{split:7s} {method:16s} KLD {metrics['KLD']:.3f} SIM {metrics['SIM']:.3f}"
+              f" NSS {metrics['NSS']:.3f}", flush=True)
+    for name, metrics in evaluate_baselines(model, test_set).items():
+        rows[name] = {k: metrics[k] for k in ("KLD", "SIM", "NSS", "n")}
+    return rows
+
+
+def _split_worker(split: str, data_root: Path, out: Path, budget: dict[str, Any], seed: int,
+                  threads: int, log_path: Path) -> dict[str, Any]:
+    """Process-pool entry: one split on ``threads`` CPU threads, its output in ``log_path``."""
+    torch.set_num_threads(threads)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w", buffering=1) as log:
+        sys.stdout = sys.stderr = log
+        logging.basicConfig(level=logging.INFO, stream=log, force=True,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return train_and_evaluate_split(split, data_root, out, budget, seed)
+
+
+def _steps_done(out: Path, split: str, method: str, iters: int) -> int:
+    run_dir = out / "runs" / split / method
+    if (run_dir / "model.pt").is_file():
+        return iters
+    log = run_dir / "log.jsonl"
+    if not log.is_file():
+        return 0
+    lines = log.read_text().strip().splitlines()
+    try:
+        return min(iters, int(json.loads(lines[-1]).get("step", 0))) if lines else 0
+    except (ValueError, json.JSONDecodeError):  # a line being written
+        return 0
+
+
+def _last_lines(path: Path, n: int = 15) -> str:
+    return "\n".join(path.read_text().splitlines()[-n:]) if path.is_file() else "(no log)"
+
+
+def _run_splits_in_parallel(data_root: Path, out: Path, budget: dict[str, Any], seed: int,
+                            jobs: int) -> dict[str, dict[str, Any]]:
+    """Stages 3-4 for all splits in ``jobs`` processes, with one progress bar over all steps."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, wait
+
+    from tqdm import tqdm
+
+    threads = max(1, available_cpus() // jobs)
+    logs = {split: out / "runs" / split / "demo.log" for split in SPLITS}
+    print(f"training {len(SPLITS)} splits in {jobs} processes of {threads} thread(s); "
+          f"logs: {', '.join(str(p) for p in logs.values())}", flush=True)
+    total = len(SPLITS) * len(budget["methods"]) * budget["iters"]
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=ctx) as pool, \
+            tqdm(total=total, desc="train all", unit="step", file=sys.stderr) as bar:
+        futures = {split: pool.submit(_split_worker, split, data_root, out, budget, seed,
+                                      threads, logs[split]) for split in SPLITS}
+        pending = set(futures.values())
+        while pending:
+            _, pending = wait(pending, timeout=1.0)
+            done = sum(_steps_done(out, s, m, budget["iters"])
+                       for s in SPLITS for m in budget["methods"])
+            bar.update(done - bar.n)
+    rows = {}
+    for split, future in futures.items():
+        try:
+            rows[split] = future.result()
+        except Exception as exc:
+            raise RuntimeError(f"the {split} split failed ({exc!r}); the end of its log "
+                               f"{logs[split]}:\n{_last_lines(logs[split])}") from exc
+        for name, row in rows[split].items():
+            print(f"{split:7s} {name:22s} KLD {row['KLD']:.3f} SIM {row['SIM']:.3f} "
+                  f"NSS {row['NSS']:.3f}")
+    return rows
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (the affinity mask, not the host's core count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def run_demo(out: Path, quick: bool = False, seed: int = 0, jobs: int | None = None,
+             budget: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run every stage; returns the results dictionary written to results.json.
+
+    Args:
+        out: output folder; what a previous run left there is reused.
+        quick: the smaller corpus and training budget.
+        seed: corpus and training seed.
+        jobs: processes training the splits side by side (default: 2 with at least two
+            CPUs, else 1). Each gets an equal share of the CPU threads.
+        budget: replaces the budget chosen by ``quick`` (tests use a tiny one).
+    """
+    from affordance_core import load_model
+    from affordance_core.data import AffordanceTestDataset
+
     start = time.perf_counter()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    budget = _budget(quick)
+    budget = budget if budget is not None else _budget(quick)
+    jobs = jobs if jobs is not None else min(2, available_cpus())
     out.mkdir(parents=True, exist_ok=True)
     data_root = out / "data"
-    results: dict[str, Any] = {"seed": seed, "quick": quick,
+    results: dict[str, Any] = {"seed": seed, "quick": quick, "jobs": jobs,
                                "budget": {k: v for k, v in budget.items() if k != "corpus"},
                                "splits": {}}
 
     _stage("1/6 synthetic corpus")
     results["corpus"] = make_corpus(data_root, budget, seed)
+    results["validation_corpus"] = make_validation_corpus(out / "data_val", budget, seed)
 
     _stage("2/6 tiny backbones")
     from affordance_core.tiny import default_tiny_weights_dir
@@ -276,49 +459,24 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict[str, Any]:
         results["backbone_probe"] = json.loads(probe_file.read_text())
         print(f"tiny backbones from {weights}; probe: {probe_file}")
 
-    device = torch.device("cpu")
-    figure_models: dict[str, dict[str, Any]] = {}
-    for split in SPLITS:
-        _stage(f"3/6 train on {split}")
-        rows: dict[str, Any] = {}
-        trained: dict[str, Path] = {}
-        for method in budget["methods"]:
-            run_dir = out / "runs" / split / method
-            t0 = time.perf_counter()
-            trained[method] = train_method(method, data_root, split, run_dir, budget,
-                                           out / "feature_cache" / split, seed)
-            rows[method] = {"train_seconds": round(time.perf_counter() - t0, 1),
-                            "reliable_rate": _mean_stat(run_dir / "log.jsonl",
-                                                        "stat_reliable_rate")}
-
-        _stage(f"4/6 evaluate on {split}")
-        models = {}
-        test_set = None
-        for method, path in trained.items():
-            model = load_model(path).eval()
-            if test_set is None:
-                test_set = AffordanceTestDataset(data_root, split, model.image_size,
-                                                 vocabulary=model.vocabulary)
-            metrics = evaluate_model(model, test_set, device=device, batch_size=32,
-                                     progress=False)
-            rows[method].update({k: metrics[k] for k in ("KLD", "SIM", "NSS", "n")})
-            print(f"{split:7s} {method:16s} KLD {metrics['KLD']:.3f} SIM {metrics['SIM']:.3f}"
-                  f" NSS {metrics['NSS']:.3f}")
-            models[method] = model
-        any_model = next(iter(models.values()))
-        for name, metrics in evaluate_baselines(any_model, test_set).items():
-            rows[name] = {k: metrics[k] for k in ("KLD", "SIM", "NSS", "n")}
-        results["splits"][split] = rows
-        figure_models[split] = {"models": models, "test_set": test_set}
+    if jobs > 1:
+        results["splits"] = _run_splits_in_parallel(data_root, out, budget, seed, jobs)
+    else:
+        results["splits"] = {split: train_and_evaluate_split(split, data_root, out, budget, seed)
+                             for split in SPLITS}
 
     _stage("5/6 figures")
-    for split, entry in figure_models.items():
-        path = write_figure(out, split, entry["models"], entry["test_set"])
-        print(f"wrote {path}")
+    for split in SPLITS:
+        models = {m: load_model(out / "runs" / split / m / "model.pt").eval()
+                  for m in budget["methods"]}
+        first = next(iter(models.values()))
+        test_set = AffordanceTestDataset(data_root, split, first.image_size,
+                                         vocabulary=first.vocabulary)
+        print(f"wrote {write_figure(out, split, models, test_set)}")
 
     _stage("6/6 ROS 2 node on synthetic camera frames")
     best = out / "runs" / "Seen" / "selectivecl" / "model.pt"
-    if best.is_file():
+    if best.is_file() and budget["node_seconds"] > 0:
         results["node"] = run_node_stage(best, budget["node_seconds"], out)
 
     results["seconds"] = round(time.perf_counter() - start, 1)
@@ -335,12 +493,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="outputs/demo", help="output folder (reused)")
     parser.add_argument("--quick", action="store_true", help="smaller corpus and budget")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="processes training the two splits side by side (default: 2 "
+                             "with at least two CPUs, else 1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from training.common import run_cli
 
     def body(_: Sequence[str] | None) -> int:
-        run_demo(Path(args.out), args.quick, args.seed)
+        run_demo(Path(args.out), args.quick, args.seed, args.jobs)
         return 0
 
     return run_cli("affordance-demo", body, [])

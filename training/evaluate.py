@@ -13,6 +13,7 @@ last line on stdout is one JSON object ``{"KLD": .., "SIM": .., "NSS": .., "n": 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -32,7 +33,7 @@ from tqdm import tqdm
 from affordance_core.metrics import METRIC_NAMES, MetricAccumulator, prepare_prediction
 from training.common import choose_device, run_cli, setup_logging
 
-__all__ = ["evaluate_model", "heatmap_overlay", "main", "viz_panel"]
+__all__ = ["evaluate_model", "heatmap_overlay", "main", "select_calibration", "viz_panel"]
 
 PROG = "affordance-eval"
 logger = logging.getLogger(__name__)
@@ -145,6 +146,56 @@ def evaluate_model(model: nn.Module, dataset: Dataset, *, device: torch.device,
         vocabulary[c]: _mean_dict(class_sums[c], int(class_counts[c]))
         for c in range(len(vocabulary)) if class_counts[c] > 0}
     return result
+
+
+def select_calibration(model: nn.Module, dataset: Dataset, *, device: torch.device,
+                       candidates: Sequence[str] = ("binary", "continuous"),
+                       metric: str = "KLD", batch_size: int = 32) -> tuple[str, dict[str, Any]]:
+    """Choose the inference calibration of a trained model on a *validation* set.
+
+    The paper binarises the object affinity (gamma_2 = ``object_threshold``) before
+    multiplying it with the CAM; the reference code multiplies the continuous affinity. Both
+    use the same trained heads, so the choice is a held-out-data decision, made here: the
+    backbones run once per batch and every candidate is scored on the same maps.
+
+    Args:
+        model: an :class:`~affordance_core.model.AffordanceModel` with a CLIP-role backbone,
+            on ``device``, in eval mode. Its config is left as it was.
+        dataset: validation images with GT (an ``AffordanceTestDataset``), never the test set.
+        device: where the images go.
+        candidates: calibrations to compare (values of ``AffordanceConfig.calibration``).
+        metric: ``KLD`` (lower wins) or ``SIM`` / ``NSS`` (higher wins).
+        batch_size: images per forward pass.
+
+    Returns:
+        (best calibration, {calibration: {"KLD", "SIM", "NSS", "n"}}).
+
+    Raises:
+        ValueError: the model has no CLIP-role backbone, or an unknown metric.
+    """
+    if getattr(model, "clip", None) is None:
+        raise ValueError("calibration needs the CLIP-role object affinity; this model has none")
+    if metric not in METRIC_NAMES:
+        raise ValueError(f"metric must be one of {METRIC_NAMES}, got {metric!r}")
+    original = model.config
+    accumulators = {c: MetricAccumulator() for c in candidates}
+    try:
+        with torch.inference_mode():
+            for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+                labels = batch["label"].to(device)
+                feats = model.extract(batch["image"].to(device))
+                gt = batch["gt"]
+                for calibration, acc in accumulators.items():
+                    model.config = dataclasses.replace(original, calibration=calibration)
+                    maps = model.maps_from_features(feats, labels).float().cpu()
+                    acc.update(prepare_prediction(maps, size=tuple(gt.shape[-2:])), gt,
+                               prepared=True)
+    finally:
+        model.config = original
+    scores = {c: dict(acc.compute()) for c, acc in accumulators.items()}
+    sign = 1.0 if metric == "KLD" else -1.0
+    best = min(candidates, key=lambda c: sign * float(scores[c][metric]))
+    return best, scores
 
 
 def _rounded(result: dict[str, Any]) -> dict[str, Any]:

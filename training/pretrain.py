@@ -46,6 +46,8 @@ from affordance_core.tiny import (
     clearclip_head,
     clip_visual_trunk,
     dino_last_block_qk,
+    load_tiny_clip,
+    load_tiny_dino,
     normalize_clip,
     normalize_dino,
     save_state_dict_fp16,
@@ -422,6 +424,9 @@ class PretrainConfig:
         models: which backbones to train (``dino``, ``clip``).
         save_every: write the checkpoints every this many steps (0 = only at the end).
         threads: torch CPU threads (0 = leave torch's default).
+        init_from: folder holding ``dino_tiny.pt`` / ``clip_tiny.pt`` to start from instead of
+            a random initialisation (a later stage of a multi-stage recipe; the query scaling
+            is then not applied again). None starts from scratch.
     """
 
     seed: int = 0
@@ -441,6 +446,7 @@ class PretrainConfig:
     models: tuple[str, ...] = ("dino", "clip")
     save_every: int = 250
     threads: int = 0
+    init_from: str | None = None
 
 
 def _param_groups(model: nn.Module, wd: float) -> list[dict[str, Any]]:
@@ -453,6 +459,18 @@ def _param_groups(model: nn.Module, wd: float) -> list[dict[str, Any]]:
 
 
 MODELS = ("dino", "clip")
+
+
+def _initial_model(name: str, init_from: str | None) -> nn.Module:
+    """A freshly initialised backbone, or the checkpoint of an earlier stage, in train mode."""
+    if init_from is None:
+        return (build_tiny_dino() if name == "dino" else build_tiny_clip()).train()
+    path = Path(init_from) / (TINY_DINO_FILE if name == "dino" else TINY_CLIP_FILE)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--init-from {init_from}: no {path.name} there; run the earlier pretraining stage "
+            "first (scripts/pretrain.sh runs all stages)")
+    return (load_tiny_dino(path) if name == "dino" else load_tiny_clip(path)).train()
 
 
 def pretrain(
@@ -502,7 +520,7 @@ def pretrain(
     trained: dict[str, tuple[nn.Module, list[nn.Parameter], torch.optim.Optimizer]] = {}
     if "dino" in cfg.models:
         torch.manual_seed(cfg.seed * 7 + 1)
-        dino = build_tiny_dino().train()
+        dino = _initial_model("dino", cfg.init_from)
         prototypes = nn.Parameter(torch.randn(n_parts + 1, dino.embed_dim) * 0.02)
         groups = _param_groups(dino, cfg.weight_decay)
         groups.append({"params": [prototypes], "weight_decay": 0.0})
@@ -510,12 +528,13 @@ def pretrain(
                            torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98)))
     if "clip" in cfg.models:
         torch.manual_seed(cfg.seed * 7 + 2)
-        clip = build_tiny_clip().train()
-        with torch.no_grad():
-            # Larger initial queries make ClearCLIP's q-q attention start near-diagonal, so
-            # each patch embedding starts local instead of an image-wide average.
-            attn = clip.visual.transformer.resblocks[-1].attn
-            attn.in_proj_weight[: attn.embed_dim] *= cfg.clearclip_query_init_scale
+        clip = _initial_model("clip", cfg.init_from)
+        if cfg.init_from is None:
+            with torch.no_grad():
+                # Larger initial queries make ClearCLIP's q-q attention start near-diagonal, so
+                # each patch embedding starts local instead of an image-wide average.
+                attn = clip.visual.transformer.resblocks[-1].attn
+                attn.in_proj_weight[: attn.embed_dim] *= cfg.clearclip_query_init_scale
         dense_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         dense_bias = nn.Parameter(torch.tensor(-2.0))
         objectness = nn.Linear(clip.visual.transformer.width, 1)
@@ -602,11 +621,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--models", nargs="+", choices=MODELS, default=list(d.models),
                     help="backbones to train (one each in two processes gives the same weights)")
+    ap.add_argument("--init-from", default=None, metavar="DIR",
+                    help="start from the checkpoints in DIR (a later stage of the recipe)")
     ap.add_argument("--no-probe", action="store_true", help="skip the backbone probe")
     args = ap.parse_args(argv)
     cfg = PretrainConfig(seed=args.seed, n_scenes=args.n_scenes, steps=args.steps,
                          batch_size=args.batch_size, lr=args.lr, threads=args.threads,
-                         models=tuple(args.models))
+                         models=tuple(args.models), init_from=args.init_from)
     res = pretrain(cfg, out_dir=args.out, log_every=args.log_every)
     summary: dict[str, Any] = {"render_s": round(res["render_s"], 1),
                                "train_s": round(res["train_s"], 1), "files": res["files"]}
