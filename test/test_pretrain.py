@@ -229,3 +229,28 @@ def test_part_transfer_iou_rewards_type_features_not_colour():
     colour = torch.stack([torch.stack([e[0], e[0], e[1], e[1], e[2], e[2]]),
                           torch.stack([e[1], e[1], e[0], e[0], e[2], e[2]])])
     assert float(backbone_probe.part_transfer_iou(colour, labels, 2).max()) == 0.0
+
+
+def test_second_stage_starts_from_the_first_and_adds_the_threshold_term(data, world, tmp_path):
+    cfg = dict(seed=0, n_scenes=16, batch_size=4, save_every=0, models=("clip",))
+    first = pretrain.pretrain(pretrain.PretrainConfig(**cfg, steps=2), out_dir=tmp_path / "s1",
+                              world=world, data=data, verbose=False)
+    # lr 0: the second stage must hand back exactly the (fp16-rounded) first-stage weights
+    still = pretrain.pretrain(pretrain.PretrainConfig(**cfg, steps=1, lr=0.0,
+                                                      init_from=str(tmp_path / "s1")),
+                              world=world, data=data, verbose=False)
+    ref = first["clip"].state_dict()
+    for key, value in still["clip"].state_dict().items():
+        assert torch.allclose(value, ref[key], atol=2e-3 * (1 + ref[key].abs().max())), key
+    # the query scaling of a fresh start is not applied again
+    q = still["clip"].visual.transformer.resblocks[-1].attn.in_proj_weight.detach()
+    q_ref = first["clip"].visual.transformer.resblocks[-1].attn.in_proj_weight.detach()
+    assert torch.allclose(q, q_ref, atol=2e-3 * (1 + float(q_ref.abs().max())))
+    second = pretrain.pretrain(pretrain.PretrainConfig(**cfg, steps=2, w_threshold=1.0,
+                                                       init_from=str(tmp_path / "s1")),
+                               world=world, data=data, verbose=False)
+    assert all(0.0 < r["clip_threshold"] < 20.0 for r in second["history"])
+    with pytest.raises(FileNotFoundError, match="no clip_tiny.pt there"):
+        pretrain.pretrain(pretrain.PretrainConfig(**cfg, steps=1, init_from=str(tmp_path)),
+                          world=world, data=data, verbose=False)
+

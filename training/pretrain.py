@@ -346,7 +346,21 @@ def clip_dense_losses(
     glog = clip.logit_scale.exp().clamp(max=100) * img @ text[:n_objects].t()
     glob = F.cross_entropy(glog, obj_index)
     acc = (glog.argmax(1) == obj_index).float().mean().detach()
-    out = {"dense": dense, "contrast": contrast, "text": text_sep, "global": glob, "acc": acc}
+    # The downstream use of these maps: min-max normalised per image, then thresholded. Push
+    # the normalised affinity of every positive text above 0.6 on the object and below 0.4 off
+    # it (a soft version of that threshold; it targets the off-object patches that a plain
+    # average over all negatives lets through).
+    flat = cos.flatten(2)                                                  # (B, T, hw)
+    lo, hi = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
+    norm = (flat - lo) / (hi - lo).clamp(min=1e-6)
+    pos_text = positives[obj_index][:, :, None]                            # (B, T, 1)
+    on, off = (frac >= 0.5)[:, None].float(), (frac <= 0.01)[:, None].float()
+    threshold = (pos_text * on * F.softplus(10.0 * (0.6 - norm))).sum() \
+        / (pos_text * on).sum().clamp(min=1) \
+        + (pos_text * off * F.softplus(10.0 * (norm - 0.4))).sum() \
+        / (pos_text * off).sum().clamp(min=1)
+    out = {"dense": dense, "contrast": contrast, "text": text_sep, "global": glob, "acc": acc,
+           "threshold": threshold}
     if objectness_head is not None:
         logit = objectness_head(trunk[:, 1:]).squeeze(-1)                     # (B, h*w)
         out["objectness"] = F.binary_cross_entropy_with_logits(logit, frac)
@@ -419,6 +433,7 @@ class PretrainConfig:
         w_saliency: weight of the DINO saliency KL.
         w_dino_contrast: weight of the DINO within-image part contrast.
         w_objectness: weight of the CLIP trunk's deep objectness supervision.
+        w_threshold: weight of the CLIP soft-threshold term on min-max normalised affinity.
         clearclip_query_init_scale: factor on the initial query weights of the CLIP's last
             block (the block ClearCLIP reuses).
         models: which backbones to train (``dino``, ``clip``).
@@ -442,6 +457,7 @@ class PretrainConfig:
     w_saliency: float = 1.0
     w_dino_contrast: float = 0.5
     w_objectness: float = 1.0
+    w_threshold: float = 0.0
     clearclip_query_init_scale: float = 4.0
     models: tuple[str, ...] = ("dino", "clip")
     save_every: int = 250
@@ -581,7 +597,8 @@ def pretrain(
                                           dense_bias, objectness_head=objectness)
                 loss = parts["dense"] + cfg.w_global * parts["global"] \
                     + cfg.w_clip_contrast * parts["contrast"] + cfg.w_text * parts["text"] \
-                    + cfg.w_objectness * parts["objectness"]
+                    + cfg.w_objectness * parts["objectness"] \
+                    + cfg.w_threshold * parts["threshold"]
             else:
                 parts = dino_dense_losses(model, imgs, obj_frac, part_label, purity, prototypes)
                 loss = parts["part"] + cfg.w_saliency * parts["saliency"] \
@@ -621,13 +638,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--models", nargs="+", choices=MODELS, default=list(d.models),
                     help="backbones to train (one each in two processes gives the same weights)")
+    ap.add_argument("--w-threshold", type=float, default=d.w_threshold,
+                    help="weight of the CLIP soft-threshold term")
     ap.add_argument("--init-from", default=None, metavar="DIR",
                     help="start from the checkpoints in DIR (a later stage of the recipe)")
     ap.add_argument("--no-probe", action="store_true", help="skip the backbone probe")
     args = ap.parse_args(argv)
     cfg = PretrainConfig(seed=args.seed, n_scenes=args.n_scenes, steps=args.steps,
                          batch_size=args.batch_size, lr=args.lr, threads=args.threads,
-                         models=tuple(args.models), init_from=args.init_from)
+                         models=tuple(args.models), init_from=args.init_from,
+                         w_threshold=args.w_threshold)
     res = pretrain(cfg, out_dir=args.out, log_every=args.log_every)
     summary: dict[str, Any] = {"render_s": round(res["render_s"], 1),
                                "train_s": round(res["train_s"], 1), "files": res["files"]}
