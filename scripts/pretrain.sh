@@ -1,15 +1,26 @@
 #!/usr/bin/env bash
-# Rebuild the tiny backbones (weights/tiny): the DINO and CLIP roles train in two processes
-# (same batches and seeds as one joint run, see training/pretrain.py), then the probe
-# writes probe.json. Usage: scripts/pretrain.sh [OUT_DIR] (default weights/tiny).
+# Rebuild the tiny backbones (weights/tiny). The DINO role and the CLIP role train in two
+# processes (same batches and seeds as one joint run, see training/pretrain.py). The CLIP role
+# has two more stages, each from the previous stage's weights: a new cosine cycle at half the
+# peak rate, with the soft-threshold term, on 6000 newly rendered scenes (seeds 1, 2). Then
+# the probe writes probe.json.
+# Usage: scripts/pretrain.sh [OUT_DIR] (default weights/tiny).
 set -euo pipefail
 PY=${PYTHON:-python}
 OUT=${1:-weights/tiny}
-mkdir -p "$OUT"
+STAGES="$OUT/clip_stages"
+mkdir -p "$OUT" "$STAGES/1" "$STAGES/2"
 "$PY" -m training.pretrain --out "$OUT" --models dino --threads 1 --no-probe --log-every 100 \
     > "$OUT/pretrain_dino.log" 2>&1 &
 dino=$!
-"$PY" -m training.pretrain --out "$OUT" --models clip --threads 1 --no-probe --log-every 100 \
-    2>&1 | tee "$OUT/pretrain_clip.log"
+"$PY" -m training.pretrain --out "$STAGES/1" --models clip --threads 1 --no-probe \
+    --log-every 100 2>&1 | tee "$OUT/pretrain_clip.log"
+"$PY" -m training.pretrain --out "$STAGES/2" --models clip --threads 1 --no-probe \
+    --log-every 100 --init-from "$STAGES/1" --seed 1 --lr 1e-3 --w-threshold 1.0 \
+    2>&1 | tee "$OUT/pretrain_clip_stage2.log"
+"$PY" -m training.pretrain --out "$OUT" --models clip --threads 1 --no-probe \
+    --log-every 100 --init-from "$STAGES/2" --seed 2 --lr 1e-3 --w-threshold 1.0 \
+    2>&1 | tee "$OUT/pretrain_clip_stage3.log"
+rm -rf "$STAGES"
 wait "$dino" || { echo "DINO-role pretraining failed; see $OUT/pretrain_dino.log" >&2; exit 1; }
 "$PY" -m training.backbone_probe --weights-dir "$OUT" --out "$OUT/probe.json"
