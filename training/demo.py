@@ -31,6 +31,7 @@ import torch
 logger = logging.getLogger("affordance.demo")
 
 METHOD_ORDER = ("ce", "locate", "selectivecl", "looptrans", "looptrans_gated")
+DEFAULT_METHODS = ("ce", "locate", "selectivecl", "looptrans")
 SPLITS = ("Seen", "Unseen")
 
 
@@ -40,7 +41,7 @@ def _budget(quick: bool) -> dict[str, Any]:
                 "iters": 30, "batch_size": 8, "methods": ("ce", "selectivecl", "looptrans"),
                 "node_seconds": 3.0}
     return {"corpus": {"n_exo_per_pair": 10, "n_ego_per_pair": 3, "n_test_per_pair": 3},
-            "iters": 150, "batch_size": 8, "methods": METHOD_ORDER, "node_seconds": 6.0}
+            "iters": 150, "batch_size": 8, "methods": DEFAULT_METHODS, "node_seconds": 6.0}
 
 
 def _stage(name: str) -> None:
@@ -424,7 +425,8 @@ def available_cpus() -> int:
 
 
 def run_demo(out: Path, quick: bool = False, seed: int = 0, jobs: int | None = None,
-             budget: dict[str, Any] | None = None) -> dict[str, Any]:
+             budget: dict[str, Any] | None = None,
+             methods: Sequence[str] | None = None) -> dict[str, Any]:
     """Run every stage; returns the results dictionary written to results.json.
 
     Args:
@@ -434,12 +436,18 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, jobs: int | None = N
         jobs: processes training the splits side by side (default: 2 with at least two
             CPUs, else 1). Each gets an equal share of the CPU threads.
         budget: replaces the budget chosen by ``quick`` (tests use a tiny one).
+        methods: replaces the budget's methods (names from ``METHOD_ORDER``).
     """
     from affordance_core import load_model
     from affordance_core.data import AffordanceTestDataset
 
     start = time.perf_counter()
-    budget = budget if budget is not None else _budget(quick)
+    budget = dict(budget if budget is not None else _budget(quick))
+    if methods:
+        unknown = [m for m in methods if m not in METHOD_ORDER]
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHOD_ORDER)}")
+        budget["methods"] = tuple(m for m in METHOD_ORDER if m in methods)
     jobs = jobs if jobs is not None else min(2, available_cpus())
     out.mkdir(parents=True, exist_ok=True)
     data_root = out / "data"
@@ -496,12 +504,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=None,
                         help="processes training the two splits side by side (default: 2 "
                              "with at least two CPUs, else 1)")
+    parser.add_argument("--methods", nargs="+", choices=METHOD_ORDER, default=None,
+                        help=f"methods to train (default: {' '.join(DEFAULT_METHODS)}; "
+                             "looptrans_gated is LoopTrans with the pIoU gate)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from training.common import run_cli
 
     def body(_: Sequence[str] | None) -> int:
-        run_demo(Path(args.out), args.quick, args.seed, args.jobs)
+        run_demo(Path(args.out), args.quick, args.seed, args.jobs, methods=args.methods)
         return 0
 
     return run_cli("affordance-demo", body, [])
