@@ -60,8 +60,8 @@ def make_corpus(root: Path, budget: dict[str, Any], seed: int,
     if stamp.is_file() and json.loads(stamp.read_text()).get("params") == params:
         print(f"reusing corpus in {root}")
         return json.loads(stamp.read_text())
-    stats = write_agd_corpus(root, seed=seed, progress=True, **budget["corpus"],
-                             **({} if split_objects is None else {"split_objects": split_objects}))
+    stats = write_agd_corpus(root, seed=seed, split_objects=split_objects, progress=True,
+                             **budget["corpus"])
     record = {"params": params, "stats": stats.to_dict()}
     stamp.write_text(json.dumps(record, indent=1))
     return record
@@ -448,7 +448,8 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, jobs: int | None = N
         if unknown:
             raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHOD_ORDER)}")
         budget["methods"] = tuple(m for m in METHOD_ORDER if m in methods)
-    jobs = jobs if jobs is not None else min(2, available_cpus())
+    # at most one process per split; each takes an equal share of the CPUs
+    jobs = max(1, min(len(SPLITS), jobs if jobs is not None else available_cpus()))
     out.mkdir(parents=True, exist_ok=True)
     data_root = out / "data"
     results: dict[str, Any] = {"seed": seed, "quick": quick, "jobs": jobs,
