@@ -80,12 +80,16 @@ class PartDiscovery:
         reliable: (B,) bool, enough points and best pIoU >= alpha.
         enough_points: (B,) bool, at least K interaction descriptors were found.
         best_piou: (B,) float (0 where not enough points).
+        centroids: (B, K, D) every L2-normalised K-means centroid.
+        scores: (B, K) pIoU of every centroid's binarised ego similarity map.
     """
 
     centroid: Tensor
     reliable: Tensor
     enough_points: Tensor
     best_piou: Tensor
+    centroids: Tensor
+    scores: Tensor
 
 
 def discover_parts(exo_keys: Tensor, exo_maps: Tensor, ego_keys: Tensor, ego_saliency: Tensor,
@@ -116,4 +120,5 @@ def discover_parts(exo_keys: Tensor, exo_maps: Tensor, ego_keys: Tensor, ego_sal
     best, idx = scores.max(1)
     best = torch.where(enough, best, torch.zeros_like(best))
     centroid = centroids.gather(1, idx.view(b, 1, 1).expand(-1, 1, d))[:, 0]
-    return PartDiscovery(centroid, enough & (best >= piou_threshold), enough, best)
+    return PartDiscovery(centroid, enough & (best >= piou_threshold), enough, best, centroids,
+                         scores)

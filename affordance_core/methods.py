@@ -19,7 +19,7 @@ from .losses import (concentration_loss, pixel_contrast_loss, prototype_contrast
                      prototype_distillation_loss, weighted_prototypes)
 from .model import AffordanceModel, Features
 
-__all__ = ["METHODS", "build_method", "Method", "StepInputs"]
+__all__ = ["METHODS", "build_method", "Method", "StepInputs", "exo_object_affinity"]
 
 
 @dataclass
@@ -41,6 +41,26 @@ class StepInputs:
     @property
     def exo_labels(self) -> Tensor:
         return self.labels.repeat_interleave(self.num_exo)
+
+
+def exo_object_affinity(model: AffordanceModel, exo_clip: Tensor, exo_labels: Tensor,
+                        exo_to_ego: Tensor | None = None) -> Tensor:
+    """SelectiveCL's exo affinity A_exo: the 3x3 local mean (border-clipped) of the exo-prompt
+    cosine times the ego-prompt cosine.
+
+    Args:
+        exo_clip: (N, Dc, h, w) normalised CLIP patch embeddings of N exo images.
+        exo_labels: (N,) int64 class ids.
+        exo_to_ego: (N, h, w) the ego-prompt cosine when the caller already has it.
+
+    Returns:
+        (N, h, w) raw (unnormalised) affinities.
+    """
+    exo_to_exo = model.affinity(exo_clip, exo_labels, "exo")
+    if exo_to_ego is None:
+        exo_to_ego = model.affinity(exo_clip, exo_labels, "ego")
+    local = F.avg_pool2d(exo_to_exo[:, None], 3, 1, 1, count_include_pad=False)[:, 0]
+    return local * exo_to_ego
 
 
 def _pick(cams: Tensor, labels: Tensor) -> Tensor:
@@ -191,10 +211,8 @@ class SelectiveCLMethod(Method):
         h, w = s.ego_cam.shape[-2:]
         warm = progress < self.warmup
         a_ego = model.affinity(s.ego.clip, s.labels, "ego")                     # (B, h, w)
-        exo_to_exo = model.affinity(s.exo.clip, s.exo_labels, "exo")
         exo_to_ego = model.affinity(s.exo.clip, s.exo_labels, "ego")
-        a_exo = F.avg_pool2d(exo_to_exo[:, None], 3, 1, 1, count_include_pad=False)[:, 0]
-        a_exo = (a_exo * exo_to_ego).view(b, e, h, w)
+        a_exo = exo_object_affinity(model, s.exo.clip, s.exo_labels, exo_to_ego).view(b, e, h, w)
         cam_ego = _pick(s.ego_cam, s.labels)
         cam_exo = _pick(s.exo_cam, s.exo_labels).view(b, e, h, w)
         interaction = a_exo if warm else F.relu(a_exo) * F.relu(cam_exo.detach())
