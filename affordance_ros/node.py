@@ -413,8 +413,10 @@ class AffordanceNode(Node):
             self.get_logger().info(f"actions set to {words}")
         last = self._last_frame
         if last is None:
-            self._bad_input("no_image", f"action {words} stored; no image received yet on "
-                            f"'{self.resolve_topic_name('image')}'")
+            # Not an error: a robot may choose the action before its camera streams.
+            self.get_logger().info(f"actions {words} stored; no image received yet on "
+                                   f"'{self.resolve_topic_name('image')}', the first one "
+                                   "will be answered")
         elif changed:
             # A static scene still gets an answer: the worker re-runs the newest frame unless a
             # new image arrives within action_rerun_delay (then that image answers instead).

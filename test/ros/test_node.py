@@ -69,7 +69,7 @@ def test_serves_frames_and_follows_action(served, reference_predictor):
     from affordance_ros.conversions import image_to_array
 
     client.action("hold")
-    assert proc.wait_output("[no_image]", 10), proc.output()
+    assert proc.wait_output("no image received yet", 10), proc.output()
     rgb = test_image(48, 64, seed=1)
     key, results = send_and_wait(client, rgb)
     hold = results[0].msg
