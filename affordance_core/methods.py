@@ -49,6 +49,7 @@ def exo_object_affinity(model: AffordanceModel, exo_clip: Tensor, exo_labels: Te
     cosine times the ego-prompt cosine.
 
     Args:
+        model: the model whose cached ego and exo prompt embeddings are used.
         exo_clip: (N, Dc, h, w) normalised CLIP patch embeddings of N exo images.
         exo_labels: (N,) int64 class ids.
         exo_to_ego: (N, h, w) the ego-prompt cosine when the caller already has it.

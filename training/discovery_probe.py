@@ -10,8 +10,9 @@ scored against the GT (KLD, SIM, NSS) next to:
 
 * ``object affinity``: the min-max ego-prompt affinity alone (the object-level prior that a
   part prototype has to improve on);
-* ``chosen part x affinity``: the pIoU-chosen centroid (what SelectiveCL's part terms use),
-  also on the samples the gate calls reliable;
+* ``chosen part x affinity``: the pIoU-chosen centroid (what SelectiveCL's part terms use;
+  the affinity alone where too few interaction points were found), also on the samples the
+  gate calls reliable;
 * ``mean over clusters``: the average of all K centroids' scores, i.e. what a choice by chance
   gets;
 * ``GT-part prototype x affinity``: a prototype pooled from the GT part of *another* validation
@@ -139,8 +140,11 @@ def probe_discovery(model: torch.nn.Module, val_set: AffordanceTestDataset,
             part_maps = minmax(torch.einsum("bkd,bdhw->bkhw", found.centroids, keys_n[idx]))
             chosen = found.scores.argmax(1)
             acc["object affinity"].update(affinity, gt)
-            acc["chosen part x affinity"].update(part_maps[torch.arange(b), chosen] * affinity,
-                                                 gt)
+            # too few interaction points: SelectiveCL falls back to the affinity, and so do we
+            enough = found.enough_points.view(b, 1, 1)
+            chosen_map = torch.where(enough, part_maps[torch.arange(b), chosen] * affinity,
+                                     affinity)
+            acc["chosen part x affinity"].update(chosen_map, gt)
             k = part_maps.shape[1]
             acc["mean over clusters"].update(
                 (part_maps * affinity[:, None]).flatten(0, 1), gt.repeat_interleave(k, 0))
@@ -152,7 +156,7 @@ def probe_discovery(model: torch.nn.Module, val_set: AffordanceTestDataset,
             if rel.any():
                 acc["object affinity (reliable samples)"].update(affinity[rel], gt[rel])
                 acc["chosen part x affinity (reliable samples)"].update(
-                    part_maps[torch.arange(b), chosen][rel] * affinity[rel], gt[rel])
+                    chosen_map[rel], gt[rel])
     maps = {name: {k: round(float(v), 4) for k, v in a.compute().items()}
             for name, a in acc.items() if a.count}
     return {"n": len(val_set), "reliable_rate": round(reliable_count / len(val_set), 4),
