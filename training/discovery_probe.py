@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from affordance_core import load_model
 from affordance_core.backbones import minmax
@@ -57,8 +58,7 @@ def _exo_images(paths: Sequence[Path], j: int, num_exo: int, size: int) -> Tenso
             break
     if not images:
         raise ValueError(f"no readable exo image among {len(paths)} files, e.g. {paths[0]}")
-    while len(images) < num_exo:
-        images.append(images[len(images) % len(images)])
+    images += [images[0]] * (num_exo - len(images))  # fewer readable files than num_exo
     return torch.stack(images)
 
 
@@ -107,11 +107,10 @@ def probe_discovery(model: torch.nn.Module, val_set: AffordanceTestDataset,
     generator = torch.Generator().manual_seed(seed)
     reliable_count = 0
     with torch.inference_mode():
-        gts = torch.stack([val_set[j]["gt"] for j in range(len(val_set))])
-        images = torch.stack([val_set[j]["image"] for j in range(len(val_set))])
-        labels = torch.stack([val_set[j]["label"] for j in range(len(val_set))])
-        parts = [model.extract(images[i:i + batch_size])
-                 for i in range(0, len(images), batch_size)]
+        batches = list(DataLoader(val_set, batch_size=batch_size, shuffle=False))
+        gts = torch.cat([batch["gt"] for batch in batches])
+        labels = torch.cat([batch["label"] for batch in batches])
+        parts = [model.extract(batch["image"]) for batch in batches]
         ego_all = Features(*(torch.cat([getattr(f, name) for f in parts])
                              for name in ("keys", "cls_attention", "clip")))
         h, w = ego_all.keys.shape[-2:]
