@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["ego_prompt", "exo_prompt", "readable"]
+__all__ = ["HAND_PROMPT", "ego_prompt", "exo_prompt", "readable"]
+
+#: Action-agnostic text of the person's hand (the tiny tier's exo interaction cue).
+HAND_PROMPT = "a hand"
 
 
 def readable(action: str) -> str:

@@ -9,7 +9,7 @@ set -euo pipefail
 PY=${PYTHON:-python}
 OUT=${1:-weights/tiny}
 STAGES="$OUT/clip_stages"
-mkdir -p "$OUT" "$STAGES/1" "$STAGES/2"
+mkdir -p "$OUT" "$STAGES/1" "$STAGES/2" "$STAGES/3"
 "$PY" -m training.pretrain --out "$OUT" --models dino --threads 1 --no-probe --log-every 100 \
     > "$OUT/pretrain_dino.log" 2>&1 &
 dino=$!
@@ -18,9 +18,12 @@ dino=$!
 "$PY" -m training.pretrain --out "$STAGES/2" --models clip --threads 1 --no-probe \
     --log-every 100 --init-from "$STAGES/1" --seed 1 --lr 1e-3 --w-threshold 1.0 \
     2>&1 | tee "$OUT/pretrain_clip_stage2.log"
-"$PY" -m training.pretrain --out "$OUT" --models clip --threads 1 --no-probe \
+"$PY" -m training.pretrain --out "$STAGES/3" --models clip --threads 1 --no-probe \
     --log-every 100 --init-from "$STAGES/2" --seed 2 --lr 1e-3 --w-threshold 1.0 \
     2>&1 | tee "$OUT/pretrain_clip_stage3.log"
+"$PY" -m training.pretrain --out "$OUT" --models clip --threads 1 --no-probe \
+    --log-every 100 --init-from "$STAGES/3" --seed 3 --lr 5e-4 --w-threshold 1.0 \
+    --w-hand 1.0 --steps 1000 2>&1 | tee "$OUT/pretrain_clip_stage4.log"
 rm -rf "$STAGES"
 wait "$dino" || { echo "DINO-role pretraining failed; see $OUT/pretrain_dino.log" >&2; exit 1; }
 "$PY" -m training.backbone_probe --weights-dir "$OUT" --out "$OUT/probe.json"

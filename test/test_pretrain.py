@@ -93,6 +93,72 @@ def test_augment_keeps_masks_aligned_with_image(data):
     assert bool(((parts >= 0) <= mask | (parts < 0)).all())
 
 
+def test_hand_masks_are_kept_and_cropped_like_the_object(data):
+    assert data.hand_mask is not None and data.hand_mask.shape == data.object_mask.shape
+    assert bool(data.hand_mask.flatten(1).any(1).any()), "some exo scenes must show a hand"
+    args = (data.images[:6].float() / 255, data.object_mask[:6], data.part_index[:6])
+    plain = pretrain.augment(*args, torch.Generator().manual_seed(3))
+    with_hand = pretrain.augment(*args, torch.Generator().manual_seed(3),
+                                 hand_mask=data.hand_mask[:6])
+    assert len(plain) == 3 and len(with_hand) == 4
+    for a, b in zip(plain, with_hand[:3], strict=True):
+        assert torch.equal(a, b)  # the hand mask changes no random draw
+    hand = with_hand[3]
+    # A hand-only image augmented as the "image" must land where the hand mask lands.
+    img = data.hand_mask[:6].float()[:, None].expand(-1, 3, -1, -1).contiguous()
+    out = pretrain.augment(img, *args[1:], torch.Generator().manual_seed(3))[0]
+    assert ((out[:, 0] > 0.5) == hand).float().mean() > 0.99
+
+
+def test_hand_prompt_is_in_the_text_set_only_when_asked(world):
+    plain = pretrain.build_text_vocabulary(world)
+    with_hand = pretrain.build_text_vocabulary(world, hand=True)
+    assert not plain.has_hand and "a hand" not in plain.texts
+    assert with_hand.has_hand and with_hand.texts[-1] == "a hand"
+    assert with_hand.texts[:-1] == plain.texts
+    assert float(with_hand.positives[:, -1].abs().sum()) == 0.0  # no object owns the hand
+
+
+def test_hand_term_trains_the_hand_prompt_towards_the_hand(data, world):
+    torch.manual_seed(0)
+    clip = tiny.build_tiny_clip()
+    vocab = pretrain.build_text_vocabulary(world, hand=True)
+    tokens = tiny.tiny_tokenizer()(vocab.texts)
+    scale = torch.nn.Parameter(torch.tensor(math.log(10.0)))
+    bias = torch.nn.Parameter(torch.tensor(-2.0))
+    shown = data.hand_mask.flatten(1).any(1).nonzero().flatten()[:6]
+    imgs = data.images[shown].float() / 255
+    frac, _, _ = pretrain.patch_targets(data.object_mask[shown], data.part_index[shown],
+                                       len(data.part_types))
+    hand_frac = torch.nn.functional.adaptive_avg_pool2d(
+        data.hand_mask[shown].float()[:, None], tiny.TINY_GRID)[:, 0]
+    opt = torch.optim.AdamW([*clip.parameters(), scale, bias], lr=2e-3)
+
+    def hand_loss():
+        return pretrain.clip_dense_losses(clip, imgs, data.obj_index[shown], frac, tokens,
+                                          vocab.positives, vocab.n_objects, scale, bias,
+                                          hand_frac=hand_frac)["hand"]
+
+    with torch.no_grad():
+        first = hand_loss()
+    for _ in range(6):
+        opt.zero_grad()
+        hand_loss().backward()
+        opt.step()
+    with torch.no_grad():
+        last = hand_loss()
+    assert torch.isfinite(first) and float(last) < float(first)
+
+
+def test_hand_weight_needs_hand_masks(world, data):
+    import dataclasses
+    no_hands = dataclasses.replace(data, hand_mask=None)
+    cfg = pretrain.PretrainConfig(seed=0, n_scenes=16, steps=1, batch_size=4, w_hand=1.0,
+                                  models=("clip",))
+    with pytest.raises(ValueError, match="hand masks"):
+        pretrain.pretrain(cfg, world=world, data=no_hands, verbose=False)
+
+
 def test_text_vocabulary_is_object_level(world):
     vocab = pretrain.build_text_vocabulary(world)
     o = world.OBJECTS.index("knife")

@@ -8,6 +8,9 @@ benchmark corpus) it reports:
   image, upsampled bilinearly, binarised at 0.5, IoU with the object mask. Baseline
   ``centre_affinity_iou``: a centre Gaussian treated the same way.
 * ``clip_zero_shot_acc``: pooled image embedding vs object captions, top-1 accuracy.
+* ``clip_hand_pointing``: in the scenes that show a person, the share whose highest patch of
+  the hand-prompt affinity lies on the hand or next to it (the hand mask dilated by one
+  patch, patch level). Baseline ``centre_hand_pointing``: the centre patch instead.
 * ``dino_part_iou``: K-means (K=3) on the L2-normalised last-block keys of the object patches
   (object covers >= half the patch), mean over part types of the best-matching cluster IoU
   with the part mask (pixel level). ``dino_part_iou_raw`` clusters the raw keys. Baseline
@@ -38,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from affordance_core.prompts import ego_prompt
+from affordance_core.prompts import HAND_PROMPT, ego_prompt
 from affordance_core.tiny import (
     TINY_GRID,
     TINY_IMAGE_SIZE,
@@ -74,7 +77,8 @@ def probe_scenes(world: Any, seed: int, n: int) -> dict[str, Any]:
 
     Returns:
         dict with ``images`` (n, 3, S, S) float in [0, 1], ``object_mask`` (n, S, S) bool,
-        ``part_index`` (n, S, S) int64 (-1 off parts), ``obj`` list of names.
+        ``part_index`` (n, S, S) int64 (-1 off parts), ``hand_mask`` (n, S, S) bool (all
+        False without a person), ``obj`` list of names.
     """
     scenes = world.iter_pretrain_scenes(
         seed=seed * 1000 + PROBE_SEED_SALT, n=n, size=TINY_IMAGE_SIZE
@@ -84,6 +88,7 @@ def probe_scenes(world: Any, seed: int, n: int) -> dict[str, Any]:
         "images": data.images.float() / 255.0,
         "object_mask": data.object_mask,
         "part_index": data.part_index.long(),
+        "hand_mask": data.hand_mask,
         "obj": [data.objects[i] for i in data.obj_index.tolist()],
     }
 
@@ -247,8 +252,23 @@ def _clip_numbers(clip: nn.Module, tokenizer: Any, world: Any,
     act_iou = (act_iou * afford).sum() / afford.sum().clamp(min=1)
     img = F.normalize(clip.encode_image(x), dim=-1)
     acc = ((img @ txt[: len(objects)].t()).argmax(1) == oi).float().mean()
+    hand_txt = F.normalize(clip.encode_text(tokenizer([HAND_PROMPT])), dim=-1)[0]
+    hand_aff = torch.einsum("behw,e->bhw", patches, hand_txt)
     return {"clip_object_iou": float(obj_iou), "clip_action_iou": float(act_iou),
-            "clip_zero_shot_acc": float(acc)}
+            "clip_zero_shot_acc": float(acc),
+            "clip_hand_pointing": _hand_pointing(hand_aff, sc["hand_mask"])}
+
+
+def _hand_pointing(score: Tensor, hand_mask: Tensor) -> float:
+    """Share of images with a hand whose top patch of ``score`` (B, h, w) is on the hand mask
+    (B, S, S) dilated by one patch; NaN when no image shows a hand."""
+    grid = score.shape[-1]
+    near = F.max_pool2d(F.adaptive_max_pool2d(hand_mask.float()[:, None], grid), 3, 1, 1)
+    near = near.flatten(1) > 0                                               # (B, hw)
+    shown = near.any(1)
+    top = score.flatten(1).argmax(1)
+    hit = near[torch.arange(len(top)), top]
+    return float(hit[shown].float().mean()) if bool(shown.any()) else float("nan")
 
 
 @torch.no_grad()
@@ -286,6 +306,7 @@ def _baselines(world: Any, sc: dict[str, Any], grid: int = TINY_GRID) -> dict[st
     pix, ok = _part_cluster_iou(rgb, obj_patch, sc["part_index"], n_parts)
     transfer = part_transfer_iou(rgb, _patch_part_labels(sc, n_parts, grid), n_parts)
     return {"centre_affinity_iou": float(_iou(aff, gt).mean()),
+            "centre_hand_pointing": _hand_pointing(g, sc["hand_mask"]),
             "centre_saliency_iou": float(_iou(sal, gt).mean()),
             "pixel_part_iou": float(pix[ok].mean()),
             "pixel_part_transfer_iou": float(transfer.mean())}

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from affordance_core.prompts import ego_prompt, exo_prompt
+from affordance_core.prompts import HAND_PROMPT, ego_prompt, exo_prompt
 from affordance_core.tiny import (
     TINY_CLIP_FILE,
     TINY_DINO_FILE,
@@ -105,6 +105,8 @@ class PretrainData:
         obj_index: (N,) int64 index into ``objects``.
         objects: object names (the world's ``OBJECTS`` order).
         part_types: part-type names (the world's ``PART_TYPES`` order).
+        hand_mask: (N, S, S) bool, pixels of the person's hand (exo scenes; all False in ego
+            scenes), or None when the scenes carry no hand masks.
     """
 
     images: Tensor
@@ -113,6 +115,7 @@ class PretrainData:
     obj_index: Tensor
     objects: list[str]
     part_types: list[str]
+    hand_mask: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -139,23 +142,27 @@ def build_pretrain_data(
 
     Args:
         scenes: objects with ``image`` (H, W, 3) uint8, ``object_mask`` (H, W) bool,
-            ``part_instance`` (H, W) int part-type index or -1, and ``obj`` (a name in
-            ``objects``).
+            ``part_instance`` (H, W) int part-type index or -1, ``obj`` (a name in
+            ``objects``) and optionally ``hand_mask`` ((H, W) bool or None).
         objects: object vocabulary.
         part_types: part-type vocabulary (the range of ``part_instance``).
         size: output side in pixels; scenes of another size are resized.
     """
     obj_to_idx = {o: i for i, o in enumerate(objects)}
-    imgs, masks, parts, idx = [], [], [], []
+    imgs, masks, parts, idx, hands = [], [], [], [], []
     for sc in scenes:
         if sc.obj not in obj_to_idx:
             raise ValueError(f"scene object {sc.obj!r} not in the object vocabulary")
         im, m, p = _resize_scene_arrays(
             np.asarray(sc.image), np.asarray(sc.object_mask), np.asarray(sc.part_instance), size
         )
+        hand = getattr(sc, "hand_mask", None)
+        hand = np.zeros(m.shape, bool) if hand is None else _resize_scene_arrays(
+            np.asarray(sc.image), np.asarray(hand), np.asarray(sc.part_instance), size)[1]
         imgs.append(im)
         masks.append(m)
         parts.append(p)
+        hands.append(hand)
         idx.append(obj_to_idx[sc.obj])
     if not imgs:
         raise ValueError("no scenes to build a pretraining set from")
@@ -169,6 +176,7 @@ def build_pretrain_data(
         obj_index=torch.tensor(idx, dtype=torch.int64),
         objects=list(objects),
         part_types=list(part_types),
+        hand_mask=torch.from_numpy(np.stack(hands).astype(bool)),
     )
 
 
@@ -178,26 +186,31 @@ class TextVocabulary:
 
     Attributes:
         texts: T strings: O plain object captions, O captions with actions, then the ego
-            prompts and the exo prompts of every action.
+            prompts and the exo prompts of every action, then (``has_hand``) the hand prompt.
         positives: (O, T) float32 in {0, 1}; row o marks o's two captions and the ego/exo
-            prompts of the actions o affords.
+            prompts of the actions o affords (the hand prompt's column is 0: its positives
+            are the hand's patches, not an object).
         n_objects: O; ``texts[:O]`` are the plain captions, in object order.
         actions: the action vocabulary (order of the ego and exo blocks).
+        has_hand: ``texts[-1]`` is ``HAND_PROMPT``.
     """
 
     texts: list[str]
     positives: Tensor
     n_objects: int
     actions: list[str]
+    has_hand: bool = False
 
 
-def build_text_vocabulary(world: Any) -> TextVocabulary:
-    """Build the CLIP-role text set from the world's objects and actions (object level only)."""
+def build_text_vocabulary(world: Any, hand: bool = False) -> TextVocabulary:
+    """Build the CLIP-role text set from the world's objects and actions (object level only),
+    plus the action-agnostic hand prompt when ``hand``."""
     objects = list(world.OBJECTS)
     actions = sorted({a for o in objects for a in world.list_actions(o)})
     caps = [object_captions(world, o) for o in objects]
     texts = [c[0] for c in caps] + [c[1] for c in caps]
     texts += [ego_prompt(a) for a in actions] + [exo_prompt(a) for a in actions]
+    texts += [HAND_PROMPT] if hand else []
     pos = torch.zeros(len(objects), len(texts))
     n_o, n_a = len(objects), len(actions)
     for i, o in enumerate(objects):
@@ -206,13 +219,14 @@ def build_text_vocabulary(world: Any) -> TextVocabulary:
             j = actions.index(a)
             pos[i, 2 * n_o + j] = 1.0
             pos[i, 2 * n_o + n_a + j] = 1.0
-    return TextVocabulary(texts=texts, positives=pos, n_objects=n_o, actions=actions)
+    return TextVocabulary(texts=texts, positives=pos, n_objects=n_o, actions=actions,
+                          has_hand=hand)
 
 
 def augment(
     images: Tensor, object_mask: Tensor, part_index: Tensor, gen: torch.Generator,
-    min_scale: float = 0.7,
-) -> tuple[Tensor, Tensor, Tensor]:
+    min_scale: float = 0.7, hand_mask: Tensor | None = None,
+) -> tuple[Tensor, ...]:
     """Random horizontal flip and random square crop (resized back), same for masks.
 
     Args:
@@ -221,10 +235,13 @@ def augment(
         part_index: (B, S, S) int (-1 = none).
         gen: CPU generator for reproducibility.
         min_scale: smallest crop side as a fraction of S.
+        hand_mask: optional (B, S, S) bool, cropped like ``object_mask``. It does not change
+            the random draws, so the other outputs are the same with or without it.
 
     Returns:
         The augmented ``images`` (float, bilinear), ``object_mask`` (bool) and ``part_index``
-        (int64), all at the input size (masks sampled nearest).
+        (int64), all at the input size (masks sampled nearest); then the augmented
+        ``hand_mask`` (bool) when one was given.
     """
     b = images.shape[0]
     scale = min_scale + (1.0 - min_scale) * torch.rand(b, generator=gen)
@@ -236,10 +253,14 @@ def augment(
     theta[:, :, 2] = shift
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     out = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    labels = torch.stack([object_mask.float(), part_index.float()], dim=1)
-    labels = F.grid_sample(labels, grid, mode="nearest", padding_mode="border",
-                           align_corners=False)
-    return out, labels[:, 0] > 0.5, labels[:, 1].round().long()
+    channels = [object_mask.float(), part_index.float()]
+    if hand_mask is not None:
+        channels.append(hand_mask.float())
+    labels = F.grid_sample(torch.stack(channels, dim=1), grid, mode="nearest",
+                           padding_mode="border", align_corners=False)
+    if hand_mask is None:
+        return out, labels[:, 0] > 0.5, labels[:, 1].round().long()
+    return out, labels[:, 0] > 0.5, labels[:, 1].round().long(), labels[:, 2] > 0.5
 
 
 def patch_targets(
@@ -297,7 +318,7 @@ def within_image_contrast(features: Tensor, labels: Tensor, valid: Tensor,
 def clip_dense_losses(
     clip: nn.Module, images: Tensor, obj_index: Tensor, obj_frac: Tensor, text_tokens: Tensor,
     positives: Tensor, n_objects: int, dense_scale: Tensor, dense_bias: Tensor,
-    objectness_head: nn.Module | None = None,
+    objectness_head: nn.Module | None = None, hand_frac: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """CLIP-role losses: dense sigmoid patch-text term (ClearCLIP path) + global caption CE.
 
@@ -314,6 +335,10 @@ def clip_dense_losses(
         objectness_head: optional ``Linear(width, 1)`` on the trunk's patch tokens; when given,
             ``objectness`` (BCE against the object coverage) supervises the trunk directly
             (deep supervision; the head is discarded after pretraining).
+        hand_frac: (B, h, w) float in [0, 1], patch coverage by the person's hand, when the
+            last text is the hand prompt: its dense target is this coverage, and ``hand``
+            pushes its min-max normalised affinity above 0.6 on the hand and below 0.4 away
+            from it, in images that show a hand.
 
     Returns:
         ``dense`` (sigmoid BCE, positives and negatives averaged separately, scalar),
@@ -329,6 +354,8 @@ def clip_dense_losses(
     cos = torch.einsum("behw,te->bthw", patches, text)
     logits = cos * dense_scale.exp() + dense_bias
     target = positives[obj_index][:, :, None, None] * obj_frac[:, None]
+    if hand_frac is not None:
+        target = torch.cat([target[:, :-1], hand_frac[:, None]], dim=1)
     # Positives are rare (object patches x afforded texts): average them apart from negatives.
     pos_term = target * F.softplus(-logits)
     neg_term = (1.0 - target) * F.softplus(logits)
@@ -361,6 +388,14 @@ def clip_dense_losses(
         / (pos_text * off).sum().clamp(min=1)
     out = {"dense": dense, "contrast": contrast, "text": text_sep, "global": glob, "acc": acc,
            "threshold": threshold}
+    if hand_frac is not None:
+        hand = hand_frac.flatten(1)
+        shown = (hand.amax(-1, keepdim=True) > 0).float()                 # (B, 1)
+        on_hand, off_hand = (hand >= 0.3).float() * shown, (hand <= 0.01).float() * shown
+        hand_norm = norm[:, -1]
+        out["hand"] = (on_hand * F.softplus(10.0 * (0.6 - hand_norm))).sum() \
+            / on_hand.sum().clamp(min=1) \
+            + (off_hand * F.softplus(10.0 * (hand_norm - 0.4))).sum() / off_hand.sum().clamp(min=1)
     if objectness_head is not None:
         logit = objectness_head(trunk[:, 1:]).squeeze(-1)                     # (B, h*w)
         out["objectness"] = F.binary_cross_entropy_with_logits(logit, frac)
@@ -434,6 +469,8 @@ class PretrainConfig:
         w_dino_contrast: weight of the DINO within-image part contrast.
         w_objectness: weight of the CLIP trunk's deep objectness supervision.
         w_threshold: weight of the CLIP soft-threshold term on min-max normalised affinity.
+        w_hand: weight of the CLIP hand term (the hand prompt's dense target is the hand
+            mask; 0 leaves the hand prompt out of the text set altogether).
         clearclip_query_init_scale: factor on the initial query weights of the CLIP's last
             block (the block ClearCLIP reuses).
         models: which backbones to train (``dino``, ``clip``).
@@ -458,6 +495,7 @@ class PretrainConfig:
     w_dino_contrast: float = 0.5
     w_objectness: float = 1.0
     w_threshold: float = 0.0
+    w_hand: float = 0.0
     clearclip_query_init_scale: float = 4.0
     models: tuple[str, ...] = ("dino", "clip")
     save_every: int = 250
@@ -528,7 +566,9 @@ def pretrain(
         )
         data = build_pretrain_data(scenes, world.OBJECTS, world.PART_TYPES)
     render_s = time.perf_counter() - t0
-    vocab = build_text_vocabulary(world)
+    vocab = build_text_vocabulary(world, hand=cfg.w_hand > 0)
+    if vocab.has_hand and data.hand_mask is None:
+        raise ValueError("w_hand > 0 needs pretraining data with hand masks")
     tokens = tiny_tokenizer()(vocab.texts)
     n_parts = len(data.part_types)
 
@@ -585,7 +625,13 @@ def pretrain(
         idx = perm[cursor:cursor + cfg.batch_size]
         cursor += cfg.batch_size
         imgs = data.images[idx].float() / 255.0
-        imgs, omask, pidx = augment(imgs, data.object_mask[idx], data.part_index[idx], gen)
+        hand_frac = None
+        if vocab.has_hand:
+            imgs, omask, pidx, hand = augment(imgs, data.object_mask[idx], data.part_index[idx],
+                                              gen, hand_mask=data.hand_mask[idx])
+            hand_frac = F.adaptive_avg_pool2d(hand.float()[:, None], TINY_GRID)[:, 0]
+        else:
+            imgs, omask, pidx = augment(imgs, data.object_mask[idx], data.part_index[idx], gen)
         obj_frac, part_label, purity = patch_targets(omask, pidx, n_parts)
         rec: dict[str, float] = {"step": step}
         for name, (model, params, opt) in trained.items():
@@ -594,11 +640,13 @@ def pretrain(
             if name == "clip":
                 parts = clip_dense_losses(model, imgs, data.obj_index[idx], obj_frac, tokens,
                                           vocab.positives, vocab.n_objects, dense_scale,
-                                          dense_bias, objectness_head=objectness)
+                                          dense_bias, objectness_head=objectness,
+                                          hand_frac=hand_frac)
                 loss = parts["dense"] + cfg.w_global * parts["global"] \
                     + cfg.w_clip_contrast * parts["contrast"] + cfg.w_text * parts["text"] \
                     + cfg.w_objectness * parts["objectness"] \
-                    + cfg.w_threshold * parts["threshold"]
+                    + cfg.w_threshold * parts["threshold"] \
+                    + cfg.w_hand * parts.get("hand", 0.0)
             else:
                 parts = dino_dense_losses(model, imgs, obj_frac, part_label, purity, prototypes)
                 loss = parts["part"] + cfg.w_saliency * parts["saliency"] \
@@ -640,6 +688,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="backbones to train (one each in two processes gives the same weights)")
     ap.add_argument("--w-threshold", type=float, default=d.w_threshold,
                     help="weight of the CLIP soft-threshold term")
+    ap.add_argument("--w-hand", type=float, default=d.w_hand,
+                    help="weight of the CLIP hand term (0: no hand prompt)")
     ap.add_argument("--init-from", default=None, metavar="DIR",
                     help="start from the checkpoints in DIR (a later stage of the recipe)")
     ap.add_argument("--no-probe", action="store_true", help="skip the backbone probe")
@@ -647,7 +697,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = PretrainConfig(seed=args.seed, n_scenes=args.n_scenes, steps=args.steps,
                          batch_size=args.batch_size, lr=args.lr, threads=args.threads,
                          models=tuple(args.models), init_from=args.init_from,
-                         w_threshold=args.w_threshold)
+                         w_threshold=args.w_threshold, w_hand=args.w_hand)
     res = pretrain(cfg, out_dir=args.out, log_every=args.log_every)
     summary: dict[str, Any] = {"render_s": round(res["render_s"], 1),
                                "train_s": round(res["train_s"], 1), "files": res["files"]}
