@@ -49,6 +49,10 @@ class AffordanceConfig:
         object_threshold: threshold on the min-max normalised ego affinity (gamma_2).
         inference_branch: ``ego`` (view projection of the ego branch) or ``pixel``
             (LoopTrans' ego pixel decoder).
+        exo_cue: what SelectiveCL's exo affinity A_exo takes its 3x3 interaction
+            neighbourhood from: ``prompt`` (the exo action prompt, the paper) or ``hand``
+            (the action-agnostic hand prompt; the tiny tier, whose CLIP role learns object
+            masks and hand masks but no person-object interaction; README, "Deviations").
     """
 
     name: str = "tiny"
@@ -70,6 +74,7 @@ class AffordanceConfig:
     calibration: str = "binary"
     object_threshold: float = 0.6
     inference_branch: str = "ego"
+    exo_cue: str = "prompt"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -81,6 +86,8 @@ class AffordanceConfig:
         if self.inference_branch not in ("ego", "pixel"):
             raise ValueError(f"inference_branch must be 'ego' or 'pixel', got "
                              f"{self.inference_branch!r}")
+        if self.exo_cue not in ("prompt", "hand"):
+            raise ValueError(f"exo_cue must be 'prompt' or 'hand', got {self.exo_cue!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data view (YAML/JSON/checkpoint friendly)."""
@@ -144,7 +151,8 @@ def paper() -> AffordanceConfig:
 @register_model
 def tiny() -> AffordanceConfig:
     """The project's own small ViT + CLIP-style encoders at 112 px (14x14 grid), CPU-friendly."""
-    return AffordanceConfig(name="tiny", image_size=112, mlp_ratio=2, proj_dim=128)
+    return AffordanceConfig(name="tiny", image_size=112, mlp_ratio=2, proj_dim=128,
+                            exo_cue="hand")
 
 
 def get_config(name: str, method: str = "selectivecl", **overrides: Any) -> AffordanceConfig:

@@ -45,11 +45,14 @@ class StepInputs:
 
 def exo_object_affinity(model: AffordanceModel, exo_clip: Tensor, exo_labels: Tensor,
                         exo_to_ego: Tensor | None = None) -> Tensor:
-    """SelectiveCL's exo affinity A_exo: the 3x3 local mean (border-clipped) of the exo-prompt
-    cosine times the ego-prompt cosine.
+    """SelectiveCL's exo affinity A_exo: the 3x3 local mean (border-clipped) of the
+    interaction cue's cosine times the ego-prompt cosine.
+
+    The cue is the exo action prompt (the paper) or, with ``model.config.exo_cue == "hand"``,
+    the hand prompt: object patches next to the hand then score highest.
 
     Args:
-        model: the model whose cached ego and exo prompt embeddings are used.
+        model: the model whose cached prompt embeddings and ``exo_cue`` are used.
         exo_clip: (N, Dc, h, w) normalised CLIP patch embeddings of N exo images.
         exo_labels: (N,) int64 class ids.
         exo_to_ego: (N, h, w) the ego-prompt cosine when the caller already has it.
@@ -57,10 +60,10 @@ def exo_object_affinity(model: AffordanceModel, exo_clip: Tensor, exo_labels: Te
     Returns:
         (N, h, w) raw (unnormalised) affinities.
     """
-    exo_to_exo = model.affinity(exo_clip, exo_labels, "exo")
+    cue = model.affinity(exo_clip, exo_labels, "hand" if model.config.exo_cue == "hand" else "exo")
     if exo_to_ego is None:
         exo_to_ego = model.affinity(exo_clip, exo_labels, "ego")
-    local = F.avg_pool2d(exo_to_exo[:, None], 3, 1, 1, count_include_pad=False)[:, 0]
+    local = F.avg_pool2d(cue[:, None], 3, 1, 1, count_include_pad=False)[:, 0]
     return local * exo_to_ego
 
 

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from .backbones import ClipBackbone, DinoBackbone, cls_saliency, minmax
 from .config import AffordanceConfig
-from .prompts import ego_prompt, exo_prompt
+from .prompts import HAND_PROMPT, ego_prompt, exo_prompt
 
 __all__ = ["AffordanceModel", "Features", "TokenMLP"]
 
@@ -103,6 +103,7 @@ class AffordanceModel(nn.Module):
         self.pixel_head = nn.Conv2d(width, width, 1) if wants_contrast else None
         self.register_buffer("ego_text", torch.empty(0), persistent=False)
         self.register_buffer("exo_text", torch.empty(0), persistent=False)
+        self.register_buffer("hand_text", torch.empty(0), persistent=False)
         self.refresh_text_embeddings()
 
     # ------------------------------------------------------------------ bookkeeping
@@ -120,13 +121,15 @@ class AffordanceModel(nn.Module):
 
     @torch.no_grad()
     def refresh_text_embeddings(self) -> None:
-        """Encode the ego and exo prompts of every class once (the text tower is frozen)."""
+        """Encode the ego and exo prompts of every class, and the hand prompt, once (the text
+        tower is frozen)."""
         if self.clip is None:
             return
         device = next(self.clip.parameters()).device
         self.clip.to(device)
         self.ego_text = self.clip.encode_text([ego_prompt(a) for a in self.vocabulary])
         self.exo_text = self.clip.encode_text([exo_prompt(a) for a in self.vocabulary])
+        self.hand_text = self.clip.encode_text([HAND_PROMPT])[0]
 
     def train(self, mode: bool = True) -> AffordanceModel:
         super().train(mode)
@@ -214,12 +217,16 @@ class AffordanceModel(nn.Module):
         Args:
             clip_dense: (N, Dc, h, w) normalised patch embeddings.
             class_ids: (N,) int64.
-            prompt: ``ego`` ("an item to X with") or ``exo`` ("a person X an item").
+            prompt: ``ego`` ("an item to X with"), ``exo`` ("a person X an item") or
+                ``hand`` (``HAND_PROMPT``, the same text for every class).
 
         Returns:
             (N, h, w) cosine similarities in [-1, 1].
         """
-        text = (self.ego_text if prompt == "ego" else self.exo_text)[class_ids]   # (N, Dc)
+        if prompt == "hand":
+            text = self.hand_text.expand(class_ids.shape[0], -1)                  # (N, Dc)
+        else:
+            text = (self.ego_text if prompt == "ego" else self.exo_text)[class_ids]
         return torch.einsum("ndhw,nd->nhw", clip_dense, text.to(clip_dense.dtype))
 
     def inference_branch(self) -> str:

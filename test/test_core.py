@@ -12,7 +12,7 @@ from affordance_core import create_model, list_models, load_model, save_model
 from affordance_core.discovery import discover_parts, masked_kmeans, piou
 from affordance_core.losses import (concentration_loss, pixel_contrast_loss,
                                     prototype_contrast_loss, prototype_distillation_loss)
-from affordance_core.methods import METHODS, build_method
+from affordance_core.methods import METHODS, build_method, exo_object_affinity
 from affordance_core.predictor import AffordancePredictor, UnknownActionError
 from affordance_core.prompts import ego_prompt, exo_prompt
 
@@ -172,6 +172,33 @@ def test_selectivecl_reference_indexing_and_ablations(batch) -> None:
         build_method("selectivecl", model, exo_indexing="wrong")
     with pytest.raises(ValueError, match="unknown method"):
         build_method("nope", model)
+
+
+def test_exo_affinity_follows_the_configured_interaction_cue() -> None:
+    hand_model = create_model("tiny", vocabulary=VOCAB, pretrained=False)
+    prompt_model = create_model("tiny", vocabulary=VOCAB, pretrained=False, exo_cue="prompt")
+    assert hand_model.config.exo_cue == "hand" and prompt_model.config.exo_cue == "prompt"
+    with pytest.raises(ValueError, match="exo_cue"):
+        create_model("tiny", vocabulary=VOCAB, pretrained=False, exo_cue="elbow")
+    dim = hand_model.ego_text.shape[1]
+    basis = torch.eye(dim)
+    for model in (hand_model, prompt_model):  # orthogonal texts: every cosine is one channel
+        model.ego_text = basis[:4].clone()
+        model.exo_text = basis[4:8].clone()
+        model.hand_text = basis[8].clone()
+    clip = torch.zeros(1, dim, 14, 14)
+    clip[0, 0] = 0.5           # ego prompt of "hold": the whole image is "object"
+    clip[0, 8, 3, 3] = 1.0     # the hand at patch (3, 3)
+    clip[0, 4, 10, 10] = 1.0   # the exo prompt of "hold" fires elsewhere, at (10, 10)
+    label = torch.tensor([0])
+    by_hand = exo_object_affinity(hand_model, clip, label)[0]
+    by_prompt = exo_object_affinity(prompt_model, clip, label)[0]
+    assert divmod(int(by_hand.argmax()), 14) in {(r, c) for r in (2, 3, 4) for c in (2, 3, 4)}
+    assert float(by_hand[10, 10]) == 0.0
+    assert divmod(int(by_prompt.argmax()), 14) in {(r, c) for r in (9, 10, 11)
+                                                   for c in (9, 10, 11)}
+    # 3x3 border-clipped mean of the cue times the ego cosine: (1 / 9) * 0.5 at the hand.
+    assert math.isclose(float(by_hand[3, 3]), 0.5 / 9, rel_tol=1e-5)
 
 
 def test_checkpoint_roundtrip_and_mismatch(tmp_path) -> None:

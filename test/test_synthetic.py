@@ -117,6 +117,22 @@ def test_exo_hand_on_afforded_part(action: str, obj: str) -> None:
         assert (occ.hand_mask & part).sum() > 0.6 * part.sum()
 
 
+def test_benchmark_exo_objects_are_closer_views() -> None:
+    from affordance_core.synthetic.world import EXO_SCALE_BENCHMARK, EXO_SCALE_PRETRAIN
+    areas = {}
+    for name, scale in (("pretrain", EXO_SCALE_PRETRAIN), ("benchmark", EXO_SCALE_BENCHMARK)):
+        rng = np.random.default_rng(7)
+        areas[name] = np.mean([render_scene(rng, obj, size=96, view="exo", action=action,
+                                            exo_scale=scale).object_mask.mean()
+                               for action, obj in PAIRS for _ in range(3)])
+    assert areas["benchmark"] > 1.5 * areas["pretrain"]
+    rng = np.random.default_rng(7)
+    action, obj = PAIRS[0]
+    assert np.array_equal(render_scene(rng, obj, view="exo", action=action).image,
+                          render_scene(np.random.default_rng(7), obj, view="exo", action=action,
+                                       exo_scale=EXO_SCALE_PRETRAIN).image)
+
+
 def test_corpus_layout(corpus: tuple[Path, object]) -> None:
     root, stats = corpus
     assert sorted(p.name for p in root.iterdir()) == ["Seen", "Unseen"]

@@ -48,13 +48,17 @@ def _stage(name: str) -> None:
     print(f"\n== {name}", flush=True)
 
 
+#: Bumped whenever the generator's output changes, so that a cached corpus is rebuilt.
+CORPUS_VERSION = 2
+
+
 def make_corpus(root: Path, budget: dict[str, Any], seed: int,
                 split_objects: dict[str, dict[str, list[str]]] | None = None) -> dict[str, Any]:
     """Write the corpus once; a stamp file records the parameters it was made with."""
     from affordance_core.synthetic.corpus import write_agd_corpus
 
     stamp = root / "corpus.json"
-    params: dict[str, Any] = {"seed": seed, **budget["corpus"]}
+    params: dict[str, Any] = {"seed": seed, "version": CORPUS_VERSION, **budget["corpus"]}
     if split_objects is not None:
         params["split_objects"] = split_objects
     if stamp.is_file() and json.loads(stamp.read_text()).get("params") == params:
@@ -188,6 +192,8 @@ PROBE_ROWS = (
     ("CLIP object-caption affinity IoU", "clip_object_iou", "centre_affinity_iou", ">= 0.5"),
     ("CLIP action-prompt affinity IoU", "clip_action_iou", "centre_affinity_iou",
      "> centre prior"),
+    ("CLIP hand prompt pointing (exo interaction cue)", "clip_hand_pointing",
+     "centre_hand_pointing", "> centre prior"),
     ("DINO part clusters (K-means on keys)", "dino_part_iou", "pixel_part_iou",
      "> raw-pixel K-means"),
     ("DINO part transfer across instances", "dino_part_transfer_iou",

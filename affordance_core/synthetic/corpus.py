@@ -27,7 +27,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .world import AFFORDANCES, OBJECTS, Scene, afforded_parts, list_actions, render_scene
+from .world import (AFFORDANCES, EXO_SCALE_BENCHMARK, OBJECTS, Scene, afforded_parts,
+                    list_actions, render_scene)
 
 __all__ = [
     "DEFAULT_SPLIT_OBJECTS",
@@ -119,7 +120,9 @@ def write_agd_corpus(root: Path | str, *, seed: int,
                      split_objects: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
                      n_exo_per_pair: int = 12, n_ego_per_pair: int = 4,
                      n_test_per_pair: int = 4, size: int = 128,
-                     occlusion_rate: float = 0.25, progress: bool = True) -> CorpusStats:
+                     occlusion_rate: float = 0.25,
+                     exo_scale: tuple[float, float] = EXO_SCALE_BENCHMARK,
+                     progress: bool = True) -> CorpusStats:
     """Render and write a benchmark corpus in the AGD20K layout (see the module docstring).
 
     Args:
@@ -133,6 +136,7 @@ def write_agd_corpus(root: Path | str, *, seed: int,
         size: Image side in pixels.
         occlusion_rate: Probability in [0, 1] that an exocentric image has the hand covering
             most of the afforded part.
+        exo_scale: (min, max) fraction of the frame spanned by an exo object's bounding circle.
         progress: Show a tqdm progress bar.
 
     Returns:
@@ -173,7 +177,7 @@ def write_agd_corpus(root: Path | str, *, seed: int,
         if kind == "exo":
             occluded = bool(rng.random() < occlusion_rate)
             scene = render_scene(rng, obj, size=size, view="exo", action=aff,
-                                 occlude_part=occluded)
+                                 occlude_part=occluded, exo_scale=exo_scale)
             rel = f"exocentric/{aff}/{obj}/{stem}.jpg"
             _write_jpg(root / split / "trainset" / rel, scene.image)
             meta[split][rel] = {"occluded": occluded}

@@ -24,6 +24,8 @@ import cv2
 import numpy as np
 
 __all__ = [
+    "EXO_SCALE_BENCHMARK",
+    "EXO_SCALE_PRETRAIN",
     "PART_TYPES",
     "OBJECTS",
     "AFFORDANCES",
@@ -656,6 +658,13 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # The person (exo view)
 
+#: Exo object scale of the pretraining scenes (the tiny backbones were pretrained on these).
+EXO_SCALE_PRETRAIN = (0.4, 0.55)
+#: Exo object scale of the benchmark corpus: closer views, so that the afforded part next to
+#: the hand spans a few patches of the 14x14 grid (at the pretraining scale it covers ~1 % of
+#: the image, under 3 patches).
+EXO_SCALE_BENCHMARK = (0.6, 0.8)
+
 _SKIN = np.array([[255, 219, 172], [241, 194, 125], [224, 172, 105], [198, 134, 66],
                   [141, 85, 36], [92, 60, 40]], np.float32)
 
@@ -782,13 +791,14 @@ def affordance_heatmap(mask: np.ndarray, sigma: float) -> np.ndarray:
 
 def render_scene(rng: np.random.Generator, obj: str, *, size: int = 128,
                  view: Literal["ego", "exo"] = "ego", action: str | None = None,
-                 occlude_part: bool = False) -> Scene:
+                 occlude_part: bool = False,
+                 exo_scale: tuple[float, float] = EXO_SCALE_PRETRAIN) -> Scene:
     """Render one scene of an object instance.
 
     Ego: the object alone, large (bounding circle 50-90% of the frame), near the centre, over
-    clutter, sometimes partly hidden by a blob. Exo: the object smaller and off-centre, with a
-    person whose hand rests on the afforded part of ``action`` (on a random part without an
-    action).
+    clutter, sometimes partly hidden by a blob. Exo: the object off-centre (bounding circle
+    ``exo_scale`` of the frame), with a person whose hand rests on the afforded part of
+    ``action`` (on a random part without an action).
 
     Args:
         rng: Source of all randomness; the same generator state gives the same scene.
@@ -798,6 +808,8 @@ def render_scene(rng: np.random.Generator, obj: str, *, size: int = 128,
         action: Action word afforded by ``obj`` (see ``list_actions``), or None.
         occlude_part: Cover most of the afforded part (exo: with the hand; ego: with a blob).
             Requires ``action``.
+        exo_scale: (min, max) fraction of the frame spanned by the exo object's bounding
+            circle; ``EXO_SCALE_BENCHMARK`` is the benchmark corpus's larger, close-up scale.
 
     Returns:
         The scene with image and masks; see ``Scene``.
@@ -830,7 +842,7 @@ def render_scene(rng: np.random.Generator, obj: str, *, size: int = 128,
     else:
         side = 1 if rng.random() < 0.5 else -1  # person on the right (+1) or left (-1)
         cx = (0.5 - side * rng.uniform(0.1, 0.2))
-        pose = _place(rng, spec, parts, size, (0.4, 0.55), (cx, cx, 0.4, 0.6))
+        pose = _place(rng, spec, parts, size, exo_scale, (cx, cx, 0.4, 0.6))
     alphas = _draw_object(img, parts, pose, rng)
     amodal = {p.type: a >= 128 for p, a in zip(parts, alphas, strict=True)}
     instance = np.full((size, size), -1, np.int16)
