@@ -52,7 +52,8 @@ class AffordanceConfig:
         exo_cue: what SelectiveCL's exo affinity A_exo takes its 3x3 interaction
             neighbourhood from: ``prompt`` (the exo action prompt, the paper) or ``hand``
             (the action-agnostic hand prompt; the tiny tier, whose CLIP role learns object
-            masks and hand masks but no person-object interaction; README, "Deviations").
+            masks and hand masks but no person-object interaction; README, "Where we follow
+            the paper rather than the reference code").
     """
 
     name: str = "tiny"

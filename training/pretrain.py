@@ -129,9 +129,17 @@ def _resize_scene_arrays(
     import cv2
 
     image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    mask = cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
     parts = cv2.resize(parts.astype(np.int16), (size, size), interpolation=cv2.INTER_NEAREST)
-    return image, mask, parts
+    return image, _resize_mask(mask, size), parts
+
+
+def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """(H, W) bool -> (size, size) bool, nearest neighbour."""
+    if mask.shape[0] == size and mask.shape[1] == size:
+        return mask
+    import cv2
+
+    return cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
 
 
 def build_pretrain_data(
@@ -157,8 +165,7 @@ def build_pretrain_data(
             np.asarray(sc.image), np.asarray(sc.object_mask), np.asarray(sc.part_instance), size
         )
         hand = getattr(sc, "hand_mask", None)
-        hand = np.zeros(m.shape, bool) if hand is None else _resize_scene_arrays(
-            np.asarray(sc.image), np.asarray(hand), np.asarray(sc.part_instance), size)[1]
+        hand = np.zeros(m.shape, bool) if hand is None else _resize_mask(np.asarray(hand), size)
         imgs.append(im)
         masks.append(m)
         parts.append(p)
