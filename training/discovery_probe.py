@@ -137,12 +137,11 @@ def probe_discovery(model: torch.nn.Module, val_set: AffordanceTestDataset,
                                    region_threshold, piou_threshold, generator=generator)
             affinity = minmax(model.affinity(ego.clip, lab, "ego"))              # (b, h, w)
             part_maps = minmax(torch.einsum("bkd,bdhw->bkhw", found.centroids, keys_n[idx]))
-            chosen = found.scores.argmax(1)
+            chosen_part = minmax(torch.einsum("bd,bdhw->bhw", found.centroid, keys_n[idx]))
             acc["object affinity"].update(affinity, gt)
             # too few interaction points: SelectiveCL falls back to the affinity, and so do we
             enough = found.enough_points.view(b, 1, 1)
-            chosen_map = torch.where(enough, part_maps[torch.arange(b), chosen] * affinity,
-                                     affinity)
+            chosen_map = torch.where(enough, chosen_part * affinity, affinity)
             acc["chosen part x affinity"].update(chosen_map, gt)
             k = part_maps.shape[1]
             acc["mean over clusters"].update(
