@@ -322,6 +322,14 @@ def within_image_contrast(features: Tensor, labels: Tensor, valid: Tensor,
     return per_anchor[use].mean() if bool(use.any()) else features.sum() * 0.0
 
 
+def _soft_threshold(norm: Tensor, on: Tensor, off: Tensor) -> Tensor:
+    """Softplus push of min-max normalised affinities ``norm`` above 0.6 where ``on`` and
+    below 0.4 where ``off`` (weights broadcastable to ``norm``), each side averaged apart."""
+    above = (on * F.softplus(10.0 * (0.6 - norm))).sum() / on.sum().clamp(min=1)
+    below = (off * F.softplus(10.0 * (norm - 0.4))).sum() / off.sum().clamp(min=1)
+    return above + below
+
+
 def clip_dense_losses(
     clip: nn.Module, images: Tensor, obj_index: Tensor, obj_frac: Tensor, text_tokens: Tensor,
     positives: Tensor, n_objects: int, dense_scale: Tensor, dense_bias: Tensor,
@@ -389,20 +397,14 @@ def clip_dense_losses(
     norm = (flat - lo) / (hi - lo).clamp(min=1e-6)
     pos_text = positives[obj_index][:, :, None]                            # (B, T, 1)
     on, off = (frac >= 0.5)[:, None].float(), (frac <= 0.01)[:, None].float()
-    threshold = (pos_text * on * F.softplus(10.0 * (0.6 - norm))).sum() \
-        / (pos_text * on).sum().clamp(min=1) \
-        + (pos_text * off * F.softplus(10.0 * (norm - 0.4))).sum() \
-        / (pos_text * off).sum().clamp(min=1)
+    threshold = _soft_threshold(norm, pos_text * on, pos_text * off)
     out = {"dense": dense, "contrast": contrast, "text": text_sep, "global": glob, "acc": acc,
            "threshold": threshold}
     if hand_frac is not None:
         hand = hand_frac.flatten(1)
         shown = (hand.amax(-1, keepdim=True) > 0).float()                 # (B, 1)
         on_hand, off_hand = (hand >= 0.3).float() * shown, (hand <= 0.01).float() * shown
-        hand_norm = norm[:, -1]
-        out["hand"] = (on_hand * F.softplus(10.0 * (0.6 - hand_norm))).sum() \
-            / on_hand.sum().clamp(min=1) \
-            + (off_hand * F.softplus(10.0 * (hand_norm - 0.4))).sum() / off_hand.sum().clamp(min=1)
+        out["hand"] = _soft_threshold(norm[:, -1], on_hand, off_hand)
     if objectness_head is not None:
         logit = objectness_head(trunk[:, 1:]).squeeze(-1)                     # (B, h*w)
         out["objectness"] = F.binary_cross_entropy_with_logits(logit, frac)
