@@ -50,7 +50,8 @@ def test_probe_scores_every_map_on_every_image(probe_inputs) -> None:
     n = len(val)
     assert result["n"] == n and 0.0 <= result["reliable_rate"] <= 1.0
     maps = result["maps"]
-    for name in ("object affinity", "chosen part x affinity", "GT-part prototype x affinity"):
+    for name in ("object affinity", "chosen part x affinity", "GT-part prototype x affinity",
+                 "GT-nearest cluster x affinity"):
         assert maps[name]["n"] == n
         assert maps[name]["KLD"] >= 0 and 0 <= maps[name]["SIM"] <= 1
     assert maps["mean over clusters"]["n"] == 3 * n

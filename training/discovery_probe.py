@@ -16,7 +16,10 @@ scored against the GT (KLD, SIM, NSS) next to:
 * ``mean over clusters``: the average of all K centroids' scores, i.e. what a choice by chance
   gets;
 * ``GT-part prototype x affinity``: a prototype pooled from the GT part of *another* validation
-  image of the same pair, i.e. what a correct part prototype transfers to this image.
+  image of the same pair, i.e. what a correct part prototype transfers to this image;
+* ``GT-nearest cluster x affinity``: of the K exo centroids, the one nearest (cosine) to that
+  other image's GT-part prototype, i.e. the best any choice rule could do with these clusters,
+  found without this image's GT.
 
 The model is only read; no test image is involved. Last line: one JSON object.
 """
@@ -101,7 +104,8 @@ def probe_discovery(model: torch.nn.Module, val_set: AffordanceTestDataset,
                for j, p in enumerate(pairs)]
 
     names = ("object affinity", "chosen part x affinity", "mean over clusters",
-             "GT-part prototype x affinity", "object affinity (reliable samples)",
+             "GT-part prototype x affinity", "GT-nearest cluster x affinity",
+             "object affinity (reliable samples)",
              "chosen part x affinity (reliable samples)")
     acc = {name: MetricAccumulator() for name in names}
     generator = torch.Generator().manual_seed(seed)
@@ -149,6 +153,10 @@ def probe_discovery(model: torch.nn.Module, val_set: AffordanceTestDataset,
             other = gt_proto[torch.tensor([partner[j] for j in idx.tolist()])]
             transfer = minmax(torch.einsum("bd,bdhw->bhw", other, keys_n[idx]))
             acc["GT-part prototype x affinity"].update(transfer * affinity, gt)
+            nearest = torch.einsum("bkd,bd->bk", found.centroids, other).argmax(1)
+            nearest_map = part_maps[torch.arange(b), nearest]
+            acc["GT-nearest cluster x affinity"].update(
+                torch.where(enough, nearest_map * affinity, affinity), gt)
             rel = found.reliable
             reliable_count += int(rel.sum())
             if rel.any():
