@@ -26,9 +26,13 @@ from .data.datasets import AffordanceTrainDataset
 from .data.transforms import center_resize, load_rgb, to_tensor
 from .model import AffordanceModel
 
-__all__ = ["FeatureCache", "CachedTrainDataset"]
+__all__ = ["BACKBONE_FIELDS", "FeatureCache", "CachedTrainDataset"]
 
 logger = logging.getLogger(__name__)
+
+#: ``AffordanceConfig`` fields that change what ``AffordanceModel.extract`` returns.
+BACKBONE_FIELDS = ("image_size", "dino", "dino_file", "dino_hub", "saliency_heads", "clip",
+                   "clip_file", "clip_hub_tag")
 
 
 class FeatureCache:
@@ -49,12 +53,22 @@ class FeatureCache:
 
     @staticmethod
     def _fingerprint(model: AffordanceModel, paths: Sequence[Path], views: int) -> str:
+        """Key of the cached features: the backbone config and weights, the views, the files.
+
+        The heads (method, projections, calibration...) do not change what ``extract``
+        returns, so every method trained on the same data and backbones shares one cache.
+        """
+        config = model.config.to_dict()
         digest = hashlib.sha1()
-        digest.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+        digest.update(json.dumps({k: config[k] for k in BACKBONE_FIELDS}, sort_keys=True,
+                                 default=str).encode())
         digest.update(str(views).encode())
-        for name, tensor in list(model.dino.state_dict().items())[:4]:
-            digest.update(name.encode())
-            digest.update(tensor.float().sum().item().hex().encode())
+        for role, backbone in (("dino", model.dino), ("clip", model.clip)):
+            if backbone is None:
+                continue
+            for name, tensor in backbone.state_dict().items():
+                digest.update(f"{role}.{name}".encode())
+                digest.update(tensor.double().sum().item().hex().encode())
         for path in paths:
             stat = path.stat()
             digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
@@ -91,7 +105,7 @@ class FeatureCache:
         dims = (probe.keys.shape[1], probe.cls_attention.shape[1],
                 0 if probe.clip is None else probe.clip.shape[1])
         grid = probe.keys.shape[-2:]
-        tmp_path = array_path.with_suffix(".tmp.npy")
+        tmp_path = array_path.with_suffix(f".{os.getpid()}.tmp.npy")  # runs may share a dir
         array = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.float16,
                                           shape=(len(paths), views, sum(dims), *grid))
         index: dict[str, int] = {}
@@ -126,7 +140,9 @@ class FeatureCache:
         array.flush()
         del array
         os.replace(tmp_path, array_path)
-        index_path.write_text(json.dumps({"index": index, "dims": list(dims), "views": views}))
+        tmp_index = index_path.with_suffix(f".{os.getpid()}.tmp.json")
+        tmp_index.write_text(json.dumps({"index": index, "dims": list(dims), "views": views}))
+        os.replace(tmp_index, index_path)
         return cls(np.load(array_path, mmap_mode="r"), index, dims, views)
 
     def get(self, path: Path | str, view: int) -> torch.Tensor:

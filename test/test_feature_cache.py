@@ -46,3 +46,29 @@ def test_cache_matches_backbones_and_trains(tmp_path, make_agd_tree) -> None:
         opt.step()
         losses.append(out["loss"].item())
     assert losses[-1] < losses[0]
+
+
+def test_cache_is_shared_by_methods_and_follows_the_backbone_weights(tmp_path,
+                                                                    make_agd_tree) -> None:
+    make_agd_tree(tmp_path / "data", affordances=("hold", "cut_with"), n_exo=2)
+    vocab = ["cut_with", "hold"]
+    torch.manual_seed(0)
+    scl = create_model("tiny", vocabulary=vocab, method="selectivecl", pretrained=False)
+    ce = create_model("tiny", vocabulary=vocab, method="ce", pretrained=False)
+    ce.dino.load_state_dict(scl.dino.state_dict())
+    ce.clip.load_state_dict(scl.clip.state_dict())
+    paths = AffordanceTrainDataset(tmp_path / "data", "Seen", 112,
+                                   vocabulary=vocab).image_paths()
+    cache_dir = tmp_path / "cache"
+    FeatureCache.build(scl, paths, cache_dir, views=1, progress=False)
+    FeatureCache.build(ce, paths, cache_dir, views=1, progress=False)
+    assert len(list(cache_dir.glob("features-*.npy"))) == 1   # heads differ, features do not
+
+    with torch.no_grad():
+        next(ce.clip.parameters()).add_(0.5)                  # new CLIP-role weights
+    rebuilt = FeatureCache.build(ce, paths, cache_dir, views=1, progress=False)
+    assert len(list(cache_dir.glob("features-*.npy"))) == 2
+    assert not list(cache_dir.glob("*.tmp.*"))
+    image = to_tensor(center_resize(load_rgb(paths[0]), 112))[None]
+    fresh = rebuilt.unpack(rebuilt.get(paths[0], 0).float())["clip"]
+    assert torch.allclose(fresh, ce.extract(image).clip[0], atol=2e-3)
