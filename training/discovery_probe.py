@@ -18,8 +18,8 @@ scored against the GT (KLD, SIM, NSS) next to:
 * ``GT-part prototype x affinity``: a prototype pooled from the GT part of *another* validation
   image of the same pair, i.e. what a correct part prototype transfers to this image;
 * ``GT-nearest cluster x affinity``: of the K exo centroids, the one nearest (cosine) to that
-  other image's GT-part prototype, i.e. the best any choice rule could do with these clusters,
-  found without this image's GT.
+  other image's GT-part prototype, i.e. the choice a rule that knew the true part would make
+  (this image's own GT is not used to choose).
 
 The model is only read; no test image is involved. Last line: one JSON object.
 """
