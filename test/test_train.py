@@ -141,6 +141,32 @@ def test_config_layering_puts_flags_over_config_file_over_method_defaults(worksp
         train.resolve_config(bad)
 
 
+@pytest.mark.timeout(120)
+def test_method_tier_file_applies_to_its_model_preset_only(workspace, tmp_path):
+    def resolve(*extra: str) -> dict:
+        args = train.build_parser().parse_args(
+            ["--data-root", "d", "--split", "Seen", "--method", "selectivecl", "--out", "o",
+             *extra])
+        return train.resolve_config(args)
+
+    tiny = resolve("--model", "tiny")                     # selectivecl.tiny.yaml
+    assert tiny["model"]["proj_residual"] is True
+    assert tiny["method"]["contrast_scale"] == pytest.approx(7.14)
+    assert tiny["train"]["batch_size"] == 8               # selectivecl.yaml still applies
+
+    paper = resolve("--model", "paper")
+    assert "proj_residual" not in paper["model"]
+    assert "contrast_scale" not in paper["method"]
+
+    user = tmp_path / "user.yaml"
+    user.write_text("model:\n  name: paper\n")            # the preset may come from --config
+    assert "contrast_scale" not in resolve("--config", str(user))["method"]
+
+    explicit = resolve("--set", "method.contrast_scale=1.0")
+    assert explicit["method"]["contrast_scale"] == 1.0    # --set over the tier file
+    assert explicit["model"]["proj_residual"] is True
+
+
 @pytest.mark.timeout(300)
 def test_killed_run_resumes_from_its_checkpoint(workspace):
     out = workspace["base"] / "run_resume"

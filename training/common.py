@@ -4,6 +4,7 @@ Config layering for ``affordance-train`` (later layers win)::
 
     affordance_core/configs/default.yaml
       < affordance_core/configs/<method>.yaml
+      < affordance_core/configs/<method>.<model>.yaml   (e.g. selectivecl.tiny.yaml)
       < --config YAML
       < explicit CLI flags and --set KEY=VALUE overrides
 
@@ -184,7 +185,12 @@ def apply_overrides(config: Mapping[str, Any], override: Mapping[str, Any],
 
 def layered_config(method: str, config_file: str | os.PathLike | None = None,
                    overrides: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
-    """Resolves a training config: default < <method>.yaml < ``config_file`` < ``overrides``.
+    """Resolves a training config: default < <method>.yaml < <method>.<model>.yaml <
+    ``config_file`` < ``overrides``.
+
+    ``<method>.<model>.yaml`` holds the settings of one method on one model preset (e.g.
+    ``selectivecl.tiny.yaml``); the preset is the ``model.name`` that the whole stack resolves
+    to, so ``--model paper`` skips the tiny file.
 
     Args:
         method: training method name; its packaged config is applied when present.
@@ -199,15 +205,23 @@ def layered_config(method: str, config_file: str | os.PathLike | None = None,
         ValueError: on malformed YAML or unknown keys.
     """
     directory = config_dir()
-    config = load_yaml(directory / "default.yaml")
+    base = load_yaml(directory / "default.yaml")
     method_file = directory / f"{method}.yaml"
     if method_file.is_file():
-        config = apply_overrides(config, load_yaml(method_file), str(method_file))
-    if config_file is not None:
-        config = apply_overrides(config, load_yaml(config_file), str(config_file))
-    for override in overrides:
-        config = apply_overrides(config, override, "the command line")
-    return config
+        base = apply_overrides(base, load_yaml(method_file), str(method_file))
+    user = [(load_yaml(config_file), str(config_file))] if config_file is not None else []
+    user += [(override, "the command line") for override in overrides]
+
+    def stack(config: dict[str, Any]) -> dict[str, Any]:
+        for layer, source in user:
+            config = apply_overrides(config, layer, source)
+        return config
+
+    model_name = stack(base)["model"].get("name")
+    tier_file = directory / f"{method}.{model_name}.yaml"
+    if tier_file.is_file():
+        base = apply_overrides(base, load_yaml(tier_file), str(tier_file))
+    return stack(base)
 
 
 _OWN_HANDLERS: list[logging.Handler] = []

@@ -41,7 +41,7 @@ def _budget(quick: bool) -> dict[str, Any]:
                 "iters": 20, "batch_size": 8, "methods": ("ce", "selectivecl", "looptrans"),
                 "node_seconds": 3.0}
     return {"corpus": {"n_exo_per_pair": 10, "n_ego_per_pair": 3, "n_test_per_pair": 3},
-            "iters": 150, "batch_size": 8, "methods": DEFAULT_METHODS, "node_seconds": 6.0}
+            "iters": 100, "batch_size": 8, "methods": DEFAULT_METHODS, "node_seconds": 6.0}
 
 
 def _stage(name: str) -> None:
