@@ -142,7 +142,7 @@ def test_config_layering_puts_flags_over_config_file_over_method_defaults(worksp
 
 
 @pytest.mark.timeout(120)
-def test_method_tier_file_applies_to_its_model_preset_only(workspace, tmp_path):
+def test_method_tier_file_applies_to_its_model_preset_only(tmp_path):
     def resolve(*extra: str) -> dict:
         args = train.build_parser().parse_args(
             ["--data-root", "d", "--split", "Seen", "--method", "selectivecl", "--out", "o",
