@@ -163,7 +163,12 @@ class Client:
         return [r for r in self.inbox.get(topic) if stamp_key(r.msg.header) == key]
 
     def close(self) -> None:
-        self.executor.shutdown()
+        # Stop the spin thread before destroying the node: if the node's last handle is
+        # released inside the executor's wait set, rcl_node_fini runs on the spin thread
+        # with the GIL held and can deadlock against Fast DDS's listener thread.
+        self.executor.shutdown(timeout_sec=10)
+        self._thread.join(timeout=10)
+        self.executor.remove_node(self.node)
         self.node.destroy_node()
 
 
