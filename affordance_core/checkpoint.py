@@ -76,14 +76,26 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return payload
 
 
+def _check_branch_switch(saved: dict[str, Any], fields: dict[str, Any]) -> None:
+    """A trained model can map ego images with its ego or exo branch or their mean, but only
+    a model trained with LoopTrans' pixel decoder has the ``pixel`` branch (and keeps it)."""
+    old, new = saved.get("inference_branch", "ego"), fields.get("inference_branch")
+    if new is not None and new != old and "pixel" in (old, new):
+        raise ValueError(f"inference_branch {old!r} cannot become {new!r} after training: "
+                         f"the pixel decoder's weights exist only in a model trained with "
+                         f"inference_branch 'pixel'; choose 'ego', 'exo' or 'ego+exo' instead")
+
+
 def update_checkpoint_config(path: str | os.PathLike, **fields: Any) -> Path:
-    """Rewrite config fields of a saved model (e.g. the inference ``calibration``), atomically.
+    """Rewrite config fields of a saved model (e.g. the inference ``calibration`` or
+    ``inference_branch``), atomically.
 
     The heads are unchanged; the previous values are kept in ``extra["config_changes"]``.
 
     Raises:
         FileNotFoundError, ValueError: see :func:`read_checkpoint`; ValueError also for a
-            field that :class:`AffordanceConfig` does not have.
+            field that :class:`AffordanceConfig` does not have, an invalid value, or a switch
+            to or from the ``pixel`` inference branch.
     """
     payload = read_checkpoint(path)
     unknown = set(fields) - set(AffordanceConfig().to_dict())
@@ -93,6 +105,7 @@ def update_checkpoint_config(path: str | os.PathLike, **fields: Any) -> Path:
                if payload["config"].get(k) != v}
     if not changes:
         return Path(path)
+    _check_branch_switch(payload["config"], fields)
     AffordanceConfig.from_dict({**payload["config"], **fields})  # validates the new values
     payload["config"] = {**payload["config"], **fields}
     payload.setdefault("extra", {}).setdefault("config_changes", []).append(changes)
@@ -105,7 +118,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     """Rebuild a trained model: preset backbones (from their weights) + the saved heads.
 
     Args:
-        overrides: config fields to change at load time (e.g. ``calibration``).
+        overrides: config fields to change at load time (e.g. ``calibration``, or
+            ``inference_branch`` among ``ego``, ``exo`` and ``ego+exo``).
 
     Raises:
         FileNotFoundError, ValueError: see :func:`read_checkpoint`; ValueError also when the
@@ -116,6 +130,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     from .model import AffordanceModel
 
     payload = read_checkpoint(path)
+    _check_branch_switch(payload["config"], overrides)
     cfg = AffordanceConfig.from_dict({**payload["config"], **overrides})
     dino, clip = build_backbones(cfg, weights_dir, pretrained, allow_download)
     model = AffordanceModel(cfg, payload["vocabulary"], dino, clip)

@@ -22,6 +22,7 @@ __all__ = ["AffordanceConfig", "register_model", "list_models", "get_config", "c
 
 
 CALIBRATIONS = ("none", "binary", "continuous")
+INFERENCE_BRANCHES = ("ego", "exo", "ego+exo", "pixel")
 
 
 @dataclass
@@ -47,8 +48,12 @@ class AffordanceConfig:
         calibration: inference map: ``none`` (raw CAM), ``binary`` (CAM x binarised object
             affinity, the paper), ``continuous`` (CAM x min-max affinity, the reference code).
         object_threshold: threshold on the min-max normalised ego affinity (gamma_2).
-        inference_branch: ``ego`` (view projection of the ego branch) or ``pixel``
-            (LoopTrans' ego pixel decoder).
+        inference_branch: which head maps the ego image at inference: ``ego`` (the ego
+            branch's view projection, the papers), ``exo`` (the exo branch's view projection,
+            trained on people using the object, applied to the ego image), ``ego+exo`` (the
+            mean of the two, i.e. the mean of their CAMs) or ``pixel`` (LoopTrans' ego pixel
+            decoder). The first three share the trained heads, so they are a choice for
+            held-out data (``training.evaluate.select_inference``).
         exo_cue: what SelectiveCL's exo affinity A_exo takes its 3x3 interaction
             neighbourhood from: ``prompt`` (the exo action prompt, the paper) or ``hand``
             (the action-agnostic hand prompt; the tiny tier, whose CLIP role learns object
@@ -84,8 +89,8 @@ class AffordanceConfig:
                              f"{self.calibration!r}")
         if not 0.0 <= float(self.object_threshold) <= 1.0:
             raise ValueError(f"object_threshold must be in [0, 1], got {self.object_threshold}")
-        if self.inference_branch not in ("ego", "pixel"):
-            raise ValueError(f"inference_branch must be 'ego' or 'pixel', got "
+        if self.inference_branch not in INFERENCE_BRANCHES:
+            raise ValueError(f"inference_branch must be one of {INFERENCE_BRANCHES}, got "
                              f"{self.inference_branch!r}")
         if self.exo_cue not in ("prompt", "hand"):
             raise ValueError(f"exo_cue must be 'prompt' or 'hand', got {self.exo_cue!r}")

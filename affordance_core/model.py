@@ -200,15 +200,20 @@ class AffordanceModel(nn.Module):
 
         Args:
             keys: (N, D, h, w) DINO keys.
-            branch: ``ego``, ``exo`` or ``pixel``.
+            branch: ``ego``, ``exo``, ``ego+exo`` (the mean of the two projections, so its
+                CAMs are the mean of theirs) or ``pixel``.
 
         Returns:
             features (N, W, h, w) (W = config.proj_dim or D) and CAMs (N, C + noise, h, w) (raw, unbounded).
         """
+        tokens = self.aff_proj(keys)
+        if branch == "ego+exo":
+            feat = 0.5 * (self.ego_proj(tokens) + self.exo_proj(tokens))
+            return feat, self.classifier(feat)
         proj = {"ego": self.ego_proj, "exo": self.exo_proj, "pixel": self.pixel_proj}[branch]
         if proj is None:
             raise ValueError(f"this model has no {branch!r} branch")
-        feat = proj(self.aff_proj(keys))
+        feat = proj(tokens)
         return feat, self.classifier(feat)
 
     def affinity(self, clip_dense: Tensor, class_ids: Tensor, prompt: str = "ego") -> Tensor:
@@ -230,7 +235,8 @@ class AffordanceModel(nn.Module):
         return torch.einsum("ndhw,nd->nhw", clip_dense, text.to(clip_dense.dtype))
 
     def inference_branch(self) -> str:
-        return "pixel" if self.pixel_proj is not None else "ego"
+        """The branch whose CAM maps an ego image at inference (``config.inference_branch``)."""
+        return self.config.inference_branch
 
     def calibrate(self, cams: Tensor, affinity: Tensor | None) -> Tensor:
         """Apply the configured CAM calibration.

@@ -242,3 +242,31 @@ def test_predictor_multi_action_matches_single(tmp_path) -> None:
         pred.set_image(np.zeros((10, 10), np.uint8))
     with pytest.raises(ValueError, match="empty"):
         pred.set_image(np.zeros((0, 10, 3), np.uint8))
+
+
+def test_exo_and_mean_inference_branches_map_ego_images(tmp_path, batch) -> None:
+    torch.manual_seed(0)
+    model = create_model("tiny", vocabulary=VOCAB, pretrained=False, method="selectivecl").eval()
+    path = save_model(tmp_path / "model.pt", model)
+    ego_model = load_model(path, pretrained=False, calibration="continuous")
+    exo_model = load_model(path, pretrained=False, calibration="continuous",
+                           inference_branch="exo")
+    images, labels = batch["ego"], batch["label"]
+    feats = ego_model.extract(images)
+    exo_maps = exo_model.maps_from_features(feats, labels)
+    _, exo_cams = exo_model.cam(feats.keys, "exo")
+    picked = exo_cams[torch.arange(len(labels)), labels]
+    expected = exo_model.calibrate(picked, exo_model.affinity(feats.clip, labels, "ego"))
+    assert torch.allclose(exo_maps, expected)
+    assert not torch.allclose(exo_maps, ego_model.maps_from_features(feats, labels))
+    image = (images[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    by_exo = AffordancePredictor(exo_model)(image, ["hold"])[0].heatmap
+    by_ego = AffordancePredictor(ego_model)(image, ["hold"])[0].heatmap
+    assert by_exo.shape == by_ego.shape == image.shape[:2]
+    assert not np.allclose(by_exo, by_ego, atol=1e-3)
+    both = load_model(path, pretrained=False, inference_branch="ego+exo")
+    _, ego_cams = both.cam(feats.keys, "ego")
+    _, both_cams = both.cam(feats.keys, "ego+exo")
+    assert torch.allclose(both_cams, 0.5 * (ego_cams + exo_cams), atol=1e-5)
+    with pytest.raises(ValueError, match="pixel decoder"):
+        load_model(path, pretrained=False, inference_branch="pixel")

@@ -1,5 +1,5 @@
 """The demo pipeline end to end on a tiny budget: two splits in two processes, validation-chosen
-calibration written into the checkpoint, report and figures."""
+inference branch and calibration written into the checkpoint, report and figures."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from affordance_core.checkpoint import read_checkpoint, save_model, update_checkpoint_config
 from training.demo import SPLITS, run_demo
@@ -24,12 +25,19 @@ def test_demo_trains_both_splits_in_two_processes_and_reports(tmp_path):
                      "object affinity alone"):
             assert all(math.isfinite(rows[name][m]) for m in ("KLD", "SIM", "NSS")), name
             assert rows[name]["n"] > 0
-        assert rows["ce"]["calibration"] is None
-        choice = rows["selectivecl"]["calibration"]
-        assert choice["chosen"] in ("binary", "continuous")
-        assert set(choice["validation"]) == {"binary", "continuous"}
+        assert set(rows["ce"]["inference"]["validation"]) == {"ego/none", "exo/none",
+                                                              "ego+exo/none"}
+        choice = rows["selectivecl"]["inference"]
+        assert set(choice["validation"]) == {f"{b}/{c}" for b in ("ego", "exo", "ego+exo")
+                                             for c in ("binary", "continuous")}
+        chosen = choice["chosen"]
+        kld = {k: v["KLD"] for k, v in choice["validation"].items()}
+        assert kld[f"{chosen['inference_branch']}/{chosen['calibration']}"] == min(kld.values())
         saved = read_checkpoint(tmp_path / "runs" / split / "selectivecl" / "model.pt")
-        assert saved["config"]["calibration"] == choice["chosen"]
+        assert saved["config"]["calibration"] == chosen["calibration"]
+        assert saved["config"]["inference_branch"] == chosen["inference_branch"]
+        gap = rows["selectivecl"]["gap_to_affinity"]
+        assert all(g["low"] <= g["mean"] <= g["high"] for g in gap.values())
         assert (tmp_path / f"overlays_{split}.png").stat().st_size > 0
         assert (tmp_path / "runs" / split / "demo.log").is_file()
     # the validation corpus holds the training categories only, from another seed
@@ -38,7 +46,8 @@ def test_demo_trains_both_splits_in_two_processes_and_reports(tmp_path):
     assert sorted(map(tuple, pairs["test"])) == sorted(map(tuple, pairs["train"]))
     assert val["params"]["seed"] != results["corpus"]["params"]["seed"]
     text = (tmp_path / "results.md").read_text()
-    assert "## Seen" in text and "## Unseen" in text and "inference calibration" in text
+    assert "## Seen" in text and "## Unseen" in text and "inference branch and calibration" in text
+    assert "paired-bootstrap interval" in text
     assert json.loads((tmp_path / "results.json").read_text())["jobs"] == 2
 
 
@@ -56,3 +65,30 @@ def test_update_checkpoint_config_rewrites_only_valid_fields(tmp_path):
     with pytest.raises(ValueError, match="calibration must be one of"):
         update_checkpoint_config(path, calibration="sometimes")
     assert read_checkpoint(path)["config"]["calibration"] == "continuous"
+    update_checkpoint_config(path, inference_branch="exo")
+    assert read_checkpoint(path)["config"]["inference_branch"] == "exo"
+    with pytest.raises(ValueError, match="pixel decoder"):
+        update_checkpoint_config(path, inference_branch="pixel")
+
+
+def test_gap_to_affinity_is_zero_for_the_affinity_itself_and_brackets_its_mean(tiny_agd_root):
+    from affordance_core import create_model
+    from affordance_core.backbones import minmax
+    from affordance_core.data import AffordanceTestDataset
+    from training.demo import gap_to_affinity
+
+    torch.manual_seed(0)
+    model = create_model("tiny", vocabulary=["hold", "cut_with", "sit_on"], pretrained=False,
+                         method="selectivecl").eval()
+    dataset = AffordanceTestDataset(tiny_agd_root, "Seen", model.image_size,
+                                    vocabulary=model.vocabulary)
+    gap = gap_to_affinity(model, dataset, resamples=200)
+    assert set(gap) == {"KLD", "SIM", "NSS"}
+    assert any(abs(g["mean"]) > 1e-6 for g in gap.values())
+    for g in gap.values():
+        assert g["low"] <= g["mean"] <= g["high"]
+    model.maps_from_features = lambda feats, labels: minmax(
+        model.affinity(feats.clip, labels, "ego"))
+    same = gap_to_affinity(model, dataset, resamples=200)
+    for g in same.values():
+        assert abs(g["mean"]) < 1e-6 and abs(g["low"]) < 1e-6 and abs(g["high"]) < 1e-6

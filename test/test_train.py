@@ -232,7 +232,8 @@ def test_eval_prints_a_final_json_line_and_writes_the_breakdown(workspace, train
 
 
 @pytest.mark.timeout(120)
-def test_eval_calibration_override_rescores_the_same_heads(workspace, trained_run, capsys):
+def test_eval_calibration_and_branch_overrides_rescore_the_same_heads(workspace, trained_run,
+                                                                      capsys):
     base = ["--data-root", str(workspace["corrupt_root"]), "--split", "Seen", "--checkpoint",
             str(trained_run[0] / "model.pt"), "--weights-dir", str(workspace["weights"]),
             "--batch-size", "4", "--no-progress"]
@@ -243,6 +244,9 @@ def test_eval_calibration_override_rescores_the_same_heads(workspace, trained_ru
     assert binary["n"] == plain["n"] and binary["KLD"] != plain["KLD"]
     assert evaluate.main(base + ["--object-threshold", "1.5"]) != 0
     assert "--object-threshold must be in [0, 1]" in capsys.readouterr().err
+    assert evaluate.main(base + ["--inference-branch", "exo"]) == 0
+    exo = last_json_line(capsys.readouterr().out)
+    assert exo["n"] == plain["n"] and exo["KLD"] != plain["KLD"]
 
 
 def test_corrupt_images_are_replaced_counted_and_reported(trained_run):

@@ -40,7 +40,7 @@ def _budget(quick: bool) -> dict[str, Any]:
         return {"corpus": {"n_exo_per_pair": 5, "n_ego_per_pair": 2, "n_test_per_pair": 2},
                 "iters": 20, "batch_size": 8, "methods": ("ce", "selectivecl", "looptrans"),
                 "node_seconds": 3.0}
-    return {"corpus": {"n_exo_per_pair": 10, "n_ego_per_pair": 3, "n_test_per_pair": 3},
+    return {"corpus": {"n_exo_per_pair": 10, "n_ego_per_pair": 3, "n_test_per_pair": 10},
             "iters": 100, "batch_size": 8, "methods": DEFAULT_METHODS, "node_seconds": 6.0}
 
 
@@ -90,21 +90,25 @@ def make_validation_corpus(root: Path, budget: dict[str, Any], seed: int) -> dic
     return make_corpus(root, {"corpus": corpus}, seed + VALIDATION_SEED_OFFSET, split_objects)
 
 
-def choose_calibration(model_path: Path, val_root: Path, split: str) -> dict[str, Any] | None:
-    """For a method trained with a calibration, pick binary vs continuous on validation data
-    and write the choice into its checkpoint; None for methods that use the raw CAM."""
+def choose_inference(model_path: Path, val_root: Path, split: str) -> dict[str, Any] | None:
+    """Pick a trained model's inference branch (ego or exo) and, for a method trained with a
+    calibration, its calibration (binary or continuous) on validation data, and write the
+    choice into its checkpoint; None for LoopTrans' pixel decoder, which has no choice."""
     from affordance_core import load_model
     from affordance_core.checkpoint import read_checkpoint, update_checkpoint_config
     from affordance_core.data import AffordanceTestDataset
-    from training.evaluate import select_calibration
+    from training.evaluate import select_inference
 
-    if read_checkpoint(model_path)["config"]["calibration"] == "none":
+    config = read_checkpoint(model_path)["config"]
+    if config["inference_branch"] == "pixel":
         return None
+    calibrations = ("none",) if config["calibration"] == "none" else ("binary", "continuous")
     model = load_model(model_path).eval()
     val_set = AffordanceTestDataset(val_root, split, model.image_size,
                                     vocabulary=model.vocabulary)
-    best, scores = select_calibration(model, val_set, device=torch.device("cpu"))
-    update_checkpoint_config(model_path, calibration=best)
+    best, scores = select_inference(model, val_set, device=torch.device("cpu"),
+                                    calibrations=calibrations)
+    update_checkpoint_config(model_path, **best)
     return {"chosen": best, "validation": {c: {k: round(float(v), 4) for k, v in m.items()}
                                            for c, m in scores.items()}}
 
@@ -166,6 +170,40 @@ def evaluate_baselines(model, dataset) -> dict[str, dict[str, float]]:
         affinity.update(minmax(model.affinity(feats.clip, batch["label"], "ego")), gt)
     return {"uniform map": summarize(uniform), "centre Gaussian": centre.compute(),
             "object affinity alone": affinity.compute()}
+
+
+def gap_to_affinity(model, dataset, resamples: int = 2000,
+                    seed: int = 0) -> dict[str, dict[str, float]]:
+    """Per-image gap between a model's maps and the object-affinity map alone, with a
+    paired-bootstrap 95 % interval of its mean over the test images.
+
+    Returns:
+        {metric: {"mean", "low", "high"}} for KLD, SIM and NSS (model minus affinity; a
+        negative KLD gap and positive SIM / NSS gaps favour the model).
+    """
+    from torch.utils.data import DataLoader
+
+    from affordance_core.backbones import minmax
+    from affordance_core.metrics import METRIC_NAMES, affordance_metrics, prepare_prediction
+
+    gaps = []
+    with torch.inference_mode():
+        for batch in DataLoader(dataset, batch_size=32):
+            gt, labels = batch["gt"], batch["label"]
+            feats = model.extract(batch["image"])
+            size = tuple(gt.shape[-2:])
+            ours = affordance_metrics(prepare_prediction(
+                model.maps_from_features(feats, labels).float(), size=size), gt)
+            theirs = affordance_metrics(prepare_prediction(
+                minmax(model.affinity(feats.clip, labels, "ego")).float(), size=size), gt)
+            gaps.append(torch.stack([ours[k] - theirs[k] for k in METRIC_NAMES], 1))
+    gap = torch.cat(gaps).double()                                               # (n, 3)
+    draws = torch.randint(len(gap), (resamples, len(gap)),
+                          generator=torch.Generator().manual_seed(seed))
+    means = gap[draws].mean(1)                                                   # (R, 3)
+    low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=means.dtype), dim=0)
+    return {k: {"mean": float(gap[:, i].mean()), "low": float(low[i]), "high": float(high[i])}
+            for i, k in enumerate(METRIC_NAMES)}
 
 
 def _fmt(value: Any) -> str:
@@ -242,13 +280,21 @@ def write_report(out: Path, results: dict[str, Any]) -> str:
             lines += ["", f"SelectiveCL vs CE-only: KLD {abs(gain):.1f}% {word} "
                       f"(the paper reports 16.7% lower on AGD20K-Seen)."]
             lines += ["", selectivecl_check(rows)]
+            gap = scl.get("gap_to_affinity")
+            if gap:
+                lines += ["", "SelectiveCL minus the object affinity alone, per test image "
+                          "(mean [95 % paired-bootstrap interval]): " + "; ".join(
+                              f"{k} {g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]"
+                              for k, g in gap.items()) + "."]
         for name, row in rows.items():
-            choice = row.get("calibration")
+            choice = row.get("inference")
             if choice:
                 val = ", ".join(f"{c} {m['KLD']:.3f}" for c, m in choice["validation"].items())
-                lines += ["", f"{name} inference calibration, chosen on the validation corpus "
-                          f"(new images of the training categories, another seed): "
-                          f"{choice['chosen']} (validation KLD: {val})."]
+                chosen = choice["chosen"]
+                lines += ["", f"{name} inference branch and calibration, chosen on the "
+                          f"validation corpus (new images of the training categories, another "
+                          f"seed): {chosen['inference_branch']}/{chosen['calibration']} "
+                          f"(validation KLD: {val})."]
         lines.append("")
     probe = results.get("backbone_probe")
     if probe:
@@ -311,13 +357,15 @@ def train_and_evaluate_split(split: str, data_root: Path, out: Path, budget: dic
                              seed: int) -> dict[str, Any]:
     """Stages 3-4 for one split: train every method, evaluate them and the baselines.
 
-    A method trained with a calibration (SelectiveCL) gets its inference calibration chosen
-    on the validation corpus in ``out / "data_val"`` before it is evaluated.
+    Every method but LoopTrans' pixel decoder gets its inference branch (and SelectiveCL its
+    calibration) chosen on the validation corpus in ``out / "data_val"`` before it is
+    evaluated.
 
     Returns:
         Rows keyed by method or baseline name: ``KLD``, ``SIM``, ``NSS``, ``n`` and, for
-        methods, ``train_seconds``, ``reliable_rate`` and ``calibration`` (None, or the
-        chosen calibration with its validation scores).
+        methods, ``train_seconds``, ``reliable_rate`` and ``inference`` (None, or the
+        chosen branch and calibration with their validation scores); SelectiveCL's row
+        also has ``gap_to_affinity`` (:func:`gap_to_affinity`).
     """
     from affordance_core import load_model
     from affordance_core.data import AffordanceTestDataset
@@ -334,8 +382,8 @@ def train_and_evaluate_split(split: str, data_root: Path, out: Path, budget: dic
         rows[method] = {"train_seconds": round(time.perf_counter() - t0, 1),
                         "reliable_rate": _mean_stat(run_dir / "log.jsonl",
                                                     "stat_reliable_rate"),
-                        "calibration": choose_calibration(trained[method], out / "data_val",
-                                                          split)}
+                        "inference": choose_inference(trained[method], out / "data_val",
+                                                      split)}
 
     _stage(f"4/6 evaluate on {split}")
     test_set = None
@@ -348,6 +396,8 @@ def train_and_evaluate_split(split: str, data_root: Path, out: Path, budget: dic
         metrics = evaluate_model(model, test_set, device=torch.device("cpu"), batch_size=32,
                                  progress=False)
         rows[method].update({k: metrics[k] for k in ("KLD", "SIM", "NSS", "n")})
+        if method == "selectivecl":
+            rows[method]["gap_to_affinity"] = gap_to_affinity(model, test_set)
         print(f"{split:7s} {method:16s} KLD {metrics['KLD']:.3f} SIM {metrics['SIM']:.3f}"
               f" NSS {metrics['NSS']:.3f}", flush=True)
     for name, metrics in evaluate_baselines(model, test_set).items():

@@ -33,7 +33,8 @@ from tqdm import tqdm
 from affordance_core.metrics import METRIC_NAMES, MetricAccumulator, prepare_prediction
 from training.common import choose_device, run_cli, setup_logging
 
-__all__ = ["evaluate_model", "heatmap_overlay", "main", "select_calibration", "viz_panel"]
+__all__ = ["evaluate_model", "heatmap_overlay", "inference_key", "main", "select_inference",
+           "viz_panel"]
 
 PROG = "affordance-eval"
 logger = logging.getLogger(__name__)
@@ -148,54 +149,79 @@ def evaluate_model(model: nn.Module, dataset: Dataset, *, device: torch.device,
     return result
 
 
-def select_calibration(model: nn.Module, dataset: Dataset, *, device: torch.device,
-                       candidates: Sequence[str] = ("binary", "continuous"),
-                       metric: str = "KLD", batch_size: int = 32) -> tuple[str, dict[str, Any]]:
-    """Choose the inference calibration of a trained model on a *validation* set.
+def inference_key(branch: str, calibration: str) -> str:
+    """Name of an inference choice in :func:`select_inference`'s scores, e.g. ``ego/binary``."""
+    return f"{branch}/{calibration}"
 
-    The paper binarises the object affinity (gamma_2 = ``object_threshold``) before
-    multiplying it with the CAM; the reference code multiplies the continuous affinity. Both
-    use the same trained heads, so the choice is a held-out-data decision, made here: the
-    backbones run once per batch and every candidate is scored on the same maps.
+
+def select_inference(model: nn.Module, dataset: Dataset, *, device: torch.device,
+                     branches: Sequence[str] = ("ego", "exo", "ego+exo"),
+                     calibrations: Sequence[str] = ("binary", "continuous"),
+                     metric: str = "KLD", batch_size: int = 32,
+                     ) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """Choose how a trained model maps ego images, on a *validation* set.
+
+    Two choices leave the trained heads unchanged, so they belong to held-out data:
+
+    * the calibration: the paper binarises the object affinity (gamma_2 =
+      ``object_threshold``) before multiplying it with the CAM; the reference code multiplies
+      the continuous affinity;
+    * the branch whose CAM is taken: the ego branch's view projection (the papers), the exo
+      branch's, which is trained on images of people using the object and reads the same
+      DINO keys, or the mean of the two.
+
+    The backbones run once per batch and every candidate is scored on the same features.
 
     Args:
-        model: an :class:`~affordance_core.model.AffordanceModel` with a CLIP-role backbone,
-            on ``device``, in eval mode. Its config is left as it was.
+        model: an :class:`~affordance_core.model.AffordanceModel` (with a CLIP-role backbone
+            unless ``calibrations`` is ``("none",)``), on ``device``, in eval mode. Its
+            config is left as it was.
         dataset: validation images with GT (an ``AffordanceTestDataset``), never the test set.
         device: where the images go.
-        candidates: calibrations to compare (values of ``AffordanceConfig.calibration``).
+        branches: ``AffordanceConfig.inference_branch`` values other than ``pixel``.
+        calibrations: values of ``AffordanceConfig.calibration`` to compare (``("none",)``
+            for a method that maps with the raw CAM: only the branch is chosen).
         metric: ``KLD`` (lower wins) or ``SIM`` / ``NSS`` (higher wins).
         batch_size: images per forward pass.
 
     Returns:
-        (best calibration, {calibration: {"KLD", "SIM", "NSS", "n"}}).
+        ({"inference_branch": .., "calibration": ..} of the winner,
+        {``inference_key(branch, calibration)``: {"KLD", "SIM", "NSS", "n"}}).
 
     Raises:
-        ValueError: the model has no CLIP-role backbone, or an unknown metric.
+        ValueError: a calibration needs the CLIP-role backbone the model lacks, the model
+            uses LoopTrans' pixel decoder, or an unknown metric or branch.
     """
-    if getattr(model, "clip", None) is None:
+    if getattr(model, "clip", None) is None and set(calibrations) != {"none"}:
         raise ValueError("calibration needs the CLIP-role object affinity; this model has none")
     if metric not in METRIC_NAMES:
         raise ValueError(f"metric must be one of {METRIC_NAMES}, got {metric!r}")
+    if model.config.inference_branch == "pixel" or set(branches) - {"ego", "exo", "ego+exo"}:
+        raise ValueError(f"select_inference compares the 'ego', 'exo' and 'ego+exo' branches, got "
+                         f"{list(branches)} for a model whose branch is "
+                         f"{model.config.inference_branch!r}")
     original = model.config
-    accumulators = {c: MetricAccumulator() for c in candidates}
+    choices = [(b, c) for b in branches for c in calibrations]
+    accumulators = {choice: MetricAccumulator() for choice in choices}
     try:
         with torch.inference_mode():
             for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
                 labels = batch["label"].to(device)
                 feats = model.extract(batch["image"].to(device))
                 gt = batch["gt"]
-                for calibration, acc in accumulators.items():
-                    model.config = dataclasses.replace(original, calibration=calibration)
+                for (branch, calibration), acc in accumulators.items():
+                    model.config = dataclasses.replace(original, inference_branch=branch,
+                                                       calibration=calibration)
                     maps = model.maps_from_features(feats, labels).float().cpu()
                     acc.update(prepare_prediction(maps, size=tuple(gt.shape[-2:])), gt,
                                prepared=True)
     finally:
         model.config = original
-    scores = {c: dict(acc.compute()) for c, acc in accumulators.items()}
+    scores = {inference_key(*choice): dict(acc.compute()) for choice, acc in accumulators.items()}
     sign = 1.0 if metric == "KLD" else -1.0
-    best = min(candidates, key=lambda c: sign * float(scores[c][metric]))
-    return best, scores
+    branch, calibration = min(choices,
+                              key=lambda ch: sign * float(scores[inference_key(*ch)][metric]))
+    return {"inference_branch": branch, "calibration": calibration}, scores
 
 
 def _rounded(result: dict[str, Any]) -> dict[str, Any]:
@@ -227,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration", choices=["binary", "continuous", "none"],
                         help="score with this CAM calibration instead of the checkpoint's "
                         "(an ablation: the trained heads are unchanged)")
+    parser.add_argument("--inference-branch", choices=["ego", "exo", "ego+exo"],
+                        help="map the ego image with this branch's CAM instead of the "
+                        "checkpoint's (an ablation; not for LoopTrans' pixel decoder)")
     parser.add_argument("--object-threshold", type=float, metavar="GAMMA",
                         help="threshold on the min-max object affinity for binary calibration")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -247,6 +276,7 @@ def _run(argv: Sequence[str] | None) -> int:
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
     overrides = {k: v for k, v in (("calibration", args.calibration),
+                                   ("inference_branch", args.inference_branch),
                                    ("object_threshold", args.object_threshold)) if v is not None}
     if "object_threshold" in overrides and not 0.0 <= overrides["object_threshold"] <= 1.0:
         raise ValueError(f"--object-threshold must be in [0, 1], got {args.object_threshold}")
