@@ -26,13 +26,32 @@ from .data.datasets import AffordanceTrainDataset
 from .data.transforms import center_resize, load_rgb, to_tensor
 from .model import AffordanceModel
 
-__all__ = ["BACKBONE_FIELDS", "FeatureCache", "CachedTrainDataset"]
+__all__ = ["BACKBONE_FIELDS", "FeatureCache", "CachedTrainDataset", "backbone_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
 #: ``AffordanceConfig`` fields that change what ``AffordanceModel.extract`` returns.
 BACKBONE_FIELDS = ("image_size", "dino", "dino_file", "dino_hub", "saliency_heads", "clip",
                    "clip_file", "clip_hub_tag")
+
+
+def backbone_fingerprint(model: AffordanceModel) -> str:
+    """Key of what ``model.extract`` returns: the backbone config fields and weights.
+
+    The heads (method, projections, calibration...) do not enter it, so models trained with
+    different methods on the same backbones share one fingerprint.
+    """
+    config = model.config.to_dict()
+    digest = hashlib.sha1()
+    digest.update(json.dumps({k: config[k] for k in BACKBONE_FIELDS}, sort_keys=True,
+                             default=str).encode())
+    for role, backbone in (("dino", model.dino), ("clip", model.clip)):
+        if backbone is None:
+            continue
+        for name, tensor in backbone.state_dict().items():
+            digest.update(f"{role}.{name}".encode())
+            digest.update(tensor.double().sum().item().hex().encode())
+    return digest.hexdigest()
 
 
 class FeatureCache:
@@ -58,17 +77,8 @@ class FeatureCache:
         The heads (method, projections, calibration...) do not change what ``extract``
         returns, so every method trained on the same data and backbones shares one cache.
         """
-        config = model.config.to_dict()
-        digest = hashlib.sha1()
-        digest.update(json.dumps({k: config[k] for k in BACKBONE_FIELDS}, sort_keys=True,
-                                 default=str).encode())
+        digest = hashlib.sha1(backbone_fingerprint(model).encode())
         digest.update(str(views).encode())
-        for role, backbone in (("dino", model.dino), ("clip", model.clip)):
-            if backbone is None:
-                continue
-            for name, tensor in backbone.state_dict().items():
-                digest.update(f"{role}.{name}".encode())
-                digest.update(tensor.double().sum().item().hex().encode())
         for path in paths:
             stat = path.stat()
             digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())

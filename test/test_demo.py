@@ -92,3 +92,36 @@ def test_gap_to_affinity_is_zero_for_the_affinity_itself_and_brackets_its_mean(t
     same = gap_to_affinity(model, dataset, resamples=200)
     for g in same.values():
         assert abs(g["mean"]) < 1e-6 and abs(g["low"]) < 1e-6 and abs(g["high"]) < 1e-6
+
+
+def test_extracted_test_set_scores_like_the_dataset_and_refuses_other_backbones(tiny_agd_root):
+    from affordance_core import create_model
+    from affordance_core.data import AffordanceTestDataset
+    from training.evaluate import evaluate_model, extract_test_set, select_inference
+
+    cpu = torch.device("cpu")
+    vocab = ["hold", "cut_with", "sit_on"]
+    torch.manual_seed(0)
+    model = create_model("tiny", vocabulary=vocab, pretrained=False,
+                         method="selectivecl").eval()
+    dataset = AffordanceTestDataset(tiny_agd_root, "Seen", model.image_size, vocabulary=vocab)
+    extracted = extract_test_set(model, dataset, device=cpu, batch_size=4)
+    assert len(extracted) == len(dataset)
+    direct = evaluate_model(model, dataset, device=cpu, batch_size=4, progress=False)
+    shared = evaluate_model(model, extracted, device=cpu, progress=False)
+    for key in ("KLD", "SIM", "NSS"):
+        assert shared[key] == pytest.approx(direct[key], abs=1e-5)
+    assert shared["per_affordance"].keys() == direct["per_affordance"].keys()
+    best, scores = select_inference(model, extracted, device=cpu)
+    scores_direct = select_inference(model, dataset, device=cpu)[1]
+    assert scores.keys() == scores_direct.keys()
+    for key, values in scores.items():   # batches of 32 vs 4: float32 sums differ slightly
+        assert values == pytest.approx(scores_direct[key], rel=1e-3)
+    kld = {k: v["KLD"] for k, v in scores.items()}
+    assert kld[f"{best['inference_branch']}/{best['calibration']}"] == min(kld.values())
+    torch.manual_seed(1)
+    other = create_model("tiny", vocabulary=vocab, pretrained=False).eval()
+    with pytest.raises(ValueError, match="other backbones"):
+        evaluate_model(other, extracted, device=cpu, progress=False)
+    with pytest.raises(ValueError, match="viz_dir needs the images"):
+        evaluate_model(model, extracted, device=cpu, viz_dir="unused", progress=False)

@@ -90,13 +90,17 @@ def make_validation_corpus(root: Path, budget: dict[str, Any], seed: int) -> dic
     return make_corpus(root, {"corpus": corpus}, seed + VALIDATION_SEED_OFFSET, split_objects)
 
 
-def choose_inference(model_path: Path, val_root: Path, split: str) -> dict[str, Any] | None:
-    """Pick a trained model's inference branch (ego or exo) and, for a method trained with a
-    calibration, its calibration (binary or continuous) on validation data, and write the
-    choice into its checkpoint; None for LoopTrans' pixel decoder, which has no choice."""
+def choose_inference(model_path: Path, val_data) -> dict[str, Any] | None:
+    """Pick a trained model's inference branch (ego, exo or ego+exo) and, for a method trained
+    with a calibration, its calibration (binary or continuous) on validation data, and write
+    the choice into its checkpoint; None for LoopTrans' pixel decoder, which has no choice.
+
+    Args:
+        model_path: the model's ``model.pt``.
+        val_data: the validation ``AffordanceTestDataset`` or its ``extract_test_set``.
+    """
     from affordance_core import load_model
     from affordance_core.checkpoint import read_checkpoint, update_checkpoint_config
-    from affordance_core.data import AffordanceTestDataset
     from training.evaluate import select_inference
 
     config = read_checkpoint(model_path)["config"]
@@ -104,9 +108,7 @@ def choose_inference(model_path: Path, val_root: Path, split: str) -> dict[str, 
         return None
     calibrations = ("none",) if config["calibration"] == "none" else ("binary", "continuous")
     model = load_model(model_path).eval()
-    val_set = AffordanceTestDataset(val_root, split, model.image_size,
-                                    vocabulary=model.vocabulary)
-    best, scores = select_inference(model, val_set, device=torch.device("cpu"),
+    best, scores = select_inference(model, val_data, device=torch.device("cpu"),
                                     calibrations=calibrations)
     update_checkpoint_config(model_path, **best)
     return {"chosen": best, "validation": {c: {k: round(float(v), 4) for k, v in m.items()}
@@ -153,21 +155,19 @@ def centre_gaussian(size: int, sigma: float = 0.25) -> torch.Tensor:
 
 
 def evaluate_baselines(model, dataset) -> dict[str, dict[str, float]]:
-    """Uniform map, centre Gaussian and the CLIP object-affinity map alone, on one test set."""
-    from torch.utils.data import DataLoader
-
+    """Uniform map, centre Gaussian and the CLIP object-affinity map alone, on one test set
+    (an ``AffordanceTestDataset`` or its ``extract_test_set``)."""
     from affordance_core.backbones import minmax
     from affordance_core.metrics import MetricAccumulator, affordance_metrics, summarize
+    from training.evaluate import feature_batches
 
     uniform, centre, affinity = [], MetricAccumulator(), MetricAccumulator()
-    grid = None
-    for batch in DataLoader(dataset, batch_size=32):
-        gt = batch["gt"]
-        uniform.append(affordance_metrics(torch.ones_like(gt), gt))
-        feats = model.extract(batch["image"])
-        grid = feats.keys.shape[-2:]
-        centre.update(centre_gaussian(grid[0])[None].expand(len(gt), -1, -1), gt)
-        affinity.update(minmax(model.affinity(feats.clip, batch["label"], "ego")), gt)
+    with torch.inference_mode():
+        for feats, labels, gt, _ in feature_batches(model, dataset, device=torch.device("cpu")):
+            uniform.append(affordance_metrics(torch.ones_like(gt), gt))
+            grid = feats.keys.shape[-2:]
+            centre.update(centre_gaussian(grid[0])[None].expand(len(gt), -1, -1), gt)
+            affinity.update(minmax(model.affinity(feats.clip, labels, "ego")), gt)
     return {"uniform map": summarize(uniform), "centre Gaussian": centre.compute(),
             "object affinity alone": affinity.compute()}
 
@@ -175,22 +175,20 @@ def evaluate_baselines(model, dataset) -> dict[str, dict[str, float]]:
 def gap_to_affinity(model, dataset, resamples: int = 2000,
                     seed: int = 0) -> dict[str, dict[str, float]]:
     """Per-image gap between a model's maps and the object-affinity map alone, with a
-    paired-bootstrap 95 % interval of its mean over the test images.
+    paired-bootstrap 95 % interval of its mean over the test images (an
+    ``AffordanceTestDataset`` or its ``extract_test_set``).
 
     Returns:
         {metric: {"mean", "low", "high"}} for KLD, SIM and NSS (model minus affinity; a
         negative KLD gap and positive SIM / NSS gaps favour the model).
     """
-    from torch.utils.data import DataLoader
-
     from affordance_core.backbones import minmax
     from affordance_core.metrics import METRIC_NAMES, affordance_metrics, prepare_prediction
+    from training.evaluate import feature_batches
 
     gaps = []
     with torch.inference_mode():
-        for batch in DataLoader(dataset, batch_size=32):
-            gt, labels = batch["gt"], batch["label"]
-            feats = model.extract(batch["image"])
+        for feats, labels, gt, _ in feature_batches(model, dataset, device=torch.device("cpu")):
             size = tuple(gt.shape[-2:])
             ours = affordance_metrics(prepare_prediction(
                 model.maps_from_features(feats, labels).float(), size=size), gt)
@@ -369,7 +367,7 @@ def train_and_evaluate_split(split: str, data_root: Path, out: Path, budget: dic
     """
     from affordance_core import load_model
     from affordance_core.data import AffordanceTestDataset
-    from training.evaluate import evaluate_model
+    from training.evaluate import evaluate_model, extract_test_set
 
     _stage(f"3/6 train on {split}")
     rows: dict[str, Any] = {}
@@ -381,20 +379,20 @@ def train_and_evaluate_split(split: str, data_root: Path, out: Path, budget: dic
                                        out / "feature_cache" / split, seed)
         rows[method] = {"train_seconds": round(time.perf_counter() - t0, 1),
                         "reliable_rate": _mean_stat(run_dir / "log.jsonl",
-                                                    "stat_reliable_rate"),
-                        "inference": choose_inference(trained[method], out / "data_val",
-                                                      split)}
+                                                    "stat_reliable_rate")}
 
     _stage(f"4/6 evaluate on {split}")
-    test_set = None
-    model = None
+    # Every method runs on the same frozen backbones: extract validation and test once.
+    cpu = torch.device("cpu")
+    model = load_model(next(iter(trained.values()))).eval()
+    val_set, test_set = [
+        extract_test_set(model, AffordanceTestDataset(root, split, model.image_size,
+                                                      vocabulary=model.vocabulary), device=cpu)
+        for root in (out / "data_val", data_root)]
     for method, path in trained.items():
+        rows[method]["inference"] = choose_inference(path, val_set)
         model = load_model(path).eval()
-        if test_set is None:
-            test_set = AffordanceTestDataset(data_root, split, model.image_size,
-                                             vocabulary=model.vocabulary)
-        metrics = evaluate_model(model, test_set, device=torch.device("cpu"), batch_size=32,
-                                 progress=False)
+        metrics = evaluate_model(model, test_set, device=cpu, progress=False)
         rows[method].update({k: metrics[k] for k in ("KLD", "SIM", "NSS", "n")})
         if method == "selectivecl":
             rows[method]["gap_to_affinity"] = gap_to_affinity(model, test_set)

@@ -33,8 +33,8 @@ from tqdm import tqdm
 from affordance_core.metrics import METRIC_NAMES, MetricAccumulator, prepare_prediction
 from training.common import choose_device, run_cli, setup_logging
 
-__all__ = ["evaluate_model", "heatmap_overlay", "inference_key", "main", "select_inference",
-           "viz_panel"]
+__all__ = ["ExtractedTestSet", "evaluate_model", "extract_test_set", "feature_batches",
+           "heatmap_overlay", "inference_key", "main", "select_inference", "viz_panel"]
 
 PROG = "affordance-eval"
 logger = logging.getLogger(__name__)
@@ -90,8 +90,67 @@ def _mean_dict(sums: torch.Tensor, n: int) -> dict[str, float | int]:
     return {**dict(zip(METRIC_NAMES, values, strict=True)), "n": n}
 
 
-def evaluate_model(model: nn.Module, dataset: Dataset, *, device: torch.device,
-                   batch_size: int = 16, num_workers: int = 0,
+@dataclasses.dataclass
+class ExtractedTestSet:
+    """A test set's frozen-backbone features, computed once and shared by every model on the
+    same backbones (the heads do not change what ``extract`` returns).
+
+    Attributes:
+        batches: per batch, (features on the extraction device, labels (B,) int64,
+            GT (B, G, G) float in [0, 1] on the CPU).
+        backbone: :func:`~affordance_core.feature_cache.backbone_fingerprint` of the
+            extracting model; a model with other backbones is refused.
+    """
+
+    batches: list[tuple[Any, torch.Tensor, torch.Tensor]]
+    backbone: str
+
+    def __len__(self) -> int:
+        return sum(len(labels) for _, labels, _ in self.batches)
+
+
+def extract_test_set(model: nn.Module, dataset: Dataset, *, device: torch.device,
+                     batch_size: int = 32) -> ExtractedTestSet:
+    """Run the backbones once over a test (or validation) set; see :class:`ExtractedTestSet`."""
+    from affordance_core.feature_cache import backbone_fingerprint
+
+    batches = []
+    with torch.inference_mode():
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            labels = batch["label"].to(device)
+            batches.append((model.extract(batch["image"].to(device)), labels, batch["gt"]))
+    return ExtractedTestSet(batches, backbone_fingerprint(model))
+
+
+def feature_batches(model: nn.Module, data: Dataset | ExtractedTestSet, *,
+                    device: torch.device, batch_size: int = 32, num_workers: int = 0,
+                    progress: bool = False):
+    """Yield ``(features, labels, gt, batch)`` over a dataset (extracting each batch; ``batch``
+    is the loader's dict) or over an :class:`ExtractedTestSet` (``batch`` is None).
+
+    Raises:
+        ValueError: the extracted set comes from other backbones than ``model``'s.
+    """
+    if isinstance(data, ExtractedTestSet):
+        from affordance_core.feature_cache import backbone_fingerprint
+
+        if backbone_fingerprint(model) != data.backbone:
+            raise ValueError("these features were extracted by other backbones than this "
+                             "model's; extract the test set again with this model")
+        for feats, labels, gt in tqdm(data.batches, desc="eval", disable=not progress,
+                                      file=sys.stderr, dynamic_ncols=True):
+            yield feats, labels, gt, None
+        return
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
+    for batch in tqdm(loader, desc="eval", disable=not progress, file=sys.stderr,
+                      dynamic_ncols=True):
+        feats = model.extract(batch["image"].to(device, non_blocking=True))
+        yield feats, batch["label"].to(device), batch["gt"], batch
+
+
+def evaluate_model(model: nn.Module, dataset: Dataset | ExtractedTestSet, *,
+                   device: torch.device, batch_size: int = 16, num_workers: int = 0,
                    viz_dir: str | os.PathLike | None = None, viz_max: int = 16,
                    progress: bool = True) -> dict[str, Any]:
     """Runs a model over a test set and computes the protocol's metrics.
@@ -99,7 +158,8 @@ def evaluate_model(model: nn.Module, dataset: Dataset, *, device: torch.device,
     Args:
         model: an :class:`~affordance_core.model.AffordanceModel` on ``device``, in eval mode.
         dataset: an :class:`~affordance_core.data.AffordanceTestDataset` (``image``,
-            ``label``, ``gt``, ``key``) built with the model's vocabulary and image size.
+            ``label``, ``gt``, ``key``) built with the model's vocabulary and image size, or
+            its :func:`extract_test_set` (no ``viz_dir`` then: it keeps no images).
         device: where the images go.
         batch_size: images per forward pass.
         num_workers: DataLoader worker processes.
@@ -111,8 +171,8 @@ def evaluate_model(model: nn.Module, dataset: Dataset, *, device: torch.device,
         ``{"KLD", "SIM", "NSS": means over images, "n": image count,
         "per_affordance": {action: {"KLD", "SIM", "NSS", "n"}}}``.
     """
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+    if viz_dir is not None and isinstance(dataset, ExtractedTestSet):
+        raise ValueError("viz_dir needs the images: pass the dataset, not its extracted set")
     vocabulary = list(model.vocabulary)
     overall = MetricAccumulator()
     class_sums = torch.zeros(len(vocabulary), len(METRIC_NAMES), dtype=torch.float64)
@@ -122,19 +182,17 @@ def evaluate_model(model: nn.Module, dataset: Dataset, *, device: torch.device,
         viz_path.mkdir(parents=True, exist_ok=True)
     written = 0
     with torch.inference_mode():
-        for batch in tqdm(loader, desc="eval", disable=not progress, file=sys.stderr,
-                          dynamic_ncols=True):
-            images = batch["image"].to(device, non_blocking=True)
-            labels = batch["label"].to(device)
-            gt = batch["gt"]
-            maps = model.predict_maps(images, labels).float().cpu()  # (N, h, w)
+        for feats, labels, gt, batch in feature_batches(
+                model, dataset, device=device, batch_size=batch_size, num_workers=num_workers,
+                progress=progress):
+            maps = model.maps_from_features(feats, labels).float().cpu()  # (N, h, w)
             pred = prepare_prediction(maps, size=tuple(gt.shape[-2:]))  # (N, G, G)
             values = overall.update(pred, gt, prepared=True)
             stacked = torch.stack([values[k].cpu() for k in METRIC_NAMES], dim=1)  # (N, 3)
-            cpu_labels = batch["label"].cpu()
+            cpu_labels = labels.cpu()
             class_sums.index_add_(0, cpu_labels, stacked)
             class_counts.index_add_(0, cpu_labels, torch.ones_like(cpu_labels))
-            if viz_path is not None and written < viz_max:
+            if viz_path is not None and batch is not None and written < viz_max:
                 for i in range(min(len(pred), viz_max - written)):
                     key = str(batch["key"][i])
                     title = f"{vocabulary[int(cpu_labels[i])]}  KLD {float(values['KLD'][i]):.2f}"
@@ -154,7 +212,8 @@ def inference_key(branch: str, calibration: str) -> str:
     return f"{branch}/{calibration}"
 
 
-def select_inference(model: nn.Module, dataset: Dataset, *, device: torch.device,
+def select_inference(model: nn.Module, dataset: Dataset | ExtractedTestSet, *,
+                     device: torch.device,
                      branches: Sequence[str] = ("ego", "exo", "ego+exo"),
                      calibrations: Sequence[str] = ("binary", "continuous"),
                      metric: str = "KLD", batch_size: int = 32,
@@ -176,7 +235,8 @@ def select_inference(model: nn.Module, dataset: Dataset, *, device: torch.device
         model: an :class:`~affordance_core.model.AffordanceModel` (with a CLIP-role backbone
             unless ``calibrations`` is ``("none",)``), on ``device``, in eval mode. Its
             config is left as it was.
-        dataset: validation images with GT (an ``AffordanceTestDataset``), never the test set.
+        dataset: validation images with GT (an ``AffordanceTestDataset`` or its
+            :func:`extract_test_set`), never the test set.
         device: where the images go.
         branches: ``AffordanceConfig.inference_branch`` values other than ``pixel``.
         calibrations: values of ``AffordanceConfig.calibration`` to compare (``("none",)``
@@ -205,10 +265,8 @@ def select_inference(model: nn.Module, dataset: Dataset, *, device: torch.device
     accumulators = {choice: MetricAccumulator() for choice in choices}
     try:
         with torch.inference_mode():
-            for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-                labels = batch["label"].to(device)
-                feats = model.extract(batch["image"].to(device))
-                gt = batch["gt"]
+            for feats, labels, gt, _ in feature_batches(model, dataset, device=device,
+                                                        batch_size=batch_size):
                 for (branch, calibration), acc in accumulators.items():
                     model.config = dataclasses.replace(original, inference_branch=branch,
                                                        calibration=calibration)
