@@ -38,7 +38,7 @@ SPLITS = ("Seen", "Unseen")
 def _budget(quick: bool) -> dict[str, Any]:
     if quick:
         return {"corpus": {"n_exo_per_pair": 5, "n_ego_per_pair": 2, "n_test_per_pair": 2},
-                "iters": 20, "batch_size": 8, "methods": ("ce", "selectivecl", "looptrans"),
+                "iters": 12, "batch_size": 8, "methods": ("ce", "selectivecl", "looptrans"),
                 "node_seconds": 3.0}
     return {"corpus": {"n_exo_per_pair": 10, "n_ego_per_pair": 3, "n_test_per_pair": 10},
             "iters": 100, "batch_size": 8, "methods": DEFAULT_METHODS, "node_seconds": 6.0}
@@ -433,11 +433,23 @@ def _last_lines(path: Path, n: int = 15) -> str:
     return "\n".join(path.read_text().splitlines()[-n:]) if path.is_file() else "(no log)"
 
 
-def _run_splits_in_parallel(data_root: Path, out: Path, budget: dict[str, Any], seed: int,
-                            jobs: int) -> dict[str, dict[str, Any]]:
-    """Stages 3-4 for all splits in ``jobs`` processes, with one progress bar over all steps."""
+def _start_split_pool(jobs: int):
+    """A pool of ``jobs`` spawned processes, started at once so that their imports (torch,
+    timm, open_clip) overlap the corpus stage instead of following it."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, wait
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+    for _ in range(jobs):
+        pool.submit(os.getpid)  # each submit with no idle worker spawns one
+    return pool
+
+
+def _run_splits_in_parallel(pool, data_root: Path, out: Path, budget: dict[str, Any], seed: int,
+                            jobs: int) -> dict[str, dict[str, Any]]:
+    """Stages 3-4 for all splits in the ``jobs`` processes of ``pool``, with one progress bar
+    over all steps."""
+    from concurrent.futures import wait
 
     from tqdm import tqdm
 
@@ -446,9 +458,7 @@ def _run_splits_in_parallel(data_root: Path, out: Path, budget: dict[str, Any], 
     print(f"training {len(SPLITS)} splits in {jobs} processes of {threads} thread(s); "
           f"logs: {', '.join(str(p) for p in logs.values())}", flush=True)
     total = len(SPLITS) * len(budget["methods"]) * budget["iters"]
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=ctx) as pool, \
-            tqdm(total=total, desc="train all", unit="step", file=sys.stderr) as bar:
+    with tqdm(total=total, desc="train all", unit="step", file=sys.stderr) as bar:
         futures = {split: pool.submit(_split_worker, split, data_root, out, budget, seed,
                                       threads, logs[split]) for split in SPLITS}
         pending = set(futures.values())
@@ -510,23 +520,30 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, jobs: int | None = N
                                "budget": {k: v for k, v in budget.items() if k != "corpus"},
                                "splits": {}}
 
-    _stage("1/6 synthetic corpus")
-    results["corpus"] = make_corpus(data_root, budget, seed)
-    results["validation_corpus"] = make_validation_corpus(out / "data_val", budget, seed)
+    pool = _start_split_pool(jobs) if jobs > 1 else None
+    try:
+        _stage("1/6 synthetic corpus")
+        results["corpus"] = make_corpus(data_root, budget, seed)
+        results["validation_corpus"] = make_validation_corpus(out / "data_val", budget, seed)
 
-    _stage("2/6 tiny backbones")
-    from affordance_core.tiny import default_tiny_weights_dir
-    weights = default_tiny_weights_dir()
-    probe_file = weights / "probe.json"
-    if probe_file.is_file():
-        results["backbone_probe"] = json.loads(probe_file.read_text())
-        print(f"tiny backbones from {weights}; probe: {probe_file}")
+        _stage("2/6 tiny backbones")
+        from affordance_core.tiny import default_tiny_weights_dir
+        weights = default_tiny_weights_dir()
+        probe_file = weights / "probe.json"
+        if probe_file.is_file():
+            results["backbone_probe"] = json.loads(probe_file.read_text())
+            print(f"tiny backbones from {weights}; probe: {probe_file}")
 
-    if jobs > 1:
-        results["splits"] = _run_splits_in_parallel(data_root, out, budget, seed, jobs)
-    else:
-        results["splits"] = {split: train_and_evaluate_split(split, data_root, out, budget, seed)
-                             for split in SPLITS}
+        if pool is not None:
+            results["splits"] = _run_splits_in_parallel(pool, data_root, out, budget, seed,
+                                                        jobs)
+        else:
+            results["splits"] = {split: train_and_evaluate_split(split, data_root, out, budget,
+                                                                 seed)
+                                 for split in SPLITS}
+    finally:
+        if pool is not None:
+            pool.shutdown()
 
     _stage("5/6 figures")
     for split in SPLITS:
