@@ -90,27 +90,30 @@ def make_validation_corpus(root: Path, budget: dict[str, Any], seed: int) -> dic
     return make_corpus(root, {"corpus": corpus}, seed + VALIDATION_SEED_OFFSET, split_objects)
 
 
-def choose_inference(model_path: Path, val_data) -> dict[str, Any] | None:
+def choose_inference(model, model_path: Path, val_data) -> dict[str, Any] | None:
     """Pick a trained model's inference branch (ego, exo or ego+exo) and, for a method trained
-    with a calibration, its calibration (binary or continuous) on validation data, and write
-    the choice into its checkpoint; None for LoopTrans' pixel decoder, which has no choice.
+    with a calibration, its calibration (binary or continuous) on validation data; apply the
+    choice to ``model`` and write it into its checkpoint. None for LoopTrans' pixel decoder,
+    which has no choice.
 
     Args:
-        model_path: the model's ``model.pt``.
+        model: the model loaded from ``model_path``, in eval mode.
+        model_path: its ``model.pt``.
         val_data: the validation ``AffordanceTestDataset`` or its ``extract_test_set``.
     """
-    from affordance_core import load_model
-    from affordance_core.checkpoint import read_checkpoint, update_checkpoint_config
+    import dataclasses
+
+    from affordance_core.checkpoint import update_checkpoint_config
     from training.evaluate import select_inference
 
-    config = read_checkpoint(model_path)["config"]
-    if config["inference_branch"] == "pixel":
+    if model.config.inference_branch == "pixel":
         return None
-    calibrations = ("none",) if config["calibration"] == "none" else ("binary", "continuous")
-    model = load_model(model_path).eval()
+    calibrations = (("none",) if model.config.calibration == "none"
+                    else ("binary", "continuous"))
     best, scores = select_inference(model, val_data, device=torch.device("cpu"),
                                     calibrations=calibrations)
     update_checkpoint_config(model_path, **best)
+    model.config = dataclasses.replace(model.config, **best)
     return {"chosen": best, "validation": {c: {k: round(float(v), 4) for k, v in m.items()}
                                            for c, m in scores.items()}}
 
@@ -384,14 +387,15 @@ def train_and_evaluate_split(split: str, data_root: Path, out: Path, budget: dic
     _stage(f"4/6 evaluate on {split}")
     # Every method runs on the same frozen backbones: extract validation and test once.
     cpu = torch.device("cpu")
-    model = load_model(next(iter(trained.values()))).eval()
-    val_set, test_set = [
-        extract_test_set(model, AffordanceTestDataset(root, split, model.image_size,
-                                                      vocabulary=model.vocabulary), device=cpu)
-        for root in (out / "data_val", data_root)]
+    val_set = test_set = None
     for method, path in trained.items():
-        rows[method]["inference"] = choose_inference(path, val_set)
         model = load_model(path).eval()
+        if test_set is None:
+            val_set, test_set = [
+                extract_test_set(model, AffordanceTestDataset(
+                    root, split, model.image_size, vocabulary=model.vocabulary), device=cpu)
+                for root in (out / "data_val", data_root)]
+        rows[method]["inference"] = choose_inference(model, path, val_set)
         metrics = evaluate_model(model, test_set, device=cpu, progress=False)
         rows[method].update({k: metrics[k] for k in ("KLD", "SIM", "NSS", "n")})
         if method == "selectivecl":
@@ -433,23 +437,11 @@ def _last_lines(path: Path, n: int = 15) -> str:
     return "\n".join(path.read_text().splitlines()[-n:]) if path.is_file() else "(no log)"
 
 
-def _start_split_pool(jobs: int):
-    """A pool of ``jobs`` spawned processes, started at once so that their imports (torch,
-    timm, open_clip) overlap the corpus stage instead of following it."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
-    for _ in range(jobs):
-        pool.submit(os.getpid)  # each submit with no idle worker spawns one
-    return pool
-
-
-def _run_splits_in_parallel(pool, data_root: Path, out: Path, budget: dict[str, Any], seed: int,
+def _run_splits_in_parallel(data_root: Path, out: Path, budget: dict[str, Any], seed: int,
                             jobs: int) -> dict[str, dict[str, Any]]:
-    """Stages 3-4 for all splits in the ``jobs`` processes of ``pool``, with one progress bar
-    over all steps."""
-    from concurrent.futures import wait
+    """Stages 3-4 for all splits in ``jobs`` processes, with one progress bar over all steps."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, wait
 
     from tqdm import tqdm
 
@@ -458,7 +450,9 @@ def _run_splits_in_parallel(pool, data_root: Path, out: Path, budget: dict[str, 
     print(f"training {len(SPLITS)} splits in {jobs} processes of {threads} thread(s); "
           f"logs: {', '.join(str(p) for p in logs.values())}", flush=True)
     total = len(SPLITS) * len(budget["methods"]) * budget["iters"]
-    with tqdm(total=total, desc="train all", unit="step", file=sys.stderr) as bar:
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=ctx) as pool, \
+            tqdm(total=total, desc="train all", unit="step", file=sys.stderr) as bar:
         futures = {split: pool.submit(_split_worker, split, data_root, out, budget, seed,
                                       threads, logs[split]) for split in SPLITS}
         pending = set(futures.values())
@@ -520,30 +514,23 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, jobs: int | None = N
                                "budget": {k: v for k, v in budget.items() if k != "corpus"},
                                "splits": {}}
 
-    pool = _start_split_pool(jobs) if jobs > 1 else None
-    try:
-        _stage("1/6 synthetic corpus")
-        results["corpus"] = make_corpus(data_root, budget, seed)
-        results["validation_corpus"] = make_validation_corpus(out / "data_val", budget, seed)
+    _stage("1/6 synthetic corpus")
+    results["corpus"] = make_corpus(data_root, budget, seed)
+    results["validation_corpus"] = make_validation_corpus(out / "data_val", budget, seed)
 
-        _stage("2/6 tiny backbones")
-        from affordance_core.tiny import default_tiny_weights_dir
-        weights = default_tiny_weights_dir()
-        probe_file = weights / "probe.json"
-        if probe_file.is_file():
-            results["backbone_probe"] = json.loads(probe_file.read_text())
-            print(f"tiny backbones from {weights}; probe: {probe_file}")
+    _stage("2/6 tiny backbones")
+    from affordance_core.tiny import default_tiny_weights_dir
+    weights = default_tiny_weights_dir()
+    probe_file = weights / "probe.json"
+    if probe_file.is_file():
+        results["backbone_probe"] = json.loads(probe_file.read_text())
+        print(f"tiny backbones from {weights}; probe: {probe_file}")
 
-        if pool is not None:
-            results["splits"] = _run_splits_in_parallel(pool, data_root, out, budget, seed,
-                                                        jobs)
-        else:
-            results["splits"] = {split: train_and_evaluate_split(split, data_root, out, budget,
-                                                                 seed)
-                                 for split in SPLITS}
-    finally:
-        if pool is not None:
-            pool.shutdown()
+    if jobs > 1:
+        results["splits"] = _run_splits_in_parallel(data_root, out, budget, seed, jobs)
+    else:
+        results["splits"] = {split: train_and_evaluate_split(split, data_root, out, budget, seed)
+                             for split in SPLITS}
 
     _stage("5/6 figures")
     for split in SPLITS:
