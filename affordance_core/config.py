@@ -21,7 +21,9 @@ __all__ = ["AffordanceConfig", "register_model", "list_models", "get_config", "c
            "build_backbones", "METHOD_DEFAULTS"]
 
 
-CALIBRATIONS = ("none", "binary", "continuous")
+CALIBRATIONS = ("none", "binary", "product", "reference")
+#: Former calibration names still accepted in configs and checkpoints (old -> current).
+CALIBRATION_ALIASES = {"continuous": "product"}
 INFERENCE_BRANCHES = ("ego", "exo", "ego+exo", "pixel")
 
 
@@ -45,8 +47,11 @@ class AffordanceConfig:
         mlp_ratio: hidden width of aff_proj relative to the descriptor width.
         proj_dim: output width of the view projections (None = the descriptor width D).
         num_noise_classes: extra classifier channels (LoopTrans' denoising distillation).
-        calibration: inference map: ``none`` (raw CAM), ``binary`` (CAM x binarised object
-            affinity, the paper), ``continuous`` (CAM x min-max affinity, the reference code).
+        calibration: inference map (:meth:`AffordanceModel.calibrate` gives the formulas):
+            ``none`` (raw CAM), ``binary`` (min-max CAM x binarised object affinity, the
+            paper), ``product`` (min-max CAM x min-max affinity; called ``continuous``
+            before, still accepted) or ``reference`` (raw CAM x min-max affinity, exactly the
+            reference code).
         object_threshold: threshold on the min-max normalised ego affinity (gamma_2).
         inference_branch: which head maps the ego image at inference: ``ego`` (the ego
             branch's view projection, the papers), ``exo`` (the exo branch's view projection,
@@ -84,6 +89,7 @@ class AffordanceConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.calibration = CALIBRATION_ALIASES.get(self.calibration, self.calibration)
         if self.calibration not in CALIBRATIONS:
             raise ValueError(f"calibration must be one of {CALIBRATIONS}, got "
                              f"{self.calibration!r}")

@@ -18,6 +18,18 @@ gives NaN. Here a prediction with zero standard deviation gets ``NSS = 0`` (the 
 featureless map deserves: it singles out no pixel). Every other number is unchanged.
 
 Aggregation is a plain mean over images (not per class), as in the protocol.
+
+Beside them, what a planner acts on (all vectorised over images; docs/evaluation.md):
+
+* ``peak_hit`` (:func:`peak_hit`): the pointing game: the prediction's maximum falls on the
+  GT region, ``GT >= 0.5 max(GT)``; tied maxima count by the fraction of them on the region;
+* ``mask_iou`` (:func:`mask_iou`): IoU of the predictor's grasp mask with that GT region;
+* ``action_sensitivity`` (:func:`action_sensitivity`): on one image, how often the labelled
+  action's map is closer (KLD) to the GT than the map of another action the same object
+  affords; 0.5 is chance;
+* ``absence_auroc`` (:func:`auroc`): how well the score separates (image, action) pairs where
+  the action is afforded from pairs where it is not;
+* ``empty_on_background``: the share of background-only frames whose grasp mask is empty.
 """
 from __future__ import annotations
 
@@ -29,9 +41,16 @@ import torch.nn.functional as F
 
 __all__ = [
     "EVAL_SIZE",
+    "GT_REGION_FRACTION",
     "METRIC_NAMES",
+    "PLANNER_METRIC_NAMES",
     "MetricAccumulator",
+    "action_sensitivity",
     "affordance_metrics",
+    "auroc",
+    "gt_region",
+    "mask_iou",
+    "peak_hit",
     "prepare_gt",
     "prepare_prediction",
     "summarize",
@@ -41,6 +60,13 @@ EVAL_SIZE = 224
 """Side length (pixels) at which the protocol computes every metric."""
 
 METRIC_NAMES = ("KLD", "SIM", "NSS")
+
+PLANNER_METRIC_NAMES = ("peak_hit", "mask_iou", "action_sensitivity", "absence_auroc",
+                        "empty_on_background")
+"""The planner-facing metrics that ``affordance-eval`` reports beside :data:`METRIC_NAMES`."""
+
+GT_REGION_FRACTION = 0.5
+"""The GT region of the planner metrics: pixels with ``GT >= 0.5 * max(GT)``."""
 
 _EPS = 1e-12
 _MINMAX_EPS = 1e-10
@@ -254,3 +280,127 @@ class MetricAccumulator:
             return {**{k: float("nan") for k in METRIC_NAMES}, "n": 0}
         means = (self._sums / self._n).tolist()
         return {**dict(zip(METRIC_NAMES, means, strict=True)), "n": self._n}
+
+
+def gt_region(gt: torch.Tensor | np.ndarray, fraction: float = GT_REGION_FRACTION) -> torch.Tensor:
+    """The afforded region of each ground-truth map: ``GT >= fraction * max(GT)`` and ``GT > 0``.
+
+    Args:
+        gt: (N, H, W) or (H, W) ground truth in [0, 1].
+        fraction: share of each map's maximum, in (0, 1].
+
+    Returns:
+        bool tensor of ``gt``'s shape (all False for an all-zero map).
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    gt = torch.as_tensor(gt)
+    peak = gt.flatten(-2).amax(-1)[..., None, None]
+    return (gt >= fraction * peak) & (gt > 0)
+
+
+def peak_hit(pred: torch.Tensor | np.ndarray, gt: torch.Tensor | np.ndarray,
+             fraction: float = GT_REGION_FRACTION) -> torch.Tensor:
+    """Pointing game: does each prediction's maximum fall on the GT region?
+
+    Every pixel that attains the maximum counts, so a map with tied maxima scores the share of
+    them on the region (the expected hit when a planner breaks the tie at random; a constant
+    map scores the region's area fraction).
+
+    Args:
+        pred: (N, H, W) or (H, W) predictions at the GT's resolution (any real values).
+        gt: ground truth of the same shape, in [0, 1].
+        fraction: the GT region is ``GT >= fraction * max(GT)`` (:func:`gt_region`).
+
+    Returns:
+        (N,) float64 in [0, 1]; NaN for an image whose GT is all zero.
+    """
+    pred, gt = _pair(pred, gt)
+    flat = pred.flatten(1)
+    is_max = flat == flat.amax(1, keepdim=True)                                  # (N, HW)
+    region = gt_region(gt, fraction).flatten(1)
+    hits = (is_max & region).sum(1).double() / is_max.sum(1).double()
+    return torch.where(region.any(1), hits, torch.full_like(hits, float("nan")))
+
+
+def mask_iou(masks: torch.Tensor | np.ndarray, gt: torch.Tensor | np.ndarray,
+             fraction: float = GT_REGION_FRACTION) -> torch.Tensor:
+    """IoU of each predicted grasp mask with the GT region.
+
+    Args:
+        masks: (N, H, W) or (H, W) bool masks at the GT's resolution (e.g.
+            :func:`affordance_core.predictor.grasp_masks` of the prepared maps).
+        gt: ground truth of the same shape, in [0, 1].
+        fraction: the GT region is ``GT >= fraction * max(GT)``.
+
+    Returns:
+        (N,) float64 in [0, 1]: 1 when both the mask and the region are empty, 0 when only
+        one of them is.
+    """
+    masks, gt = _pair(masks, gt)
+    masks = masks.bool().flatten(1)
+    region = gt_region(gt, fraction).flatten(1)
+    inter = (masks & region).sum(1).double()
+    union = (masks | region).sum(1).double()
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+
+
+def action_sensitivity(label_kld: torch.Tensor, other_kld: torch.Tensor,
+                       valid: torch.Tensor) -> torch.Tensor:
+    """Per image, the share of other afforded actions whose map is farther from the GT.
+
+    Args:
+        label_kld: (N,) KLD between the labelled action's map and the GT.
+        other_kld: (N, A) KLD between the map of each other candidate action and the same GT.
+        valid: (N, A) bool, True where the candidate is another action the image's object
+            affords.
+
+    Returns:
+        (N,) float64 in [0, 1]: wins count 1 and exact ties 0.5; NaN for an image without a
+        valid candidate (its object affords one action only).
+    """
+    label_kld = torch.as_tensor(label_kld, dtype=torch.float64)
+    other_kld = torch.as_tensor(other_kld, dtype=torch.float64)
+    valid = torch.as_tensor(valid, dtype=torch.bool)
+    if other_kld.shape != valid.shape or other_kld.shape[:1] != label_kld.shape:
+        raise ValueError(f"shapes do not match: label_kld {tuple(label_kld.shape)}, other_kld "
+                         f"{tuple(other_kld.shape)}, valid {tuple(valid.shape)}")
+    won = (label_kld[:, None] < other_kld).double() + 0.5 * (label_kld[:, None] == other_kld)
+    count = valid.sum(1).double()
+    share = (won * valid).sum(1) / count.clamp_min(1)
+    return torch.where(count > 0, share, torch.full_like(share, float("nan")))
+
+
+def auroc(scores: torch.Tensor | np.ndarray, positive: torch.Tensor | np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for telling ``positive`` from the rest.
+
+    The probability that a random positive scores above a random negative, ties counting one
+    half (scikit-learn's ``roc_auc_score``).
+
+    Args:
+        scores: (M,) real scores.
+        positive: (M,) bool labels.
+
+    Returns:
+        AUROC in [0, 1]; NaN when either class is empty.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    scores = np.asarray(torch.as_tensor(scores, dtype=torch.float64).reshape(-1))
+    positive = np.asarray(torch.as_tensor(positive, dtype=torch.bool).reshape(-1))
+    if scores.shape != positive.shape:
+        raise ValueError(f"scores {scores.shape} and positive {positive.shape} differ in shape")
+    if positive.all() or not positive.any():
+        return float("nan")
+    return float(roc_auc_score(positive, scores))
+
+
+def _pair(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    a = a[None] if a.ndim == 2 else a
+    b = b[None] if b.ndim == 2 else b
+    if a.shape != b.shape or a.ndim != 3:
+        raise ValueError(f"expected two (N, H, W) arrays of one shape, got {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
+    return a, b.to(a.device)

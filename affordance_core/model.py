@@ -239,31 +239,64 @@ class AffordanceModel(nn.Module):
         return self.config.inference_branch
 
     def calibrate(self, cams: Tensor, affinity: Tensor | None) -> Tensor:
-        """Apply the configured CAM calibration.
+        """Apply the configured CAM calibration (``config.calibration``).
+
+        With ``m(x) = (x - min x) / (max x - min x)`` per map (0 for a constant map):
+
+        * ``none``: ``cam`` (the raw CAM);
+        * ``binary``: ``m(cam) * [m(A) >= object_threshold]`` (the paper: the object affinity
+          binarised at gamma_2);
+        * ``product``: ``m(cam) * m(A)`` (both min-max normalised: non-negative everywhere);
+        * ``reference``: ``cam * m(A)`` (exactly the SelectiveCL reference code: the raw,
+          signed CAM times the min-max affinity).
 
         Args:
-            cams: (N, h, w) raw CAMs of the requested classes.
-            affinity: (N, h, w) ego-prompt affinity, or None.
+            cams: (N, h, w) raw CAMs of the requested classes (any real values).
+            affinity: (N, h, w) ego-prompt affinity, or None (then ``cams`` is returned).
 
         Returns:
-            (N, h, w) non-negative maps (not normalised).
+            (N, h, w) maps, not normalised; non-negative except for ``none`` and ``reference``.
         """
         mode = self.config.calibration
         if mode == "none" or affinity is None:
             return cams
         obj = minmax(affinity)
+        if mode == "reference":
+            return cams * obj
         if mode == "binary":
             obj = (obj >= self.config.object_threshold).to(cams.dtype)
         return minmax(cams) * obj
 
-    def maps_from_features(self, feats: Features, class_ids: Tensor) -> Tensor:
-        """(N, h, w) inference maps for features of N images and one class id each."""
-        _, cams = self.cam(feats.keys, self.inference_branch())
-        picked = cams.gather(1, class_ids.view(-1, 1, 1, 1).expand(-1, 1, *cams.shape[2:]))[:, 0]
+    def infer(self, feats: Features, class_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Inference maps and scores for several actions per image: the one map path shared by
+        evaluation, the predictor and the exported graph.
+
+        Args:
+            feats: backbone features of N images.
+            class_ids: (N, A) int64 action ids per image (A >= 1).
+
+        Returns:
+            maps (N, A, h, w) float (raw scale: evaluation resizes and min-max normalises them)
+            and scores (N, A) float in [0, 1]: the softmax over the vocabulary of the spatially
+            averaged CAM logits of the inference branch, read at each requested action.
+        """
+        n, a = class_ids.shape
+        _, cams = self.cam(feats.keys, self.inference_branch())                 # (N, C', h, w)
+        cams = cams.float()
+        probs = cams.mean((-1, -2))[:, :self.num_classes].softmax(-1)           # (N, C)
+        scores = probs.gather(1, class_ids)
+        picked = cams.gather(1, class_ids[:, :, None, None].expand(-1, -1, *cams.shape[2:]))
         aff = None
         if self.clip is not None and self.config.calibration != "none":
-            aff = self.affinity(feats.clip, class_ids, "ego")
-        return self.calibrate(picked, aff)
+            text = self.ego_text[class_ids].to(feats.clip.dtype)                # (N, A, Dc)
+            aff = torch.einsum("ndhw,nad->nahw", feats.clip, text).float()
+        maps = self.calibrate(picked.flatten(0, 1),
+                              None if aff is None else aff.flatten(0, 1))
+        return maps.view(n, a, *maps.shape[1:]), scores
+
+    def maps_from_features(self, feats: Features, class_ids: Tensor) -> Tensor:
+        """(N, h, w) inference maps for features of N images and one class id each."""
+        return self.infer(feats, class_ids.view(-1, 1))[0][:, 0]
 
     @torch.no_grad()
     def predict_maps(self, images: Tensor, class_ids: Tensor) -> Tensor:

@@ -16,7 +16,7 @@ from torch import Tensor
 from .backbones import minmax
 from .model import AffordanceModel, Features
 
-__all__ = ["AffordancePredictor", "AffordancePrediction", "UnknownActionError"]
+__all__ = ["AffordancePredictor", "AffordancePrediction", "UnknownActionError", "grasp_masks"]
 
 
 class UnknownActionError(ValueError):
@@ -43,12 +43,33 @@ class AffordancePrediction:
     peak_xy: tuple[int, int]
 
 
-def _component_at(mask: np.ndarray, x: int, y: int) -> np.ndarray:
-    """The 8-connected region of ``mask`` that contains pixel (x, y)."""
-    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-    if count <= 2:
-        return mask
-    return labels == labels[y, x]
+def grasp_masks(heatmaps: np.ndarray, threshold: float = 0.5,
+                peak_component: bool = True) -> np.ndarray:
+    """The predictor's grasp regions for a batch of heatmaps.
+
+    A pixel joins the region when its heatmap value is ``>= threshold``; with
+    ``peak_component`` only the 8-connected region holding the heatmap maximum (the first
+    maximum in row-major order) is kept.
+
+    Args:
+        heatmaps: (N, H, W) or (H, W) float maps in [0, 1].
+        threshold: level in [0, 1].
+        peak_component: keep only the region around the peak.
+
+    Returns:
+        bool array of the input's shape.
+    """
+    maps = np.asarray(heatmaps, dtype=np.float32)
+    single = maps.ndim == 2
+    maps = maps[None] if single else maps
+    masks = maps >= threshold
+    if peak_component:
+        flat_peak = maps.reshape(len(maps), -1).argmax(1)
+        for i in np.flatnonzero(masks.reshape(len(masks), -1).any(1)):
+            count, labels = cv2.connectedComponents(masks[i].astype(np.uint8), connectivity=8)
+            if count > 2:
+                masks[i] = labels == labels.reshape(-1)[flat_peak[i]]
+    return masks[0] if single else masks
 
 
 class AffordancePredictor:
@@ -154,20 +175,11 @@ class AffordancePredictor:
         if self._features is None or self._size is None:
             raise RuntimeError("call set_image() before predict()")
         ids = torch.tensor(self.class_ids(actions), device=self.device)
-        model, feats = self.model, self._features
         with self._autocast():
-            _, cams = model.cam(feats.keys, model.inference_branch())         # (1, C', h, w)
-        cams = cams.float()
-        logits = cams.mean((-1, -2))[0, :model.num_classes]
-        scores = logits.softmax(-1)[ids]
-        picked = cams[0, ids]                                                   # (A, h, w)
-        aff = None
-        if model.clip is not None and model.config.calibration != "none":
-            aff = torch.einsum("dhw,ad->ahw", feats.clip[0], model.ego_text[ids].float())
-        maps = model.calibrate(picked, aff)
-        maps = F.interpolate(maps[None], size=self._size, mode="bilinear",
+            maps, scores = self.model.infer(self._features, ids[None])           # (1, A, h, w)
+        maps = F.interpolate(maps.float(), size=self._size, mode="bilinear",
                              align_corners=False)[0]
-        return minmax(maps), scores
+        return minmax(maps), scores[0].float()
 
     def predict(self, actions: str | Sequence[str]) -> list[AffordancePrediction]:
         """Predictions for one or several action words on the current image."""
@@ -175,12 +187,10 @@ class AffordancePredictor:
         heatmaps, scores = self.predict_torch(names)
         heatmaps_np = heatmaps.cpu().numpy().astype(np.float32, copy=False)
         scores_np = scores.cpu().numpy()
+        masks = grasp_masks(heatmaps_np, self.mask_threshold, self.peak_component)
         out = []
-        for action, heatmap, score in zip(names, heatmaps_np, scores_np):
+        for action, heatmap, mask, score in zip(names, heatmaps_np, masks, scores_np):
             y, x = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
-            mask = heatmap >= self.mask_threshold
-            if self.peak_component and mask.any():
-                mask = _component_at(mask, int(x), int(y))
             out.append(AffordancePrediction(action, heatmap, mask, float(score),
                                             (int(x), int(y))))
         return out

@@ -5,8 +5,11 @@ Stages (each cached under ``--out``, so a second run reuses what it can):
 1. write the synthetic affordance corpus (AGD20K layout, Seen and Unseen splits);
 2. check the tiny backbones (``weights/tiny``) and copy their probe numbers;
 3. train every method on each split with the same seed and budget (``affordance-train``,
-   frozen features cached once per split);
-4. evaluate them and the trivial baselines (uniform, centre Gaussian, object affinity alone);
+   frozen features cached once per split); each method's training budget (a snapshot),
+   inference branch and calibration are chosen on the validation corpus (new images of the
+   training categories, another corpus seed), never on the test split;
+4. evaluate them and the trivial baselines (uniform, centre Gaussian, object affinity alone)
+   once on the test split: KLD, SIM, NSS and the planner metrics;
 5. write ``results.md``, ``results.json`` and heatmap overlay figures;
 6. run the ROS 2 node on synthetic camera frames for a few seconds and print what it
    published (skipped with a note when the ROS messages are not built).
@@ -30,17 +33,36 @@ import torch
 
 logger = logging.getLogger("affordance.demo")
 
-METHOD_ORDER = ("ce", "locate", "selectivecl", "looptrans", "looptrans_gated")
-DEFAULT_METHODS = ("ce", "locate", "selectivecl", "looptrans")
+METHOD_ORDER = ("ce", "locate", "selectivecl", "selectivecl_paper", "looptrans",
+                "looptrans_gated")
+DEFAULT_METHODS = ("ce", "locate", "selectivecl", "selectivecl_paper", "looptrans")
 SPLITS = ("Seen", "Unseen")
+
+#: SelectiveCL exactly as the paper sets it: ego branch, binary calibration, lambda = 1, no
+#: residual token MLP, exo action prompt; trained to the end of the budget, nothing chosen.
+PAPER_SETTINGS = ("model.proj_residual=false", "method.contrast_scale=1.0",
+                  "model.exo_cue=prompt", "model.inference_branch=ego",
+                  "model.calibration=binary")
+
+#: Row name -> (affordance-train --method, extra --set items, choose on validation).
+VARIANTS: dict[str, tuple[str, tuple[str, ...], bool]] = {
+    "ce": ("ce", (), True),
+    "locate": ("locate", (), True),
+    "selectivecl": ("selectivecl", (), True),
+    "selectivecl_paper": ("selectivecl", PAPER_SETTINGS, False),
+    "looptrans": ("looptrans", (), True),
+    "looptrans_gated": ("looptrans_gated", (), True),
+}
 
 
 def _budget(quick: bool) -> dict[str, Any]:
     if quick:
-        return {"corpus": {"n_exo_per_pair": 5, "n_ego_per_pair": 2, "n_test_per_pair": 2},
+        return {"corpus": {"n_exo_per_pair": 5, "n_ego_per_pair": 2, "n_test_per_pair": 2,
+                           "n_background": 6},
                 "iters": 12, "batch_size": 8, "methods": ("ce", "selectivecl", "looptrans"),
                 "node_seconds": 3.0}
-    return {"corpus": {"n_exo_per_pair": 10, "n_ego_per_pair": 3, "n_test_per_pair": 10},
+    return {"corpus": {"n_exo_per_pair": 10, "n_ego_per_pair": 3, "n_test_per_pair": 10,
+                       "n_background": 20},
             "iters": 100, "batch_size": 8, "methods": DEFAULT_METHODS, "node_seconds": 6.0}
 
 
@@ -49,7 +71,7 @@ def _stage(name: str) -> None:
 
 
 #: Bumped whenever the generator's output changes, so that a cached corpus is rebuilt.
-CORPUS_VERSION = 2
+CORPUS_VERSION = 3
 
 
 def make_corpus(root: Path, budget: dict[str, Any], seed: int,
@@ -86,36 +108,9 @@ def make_validation_corpus(root: Path, budget: dict[str, Any], seed: int) -> dic
     split_objects = {split: {"train": sorted(objs["train"]), "test": sorted(objs["train"])}
                      for split, objs in DEFAULT_SPLIT_OBJECTS.items()}
     corpus = {"n_exo_per_pair": 1, "n_ego_per_pair": 1,
-              "n_test_per_pair": budget["corpus"]["n_test_per_pair"]}
+              "n_test_per_pair": budget["corpus"]["n_test_per_pair"],
+              "n_background": budget["corpus"].get("n_background", 0)}
     return make_corpus(root, {"corpus": corpus}, seed + VALIDATION_SEED_OFFSET, split_objects)
-
-
-def choose_inference(model, model_path: Path, val_data) -> dict[str, Any] | None:
-    """Pick a trained model's inference branch (ego, exo or ego+exo) and, for a method trained
-    with a calibration, its calibration (binary or continuous) on validation data; apply the
-    choice to ``model`` and write it into its checkpoint. None for LoopTrans' pixel decoder,
-    which has no choice.
-
-    Args:
-        model: the model loaded from ``model_path``, in eval mode.
-        model_path: its ``model.pt``.
-        val_data: the validation ``AffordanceTestDataset`` or its ``extract_test_set``.
-    """
-    import dataclasses
-
-    from affordance_core.checkpoint import update_checkpoint_config
-    from training.evaluate import select_inference
-
-    if model.config.inference_branch == "pixel":
-        return None
-    calibrations = (("none",) if model.config.calibration == "none"
-                    else ("binary", "continuous"))
-    best, scores = select_inference(model, val_data, device=torch.device("cpu"),
-                                    calibrations=calibrations)
-    update_checkpoint_config(model_path, **best)
-    model.config = dataclasses.replace(model.config, **best)
-    return {"chosen": best, "validation": {c: {k: round(float(v), 4) for k, v in m.items()}
-                                           for c, m in scores.items()}}
 
 
 def _mean_stat(log_file: Path, key: str) -> float | None:
@@ -128,83 +123,82 @@ def _mean_stat(log_file: Path, key: str) -> float | None:
     return round(float(np.mean(values)), 3) if values else None
 
 
-def train_method(method: str, data_root: Path, split: str, run_dir: Path, budget: dict,
-                 cache_dir: Path, seed: int) -> Path:
-    """Train one method (or reuse its finished run) and return its model.pt."""
+def budget_snapshots(iters: int) -> list[int]:
+    """Training budgets a method chooses from on validation: a quarter, half and all of
+    ``iters`` (the last is ``model.pt`` itself)."""
+    return sorted({s for s in (iters // 4, iters // 2) if 1 <= s < iters})
+
+
+def train_method(name: str, data_root: Path, split: str, run_dir: Path, budget: dict,
+                 cache_dir: Path, seed: int, val_root: Path | None = None) -> Path:
+    """Train one row of :data:`VARIANTS` (or reuse its finished run) and return its model.pt.
+
+    With ``val_root``, a variant that chooses gets its budget, inference branch and
+    calibration chosen there by ``affordance-train --val-root``.
+    """
     from training.train import main as train_main
 
     model_path = run_dir / "model.pt"
     if model_path.is_file():
         print(f"reusing {model_path}")
         return model_path
+    method, sets, choose = VARIANTS[name]
     args = ["--data-root", str(data_root), "--split", split, "--method", method,
             "--model", "tiny", "--out", str(run_dir), "--iters", str(budget["iters"]),
             "--batch-size", str(budget["batch_size"]), "--seed", str(seed),
             "--cache-features", "--cache-dir", str(cache_dir), "--num-workers", "0",
             "--save-every", str(max(budget["iters"] // 2, 1)), "--log-every", "5"]
+    for item in sets:
+        args += ["--set", item]
+    if choose and val_root is not None:
+        args += ["--val-root", str(val_root), "--val-split", split]
+        snapshots = budget_snapshots(budget["iters"])
+        if snapshots:
+            args += ["--snapshots", *map(str, snapshots)]
     if (run_dir / "last.pt").is_file():
         args.append("--resume")
     code = train_main(args)
     if code not in (0, None):
-        raise RuntimeError(f"training {method} on {split} failed (exit {code})")
+        raise RuntimeError(f"training {name} on {split} failed (exit {code})")
     return model_path
 
 
-def centre_gaussian(size: int, sigma: float = 0.25) -> torch.Tensor:
-    """(size, size) isotropic Gaussian centred in the frame, sigma as a fraction of size."""
-    axis = (torch.arange(size, dtype=torch.float32) + 0.5) / size - 0.5
-    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
-    return torch.exp(-(xx ** 2 + yy ** 2) / (2 * sigma ** 2))
+ROW_METRICS = ("KLD", "SIM", "NSS", "peak_hit", "mask_iou", "action_sensitivity",
+               "absence_auroc", "empty_on_background")
+LOWER_IS_BETTER = {"KLD"}
 
 
-def evaluate_baselines(model, dataset) -> dict[str, dict[str, float]]:
-    """Uniform map, centre Gaussian and the CLIP object-affinity map alone, on one test set
-    (an ``AffordanceTestDataset`` or its ``extract_test_set``)."""
-    from affordance_core.backbones import minmax
-    from affordance_core.metrics import MetricAccumulator, affordance_metrics, summarize
-    from training.evaluate import feature_batches
+def score_rows(models: dict[str, Any], test_set) -> dict[str, dict[str, Any]]:
+    """Every metric of each model or baseline on one extracted test set, with per-image values
+    kept for the intervals (``per_image``)."""
+    from training.evaluate import evaluate_model
 
-    uniform, centre, affinity = [], MetricAccumulator(), MetricAccumulator()
-    with torch.inference_mode():
-        for feats, labels, gt, _ in feature_batches(model, dataset, device=torch.device("cpu")):
-            uniform.append(affordance_metrics(torch.ones_like(gt), gt))
-            grid = feats.keys.shape[-2:]
-            centre.update(centre_gaussian(grid[0])[None].expand(len(gt), -1, -1), gt)
-            affinity.update(minmax(model.affinity(feats.clip, labels, "ego")), gt)
-    return {"uniform map": summarize(uniform), "centre Gaussian": centre.compute(),
-            "object affinity alone": affinity.compute()}
+    rows = {}
+    for name, model in models.items():
+        metrics = evaluate_model(model, test_set, device=torch.device("cpu"), progress=False)
+        rows[name] = {**{k: metrics[k] for k in (*ROW_METRICS, "n", "n_background")},
+                      "per_image": metrics["per_image"]}
+    return rows
 
 
-def gap_to_affinity(model, dataset, resamples: int = 2000,
-                    seed: int = 0) -> dict[str, dict[str, float]]:
-    """Per-image gap between a model's maps and the object-affinity map alone, with a
-    paired-bootstrap 95 % interval of its mean over the test images (an
-    ``AffordanceTestDataset`` or its ``extract_test_set``).
+def paired_gaps(rows: dict[str, dict[str, Any]], ours: str, theirs: str,
+                resamples: int = 2000, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Per-image gap ``ours - theirs`` on the same test images, with a 95 % interval from a
+    bootstrap over (action, object) pairs (:func:`training.stats.pair_bootstrap`).
 
     Returns:
-        {metric: {"mean", "low", "high"}} for KLD, SIM and NSS (model minus affinity; a
-        negative KLD gap and positive SIM / NSS gaps favour the model).
+        {metric: {"mean", "low", "high", "pairs", "n"}} for the per-image metrics (a negative
+        KLD gap and positive gaps elsewhere favour ``ours``).
     """
-    from affordance_core.backbones import minmax
-    from affordance_core.metrics import METRIC_NAMES, affordance_metrics, prepare_prediction
-    from training.evaluate import feature_batches
+    from training.evaluate import PER_IMAGE_NAMES
+    from training.stats import pair_bootstrap, pair_groups
 
-    gaps = []
-    with torch.inference_mode():
-        for feats, labels, gt, _ in feature_batches(model, dataset, device=torch.device("cpu")):
-            size = tuple(gt.shape[-2:])
-            ours = affordance_metrics(prepare_prediction(
-                model.maps_from_features(feats, labels).float(), size=size), gt)
-            theirs = affordance_metrics(prepare_prediction(
-                minmax(model.affinity(feats.clip, labels, "ego")).float(), size=size), gt)
-            gaps.append(torch.stack([ours[k] - theirs[k] for k in METRIC_NAMES], 1))
-    gap = torch.cat(gaps).double()                                               # (n, 3)
-    draws = torch.randint(len(gap), (resamples, len(gap)),
-                          generator=torch.Generator().manual_seed(seed))
-    means = gap[draws].mean(1)                                                   # (R, 3)
-    low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=means.dtype), dim=0)
-    return {k: {"mean": float(gap[:, i].mean()), "low": float(low[i]), "high": float(high[i])}
-            for i, k in enumerate(METRIC_NAMES)}
+    a, b = rows[ours]["per_image"], rows[theirs]["per_image"]
+    if a["key"] != b["key"]:
+        raise ValueError(f"{ours} and {theirs} were scored on different test images")
+    groups, _ = pair_groups(a["key"])
+    return {k: pair_bootstrap(np.asarray(a[k]) - np.asarray(b[k]), groups, resamples, seed)
+            for k in PER_IMAGE_NAMES}
 
 
 def _fmt(value: Any) -> str:
@@ -214,10 +208,9 @@ def _fmt(value: Any) -> str:
 
 
 def selectivecl_check(rows: dict[str, dict[str, Any]]) -> str:
-    """One sentence: does SelectiveCL beat CE-only and every baseline on KLD, SIM and NSS?"""
+    """One sentence: does SelectiveCL beat every other row on KLD, SIM and NSS?"""
     scl = rows["selectivecl"]
-    rivals = [name for name in ("ce", "uniform map", "centre Gaussian", "object affinity alone")
-              if name in rows]
+    rivals = [name for name in rows if name != "selectivecl"]
     lost = [f"{metric} vs {name} ({_fmt(scl[metric])} vs {_fmt(rows[name][metric])})"
             for name in rivals for metric in ("KLD", "SIM", "NSS")
             if (scl[metric] >= rows[name][metric] if metric == "KLD"
@@ -256,47 +249,68 @@ def probe_table(probe: dict[str, Any]) -> list[str]:
     return lines
 
 
+SHORT = {"KLD": "KLD", "SIM": "SIM", "NSS": "NSS", "peak_hit": "peak hit",
+         "mask_iou": "mask IoU", "action_sensitivity": "action sens.",
+         "absence_auroc": "absence AUROC", "empty_on_background": "empty on bg"}
+
+
+def _inference_cell(row: dict[str, Any]) -> str:
+    choice = row.get("inference")
+    if not choice:
+        return "–"
+    return f"{choice['inference_branch']}/{choice['calibration']} @ {choice['step']}"
+
+
+def metric_table(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown table of every row (method or baseline) and every metric."""
+    lines = ["| row | inference @ steps | " + " | ".join(SHORT[m] for m in ROW_METRICS)
+             + " | n | train s |", "|---" * (len(ROW_METRICS) + 4) + "|"]
+    for name, row in rows.items():
+        cells = " | ".join(_fmt(row[m]) for m in ROW_METRICS)
+        lines.append(f"| {name} | {_inference_cell(row)} | {cells} | {row['n']} | "
+                     f"{_fmt(row.get('train_seconds'))} |")
+    return lines
+
+
+def gap_sentence(name: str, gap: dict[str, dict[str, float]]) -> str:
+    return (f"SelectiveCL minus {name}, per test image (mean [95 % interval over (action, "
+            f"object) pairs]): " + "; ".join(
+                f"{k} {g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]"
+                for k, g in gap.items()) + ".")
+
+
 def write_report(out: Path, results: dict[str, Any]) -> str:
     """results.json + results.md; returns the Markdown text."""
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    def strip(rows: dict[str, Any]) -> dict[str, Any]:
+        return {n: {k: v for k, v in r.items() if k != "per_image"} for n, r in rows.items()}
+
+    public = {**results, "splits": {s: strip(r) for s, r in results["splits"].items()}}
+    (out / "results.json").write_text(json.dumps(public, indent=1))
     lines = ["# Embedded default: results", "",
-             f"Synthetic corpus, tiny backbones, {results['budget']['iters']} iterations of "
-             f"batch {results['budget']['batch_size']} per method and split, seed "
-             f"{results['seed']}; the model is the final iteration (no test-set selection). "
-             "KLD lower is better; SIM and NSS higher are better.", ""]
+             f"Synthetic corpus (seed {results['seed']}), tiny backbones, batch "
+             f"{results['budget']['batch_size']}, at most {results['budget']['iters']} "
+             "iterations per method and split, training seed "
+             f"{results.get('train_seed', results['seed'])}. Each method's budget (snapshot "
+             "step), inference branch and calibration were chosen on the validation corpus "
+             "(new images of the training categories, corpus seed "
+             f"{results['seed'] + VALIDATION_SEED_OFFSET}); the test split was scored once. "
+             "selectivecl_paper is SelectiveCL with the paper's settings (ego branch, binary "
+             "calibration, lambda = 1, no residual token MLP, exo action prompt), nothing "
+             "chosen. KLD lower is better; every other column higher is better "
+             "(docs/evaluation.md defines them).", ""]
     for split in SPLITS:
         rows = results["splits"].get(split)
         if not rows:
             continue
-        lines += [f"## {split}", "", "| method | KLD | SIM | NSS | n | train s | "
-                  "reliable rate |", "|---|---|---|---|---|---|---|"]
-        for name, row in rows.items():
-            lines.append(f"| {name} | {_fmt(row['KLD'])} | {_fmt(row['SIM'])} | "
-                         f"{_fmt(row['NSS'])} | {row['n']} | {_fmt(row.get('train_seconds'))} "
-                         f"| {_fmt(row.get('reliable_rate'))} |")
+        lines += [f"## {split}", "", *metric_table(rows), ""]
         ce, scl = rows.get("ce"), rows.get("selectivecl")
         if ce and scl:
             gain = (ce["KLD"] - scl["KLD"]) / ce["KLD"] * 100
             word = "lower" if gain >= 0 else "higher"
-            lines += ["", f"SelectiveCL vs CE-only: KLD {abs(gain):.1f}% {word} "
-                      f"(the paper reports 16.7% lower on AGD20K-Seen)."]
-            lines += ["", selectivecl_check(rows)]
-            gap = scl.get("gap_to_affinity")
-            if gap:
-                lines += ["", "SelectiveCL minus the object affinity alone, per test image "
-                          "(mean [95 % paired-bootstrap interval]): " + "; ".join(
-                              f"{k} {g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]"
-                              for k, g in gap.items()) + "."]
-        for name, row in rows.items():
-            choice = row.get("inference")
-            if choice:
-                val = ", ".join(f"{c} {m['KLD']:.3f}" for c, m in choice["validation"].items())
-                chosen = choice["chosen"]
-                lines += ["", f"{name} inference branch and calibration, chosen on the "
-                          f"validation corpus (new images of the training categories, another "
-                          f"seed): {chosen['inference_branch']}/{chosen['calibration']} "
-                          f"(validation KLD: {val})."]
-        lines.append("")
+            lines += [f"SelectiveCL vs CE-only (both with their validation-chosen inference): "
+                      f"KLD {abs(gain):.1f}% {word}.", "", selectivecl_check(rows), ""]
+        for rival, gap in (scl or {}).get("gaps", {}).items():
+            lines += [gap_sentence(rival, gap), ""]
     probe = results.get("backbone_probe")
     if probe:
         lines += ["## Tiny backbones against trivial baselines (held-out scenes)", "",
@@ -355,60 +369,69 @@ def run_node_stage(checkpoint: Path, seconds: float, out: Path) -> dict[str, Any
 
 
 def train_and_evaluate_split(split: str, data_root: Path, out: Path, budget: dict[str, Any],
-                             seed: int) -> dict[str, Any]:
+                             seed: int, train_seed: int | None = None) -> dict[str, Any]:
     """Stages 3-4 for one split: train every method, evaluate them and the baselines.
 
-    Every method but LoopTrans' pixel decoder gets its inference branch (and SelectiveCL its
-    calibration) chosen on the validation corpus in ``out / "data_val"`` before it is
-    evaluated.
+    Every method but ``selectivecl_paper`` gets its budget, inference branch and calibration
+    chosen on the validation corpus in ``out / "data_val"`` while it is trained; the test
+    split is scored once, at the end.
+
+    Args:
+        seed: the corpus seed (names the feature cache).
+        train_seed: the training seed (default ``seed``).
 
     Returns:
-        Rows keyed by method or baseline name: ``KLD``, ``SIM``, ``NSS``, ``n`` and, for
-        methods, ``train_seconds``, ``reliable_rate`` and ``inference`` (None, or the
-        chosen branch and calibration with their validation scores); SelectiveCL's row
-        also has ``gap_to_affinity`` (:func:`gap_to_affinity`).
+        Rows keyed by method or baseline name: the metrics of :data:`ROW_METRICS`, ``n``,
+        ``n_background``, ``per_image`` and, for methods, ``train_seconds``,
+        ``reliable_rate`` and ``inference`` (the validation choice, None for
+        ``selectivecl_paper``); SelectiveCL's row also has ``gaps`` to the object affinity
+        and to CE (:func:`paired_gaps`).
     """
     from affordance_core import load_model
-    from affordance_core.data import AffordanceTestDataset
-    from training.evaluate import evaluate_model, extract_test_set
+    from affordance_core.data import AffordanceTestDataset, BackgroundFrames
+    from training.baselines import baselines_of
+    from training.evaluate import extract_test_set
 
+    train_seed = seed if train_seed is None else train_seed
+    shared = data_root.parent  # the corpus, validation corpus and feature cache live together
     _stage(f"3/6 train on {split}")
-    rows: dict[str, Any] = {}
+    info: dict[str, Any] = {}
     trained: dict[str, Path] = {}
-    for method in budget["methods"]:
-        run_dir = out / "runs" / split / method
+    for name in budget["methods"]:
+        run_dir = out / "runs" / split / name
         t0 = time.perf_counter()
-        trained[method] = train_method(method, data_root, split, run_dir, budget,
-                                       out / "feature_cache" / split, seed)
-        rows[method] = {"train_seconds": round(time.perf_counter() - t0, 1),
-                        "reliable_rate": _mean_stat(run_dir / "log.jsonl",
-                                                    "stat_reliable_rate")}
+        trained[name] = train_method(name, data_root, split, run_dir, budget,
+                                     shared / "feature_cache" / split, train_seed,
+                                     val_root=shared / "data_val")
+        validation = run_dir / "validation.json"
+        info[name] = {"train_seconds": round(time.perf_counter() - t0, 1),
+                      "reliable_rate": _mean_stat(run_dir / "log.jsonl", "stat_reliable_rate"),
+                      "inference": ({k: v for k, v in json.loads(validation.read_text()).items()
+                                     if k != "scores"} if validation.is_file() else None)}
 
     _stage(f"4/6 evaluate on {split}")
-    # Every method runs on the same frozen backbones: extract validation and test once.
-    cpu = torch.device("cpu")
-    val_set = test_set = None
-    for method, path in trained.items():
-        model = load_model(path).eval()
-        if test_set is None:
-            val_set, test_set = [
-                extract_test_set(model, AffordanceTestDataset(
-                    root, split, model.image_size, vocabulary=model.vocabulary), device=cpu)
-                for root in (out / "data_val", data_root)]
-        rows[method]["inference"] = choose_inference(model, path, val_set)
-        metrics = evaluate_model(model, test_set, device=cpu, progress=False)
-        rows[method].update({k: metrics[k] for k in ("KLD", "SIM", "NSS", "n")})
-        if method == "selectivecl":
-            rows[method]["gap_to_affinity"] = gap_to_affinity(model, test_set)
-        print(f"{split:7s} {method:16s} KLD {metrics['KLD']:.3f} SIM {metrics['SIM']:.3f}"
-              f" NSS {metrics['NSS']:.3f}", flush=True)
-    for name, metrics in evaluate_baselines(model, test_set).items():
-        rows[name] = {k: metrics[k] for k in ("KLD", "SIM", "NSS", "n")}
+    models = {name: load_model(path).eval() for name, path in trained.items()}
+    first = next(iter(models.values()))
+    test_set = extract_test_set(
+        first, AffordanceTestDataset(data_root, split, first.image_size,
+                                     vocabulary=first.vocabulary),
+        device=torch.device("cpu"),
+        background=BackgroundFrames(data_root, split, first.image_size))
+    rows = score_rows({**models, **baselines_of(first)}, test_set)
+    for name in models:
+        rows[name].update(info[name])
+    if "selectivecl" in rows:
+        rivals = [r for r in ("object affinity alone", "ce") if r in rows]
+        rows["selectivecl"]["gaps"] = {r: paired_gaps(rows, "selectivecl", r) for r in rivals}
+    for name, row in rows.items():
+        print(f"{split:7s} {name:22s} KLD {row['KLD']:.3f} SIM {row['SIM']:.3f} "
+              f"NSS {row['NSS']:.3f} peak {row['peak_hit']:.3f}", flush=True)
     return rows
 
 
 def _split_worker(split: str, data_root: Path, out: Path, budget: dict[str, Any], seed: int,
-                  threads: int, log_path: Path) -> dict[str, Any]:
+                  threads: int, log_path: Path, train_seed: int | None = None
+                  ) -> dict[str, Any]:
     """Process-pool entry: one split on ``threads`` CPU threads, its output in ``log_path``."""
     torch.set_num_threads(threads)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -416,7 +439,7 @@ def _split_worker(split: str, data_root: Path, out: Path, budget: dict[str, Any]
         sys.stdout = sys.stderr = log
         logging.basicConfig(level=logging.INFO, stream=log, force=True,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return train_and_evaluate_split(split, data_root, out, budget, seed)
+        return train_and_evaluate_split(split, data_root, out, budget, seed, train_seed)
 
 
 def _steps_done(out: Path, split: str, method: str, iters: int) -> int:
@@ -438,7 +461,8 @@ def _last_lines(path: Path, n: int = 15) -> str:
 
 
 def _run_splits_in_parallel(data_root: Path, out: Path, budget: dict[str, Any], seed: int,
-                            jobs: int) -> dict[str, dict[str, Any]]:
+                            jobs: int, train_seed: int | None = None
+                            ) -> dict[str, dict[str, Any]]:
     """Stages 3-4 for all splits in ``jobs`` processes, with one progress bar over all steps."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, wait
@@ -454,7 +478,7 @@ def _run_splits_in_parallel(data_root: Path, out: Path, budget: dict[str, Any], 
     with ProcessPoolExecutor(jobs, mp_context=ctx) as pool, \
             tqdm(total=total, desc="train all", unit="step", file=sys.stderr) as bar:
         futures = {split: pool.submit(_split_worker, split, data_root, out, budget, seed,
-                                      threads, logs[split]) for split in SPLITS}
+                                      threads, logs[split], train_seed) for split in SPLITS}
         pending = set(futures.values())
         while pending:
             _, pending = wait(pending, timeout=1.0)
@@ -470,7 +494,7 @@ def _run_splits_in_parallel(data_root: Path, out: Path, budget: dict[str, Any], 
                                f"{logs[split]}:\n{_last_lines(logs[split])}") from exc
         for name, row in rows[split].items():
             print(f"{split:7s} {name:22s} KLD {row['KLD']:.3f} SIM {row['SIM']:.3f} "
-                  f"NSS {row['NSS']:.3f}")
+                  f"NSS {row['NSS']:.3f} peak {row['peak_hit']:.3f}")
     return rows
 
 
@@ -484,7 +508,9 @@ def available_cpus() -> int:
 
 def run_demo(out: Path, quick: bool = False, seed: int = 0, jobs: int | None = None,
              budget: dict[str, Any] | None = None,
-             methods: Sequence[str] | None = None) -> dict[str, Any]:
+             methods: Sequence[str] | None = None, train_seed: int | None = None,
+             node: bool = True, figures: bool = True,
+             shared: Path | None = None) -> dict[str, Any]:
     """Run every stage; returns the results dictionary written to results.json.
 
     Args:
@@ -495,6 +521,11 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, jobs: int | None = N
             CPUs, else 1). Each gets an equal share of the CPU threads.
         budget: replaces the budget chosen by ``quick`` (tests use a tiny one).
         methods: replaces the budget's methods (names from ``METHOD_ORDER``).
+        train_seed: the training seed (default ``seed``, the corpus seed).
+        node: run the ROS 2 node stage.
+        figures: write the overlay figures.
+        shared: folder of the corpus (``data``), the validation corpus (``data_val``) and the
+            feature cache, when several runs share them (default ``out``).
     """
     from affordance_core import load_model
     from affordance_core.data import AffordanceTestDataset
@@ -509,14 +540,17 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, jobs: int | None = N
     # at most one process per split; each takes an equal share of the CPUs
     jobs = max(1, min(len(SPLITS), jobs if jobs is not None else available_cpus()))
     out.mkdir(parents=True, exist_ok=True)
-    data_root = out / "data"
+    shared = out if shared is None else shared
+    shared.mkdir(parents=True, exist_ok=True)
+    data_root = shared / "data"
     results: dict[str, Any] = {"seed": seed, "quick": quick, "jobs": jobs,
+                               "train_seed": seed if train_seed is None else train_seed,
                                "budget": {k: v for k, v in budget.items() if k != "corpus"},
                                "splits": {}}
 
     _stage("1/6 synthetic corpus")
     results["corpus"] = make_corpus(data_root, budget, seed)
-    results["validation_corpus"] = make_validation_corpus(out / "data_val", budget, seed)
+    results["validation_corpus"] = make_validation_corpus(shared / "data_val", budget, seed)
 
     _stage("2/6 tiny backbones")
     from affordance_core.tiny import default_tiny_weights_dir
@@ -527,13 +561,15 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, jobs: int | None = N
         print(f"tiny backbones from {weights}; probe: {probe_file}")
 
     if jobs > 1:
-        results["splits"] = _run_splits_in_parallel(data_root, out, budget, seed, jobs)
+        results["splits"] = _run_splits_in_parallel(data_root, out, budget, seed, jobs,
+                                                    train_seed)
     else:
-        results["splits"] = {split: train_and_evaluate_split(split, data_root, out, budget, seed)
+        results["splits"] = {split: train_and_evaluate_split(split, data_root, out, budget, seed,
+                                                             train_seed)
                              for split in SPLITS}
 
     _stage("5/6 figures")
-    for split in SPLITS:
+    for split in SPLITS if figures else ():
         models = {m: load_model(out / "runs" / split / m / "model.pt").eval()
                   for m in budget["methods"]}
         first = next(iter(models.values()))
@@ -543,7 +579,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, jobs: int | None = N
 
     _stage("6/6 ROS 2 node on synthetic camera frames")
     best = out / "runs" / "Seen" / "selectivecl" / "model.pt"
-    if best.is_file() and budget["node_seconds"] > 0:
+    if node and best.is_file() and budget["node_seconds"] > 0:
         results["node"] = run_node_stage(best, budget["node_seconds"], out)
 
     results["seconds"] = round(time.perf_counter() - start, 1)

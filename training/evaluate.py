@@ -30,11 +30,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from affordance_core.metrics import METRIC_NAMES, MetricAccumulator, prepare_prediction
+from affordance_core.metrics import (EVAL_SIZE, METRIC_NAMES, PLANNER_METRIC_NAMES,
+                                     MetricAccumulator, prepare_prediction)
 from training.common import choose_device, run_cli, setup_logging
 
-__all__ = ["ExtractedTestSet", "evaluate_model", "extract_test_set", "feature_batches",
-           "heatmap_overlay", "inference_key", "main", "select_inference", "viz_panel"]
+__all__ = ["ExtractedTestSet", "background_scores", "choose_on_validation", "evaluate_model", "extract_background",
+           "extract_test_set", "feature_batches", "heatmap_overlay", "inference_key", "main",
+           "score_batch", "select_inference", "viz_panel"]
 
 PROG = "affordance-eval"
 logger = logging.getLogger(__name__)
@@ -97,36 +99,67 @@ class ExtractedTestSet:
 
     Attributes:
         batches: per batch, (features on the extraction device, labels (B,) int64,
-            GT (B, G, G) float in [0, 1] on the CPU).
+            GT (B, G, G) float in [0, 1] on the CPU, info: {"afforded": (B, C) bool,
+            "key": list of "aff/obj/stem"}).
         backbone: :func:`~affordance_core.feature_cache.backbone_fingerprint` of the
             extracting model; a model with other backbones is refused.
+        background: features of the split's background-only frames (``testset/background``),
+            or None when it has none.
     """
 
-    batches: list[tuple[Any, torch.Tensor, torch.Tensor]]
+    batches: list[tuple[Any, torch.Tensor, torch.Tensor, dict[str, Any]]]
     backbone: str
+    background: Any = None
 
     def __len__(self) -> int:
-        return sum(len(labels) for _, labels, _ in self.batches)
+        return sum(len(labels) for _, labels, _, _ in self.batches)
+
+
+def _batch_info(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {"afforded": batch["afforded"].to(device), "key": list(batch["key"])}
+
+
+def extract_background(model: nn.Module, dataset: Dataset, *, device: torch.device,
+                       batch_size: int = 32) -> Any:
+    """Backbone features of every frame of a :class:`~affordance_core.data.BackgroundFrames`
+    set in one :class:`~affordance_core.model.Features` (None for an empty set)."""
+    from affordance_core.model import Features
+
+    if len(dataset) == 0:
+        return None
+    parts = []
+    with torch.inference_mode():
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            parts.append(model.extract(batch["image"].to(device)))
+    clip = None if parts[0].clip is None else torch.cat([f.clip for f in parts])
+    return Features(torch.cat([f.keys for f in parts]),
+                    torch.cat([f.cls_attention for f in parts]), clip)
 
 
 def extract_test_set(model: nn.Module, dataset: Dataset, *, device: torch.device,
-                     batch_size: int = 32) -> ExtractedTestSet:
-    """Run the backbones once over a test (or validation) set; see :class:`ExtractedTestSet`."""
+                     batch_size: int = 32, background: Dataset | None = None
+                     ) -> ExtractedTestSet:
+    """Run the backbones once over a test (or validation) set and, when given, its background
+    frames; see :class:`ExtractedTestSet`."""
     from affordance_core.feature_cache import backbone_fingerprint
 
     batches = []
     with torch.inference_mode():
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
             labels = batch["label"].to(device)
-            batches.append((model.extract(batch["image"].to(device)), labels, batch["gt"]))
-    return ExtractedTestSet(batches, backbone_fingerprint(model))
+            batches.append((model.extract(batch["image"].to(device)), labels, batch["gt"],
+                            _batch_info(batch, device)))
+    bg = None if background is None else extract_background(model, background, device=device,
+                                                            batch_size=batch_size)
+    return ExtractedTestSet(batches, backbone_fingerprint(model), bg)
 
 
 def feature_batches(model: nn.Module, data: Dataset | ExtractedTestSet, *,
                     device: torch.device, batch_size: int = 32, num_workers: int = 0,
                     progress: bool = False):
-    """Yield ``(features, labels, gt, batch)`` over a dataset (extracting each batch; ``batch``
-    is the loader's dict) or over an :class:`ExtractedTestSet` (``batch`` is None).
+    """Yield ``(features, labels, gt, info)`` over a dataset (extracting each batch) or over an
+    :class:`ExtractedTestSet`. ``info`` holds ``afforded`` (B, C) bool and ``key``, and, from
+    a dataset, ``image`` (B, 3, S, S).
 
     Raises:
         ValueError: the extracted set comes from other backbones than ``model``'s.
@@ -137,73 +170,178 @@ def feature_batches(model: nn.Module, data: Dataset | ExtractedTestSet, *,
         if backbone_fingerprint(model) != data.backbone:
             raise ValueError("these features were extracted by other backbones than this "
                              "model's; extract the test set again with this model")
-        for feats, labels, gt in tqdm(data.batches, desc="eval", disable=not progress,
-                                      file=sys.stderr, dynamic_ncols=True):
-            yield feats, labels, gt, None
+        for feats, labels, gt, info in tqdm(data.batches, desc="eval", disable=not progress,
+                                            file=sys.stderr, dynamic_ncols=True):
+            yield feats, labels, gt, info
         return
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
     for batch in tqdm(loader, desc="eval", disable=not progress, file=sys.stderr,
                       dynamic_ncols=True):
         feats = model.extract(batch["image"].to(device, non_blocking=True))
-        yield feats, batch["label"].to(device), batch["gt"], batch
+        yield feats, batch["label"].to(device), batch["gt"], {
+            **_batch_info(batch, device), "image": batch["image"]}
+
+
+def score_batch(model: nn.Module, feats: Any, labels: torch.Tensor, gt: torch.Tensor,
+                afforded: torch.Tensor, mask_threshold: float = 0.5
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """Every per-image metric of one batch from one pass of the heads over all actions.
+
+    Args:
+        model: an :class:`~affordance_core.model.AffordanceModel`.
+        feats: backbone features of the B images.
+        labels: (B,) int64 labelled actions.
+        gt: (B, G, G) float GT in [0, 1] of the labelled actions.
+        afforded: (B, C) bool, the actions each image's object affords.
+        mask_threshold: the predictor's grasp-mask level.
+
+    Returns:
+        prepared maps of the labelled actions (B, G, G) float32 in [0, 1], per-image metrics
+        {KLD, SIM, NSS, peak_hit, mask_iou, action_sensitivity: (B,) float64 on the CPU} and
+        the scores of every action (B, C) float on the CPU.
+    """
+    from affordance_core.metrics import (action_sensitivity, affordance_metrics, mask_iou,
+                                         peak_hit)
+    from affordance_core.predictor import grasp_masks
+
+    b, size = len(labels), tuple(gt.shape[-2:])
+    every = torch.arange(model.num_classes, device=labels.device).expand(b, -1)
+    maps, scores = model.infer(feats, every)                                    # (B, C, h, w)
+    maps = maps.float().cpu()
+    labels_cpu, afforded = labels.cpu(), afforded.cpu().bool()
+    rows = torch.arange(b)
+    pred = _prepare(model, maps[rows, labels_cpu], size)                        # (B, G, G)
+    values = affordance_metrics(pred, gt)
+    values["peak_hit"] = peak_hit(pred, gt)
+    values["mask_iou"] = mask_iou(torch.from_numpy(grasp_masks(pred.numpy(), mask_threshold)),
+                                  gt)
+    others = afforded.clone()
+    others[rows, labels_cpu] = False
+    other_kld = torch.full(others.shape, float("nan"), dtype=torch.float64)
+    if others.any():
+        img, act = others.nonzero(as_tuple=True)
+        other_kld[img, act] = affordance_metrics(_prepare(model, maps[img, act], size),
+                                                 gt[img])["KLD"]
+    values["action_sensitivity"] = action_sensitivity(values["KLD"], other_kld, others)
+    return pred, values, scores.float().cpu()
+
+
+def background_scores(model: nn.Module, feats: Any, size: int = EVAL_SIZE,
+                      mask_threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores (M, C) of every action on M background-only frames and whether the predictor's
+    grasp mask is empty there, (M, C) bool."""
+    from affordance_core.predictor import grasp_masks
+
+    m, c = feats.keys.shape[0], model.num_classes
+    every = torch.arange(c, device=feats.keys.device).expand(m, -1)
+    maps, scores = model.infer(feats, every)
+    pred = _prepare(model, maps.float().cpu().flatten(0, 1), (size, size))
+    empty = ~torch.from_numpy(grasp_masks(pred.numpy(), mask_threshold)).flatten(1).any(1)
+    return scores.float().cpu(), empty.view(m, c)
+
+
+PER_IMAGE_NAMES = (*METRIC_NAMES, "peak_hit", "mask_iou", "action_sensitivity")
+
+
+def _prepare(model: Any, maps: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """The protocol's evaluation maps, except for a model that marks its maps as final
+    (``minmax_maps = False``: the uniform baseline, which min-max would turn to zeros)."""
+    if getattr(model, "minmax_maps", True):
+        return prepare_prediction(maps, size=size)
+    return torch.nn.functional.interpolate(maps[:, None].double(), size=size, mode="bilinear",
+                                           align_corners=False)[:, 0].float()
 
 
 def evaluate_model(model: nn.Module, dataset: Dataset | ExtractedTestSet, *,
                    device: torch.device, batch_size: int = 16, num_workers: int = 0,
                    viz_dir: str | os.PathLike | None = None, viz_max: int = 16,
-                   progress: bool = True) -> dict[str, Any]:
-    """Runs a model over a test set and computes the protocol's metrics.
+                   progress: bool = True, background: Dataset | None = None,
+                   mask_threshold: float = 0.5) -> dict[str, Any]:
+    """Runs a model over a test set and computes the protocol's and the planner's metrics.
 
     Args:
         model: an :class:`~affordance_core.model.AffordanceModel` on ``device``, in eval mode.
         dataset: an :class:`~affordance_core.data.AffordanceTestDataset` (``image``,
-            ``label``, ``gt``, ``key``) built with the model's vocabulary and image size, or
-            its :func:`extract_test_set` (no ``viz_dir`` then: it keeps no images).
+            ``label``, ``gt``, ``key``, ``afforded``) built with the model's vocabulary and
+            image size, or its :func:`extract_test_set` (no ``viz_dir`` then: it keeps no
+            images; its background features are used).
         device: where the images go.
         batch_size: images per forward pass.
         num_workers: DataLoader worker processes.
         viz_dir: write ``image | GT | prediction`` PNGs for the first ``viz_max`` images here.
         viz_max: maximum number of visualisations.
         progress: show a progress bar.
+        background: the split's :class:`~affordance_core.data.BackgroundFrames` (with a
+            dataset; an extracted set carries its own).
+        mask_threshold: the predictor's grasp-mask level (its default is 0.5).
 
     Returns:
-        ``{"KLD", "SIM", "NSS": means over images, "n": image count,
-        "per_affordance": {action: {"KLD", "SIM", "NSS", "n"}}}``.
+        ``{"KLD", "SIM", "NSS", "peak_hit", "mask_iou", "action_sensitivity": means over
+        images (action_sensitivity over images whose object affords another action),
+        "absence_auroc", "empty_on_background" (NaN without background frames),
+        "n": image count, "n_background": frames, "per_affordance": {action: {"KLD", "SIM",
+        "NSS", "n"}}, "per_image": {"key": [...], metric: [...]}}``.
     """
+    from affordance_core.metrics import auroc
+
     if viz_dir is not None and isinstance(dataset, ExtractedTestSet):
         raise ValueError("viz_dir needs the images: pass the dataset, not its extracted set")
     vocabulary = list(model.vocabulary)
-    overall = MetricAccumulator()
     class_sums = torch.zeros(len(vocabulary), len(METRIC_NAMES), dtype=torch.float64)
     class_counts = torch.zeros(len(vocabulary), dtype=torch.int64)
+    per_image: dict[str, list] = {"key": [], **{k: [] for k in PER_IMAGE_NAMES}}
+    all_scores, all_afforded = [], []
     viz_path = Path(viz_dir) if viz_dir is not None else None
     if viz_path is not None:
         viz_path.mkdir(parents=True, exist_ok=True)
     written = 0
+    size = EVAL_SIZE
     with torch.inference_mode():
-        for feats, labels, gt, batch in feature_batches(
+        for feats, labels, gt, info in feature_batches(
                 model, dataset, device=device, batch_size=batch_size, num_workers=num_workers,
                 progress=progress):
-            maps = model.maps_from_features(feats, labels).float().cpu()  # (N, h, w)
-            pred = prepare_prediction(maps, size=tuple(gt.shape[-2:]))  # (N, G, G)
-            values = overall.update(pred, gt, prepared=True)
+            size = int(gt.shape[-1])
+            pred, values, scores = score_batch(model, feats, labels, gt, info["afforded"],
+                                               mask_threshold)
+            per_image["key"] += info["key"]
+            for k in PER_IMAGE_NAMES:
+                per_image[k].append(values[k])
+            all_scores.append(scores)
+            all_afforded.append(info["afforded"].cpu().bool())
             stacked = torch.stack([values[k].cpu() for k in METRIC_NAMES], dim=1)  # (N, 3)
             cpu_labels = labels.cpu()
             class_sums.index_add_(0, cpu_labels, stacked)
             class_counts.index_add_(0, cpu_labels, torch.ones_like(cpu_labels))
-            if viz_path is not None and batch is not None and written < viz_max:
+            if viz_path is not None and "image" in info and written < viz_max:
                 for i in range(min(len(pred), viz_max - written)):
-                    key = str(batch["key"][i])
+                    key = info["key"][i]
                     title = f"{vocabulary[int(cpu_labels[i])]}  KLD {float(values['KLD'][i]):.2f}"
-                    panel = viz_panel(batch["image"][i], gt[i], pred[i], title)
+                    panel = viz_panel(info["image"][i], gt[i], pred[i], title)
                     name = key.replace("/", "__") + ".png"
                     cv2.imwrite(str(viz_path / name), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
                     written += 1
-    result: dict[str, Any] = dict(overall.compute())
+        bg_feats = (dataset.background if isinstance(dataset, ExtractedTestSet)
+                    else None if background is None
+                    else extract_background(model, background, device=device))
+        bg_scores, bg_empty = (background_scores(model, bg_feats, size, mask_threshold)
+                               if bg_feats is not None else (None, None))
+    columns = {k: torch.cat(v) for k, v in per_image.items() if k != "key"}
+    result: dict[str, Any] = {k: float(columns[k].nanmean()) for k in PER_IMAGE_NAMES}
+    result["n"] = int(columns["KLD"].numel())
+    scores, positive = torch.cat(all_scores), torch.cat(all_afforded)
+    if bg_scores is not None:
+        scores = torch.cat([scores, bg_scores])
+        positive = torch.cat([positive, torch.zeros_like(bg_scores, dtype=torch.bool)])
+    result["absence_auroc"] = auroc(scores.flatten(), positive.flatten())
+    result["empty_on_background"] = (float(bg_empty.float().mean()) if bg_empty is not None
+                                     else float("nan"))
+    result["n_background"] = 0 if bg_scores is None else int(bg_scores.shape[0])
     result["per_affordance"] = {
         vocabulary[c]: _mean_dict(class_sums[c], int(class_counts[c]))
         for c in range(len(vocabulary)) if class_counts[c] > 0}
+    result["per_image"] = {"key": per_image["key"],
+                           **{k: columns[k].tolist() for k in PER_IMAGE_NAMES}}
     return result
 
 
@@ -215,16 +353,18 @@ def inference_key(branch: str, calibration: str) -> str:
 def select_inference(model: nn.Module, dataset: Dataset | ExtractedTestSet, *,
                      device: torch.device,
                      branches: Sequence[str] = ("ego", "exo", "ego+exo"),
-                     calibrations: Sequence[str] = ("binary", "continuous"),
+                     calibrations: Sequence[str] = ("binary", "product", "reference"),
                      metric: str = "KLD", batch_size: int = 32,
                      ) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
     """Choose how a trained model maps ego images, on a *validation* set.
 
     Two choices leave the trained heads unchanged, so they belong to held-out data:
 
-    * the calibration: the paper binarises the object affinity (gamma_2 =
-      ``object_threshold``) before multiplying it with the CAM; the reference code multiplies
-      the continuous affinity;
+    * the calibration (:meth:`~affordance_core.model.AffordanceModel.calibrate`): the paper
+      binarises the object affinity (gamma_2 = ``object_threshold``) before multiplying it
+      with the min-max CAM; ``product`` multiplies the min-max CAM by the min-max affinity;
+      the reference code multiplies the raw CAM by the min-max affinity; ``none`` is the raw
+      CAM;
     * the branch whose CAM is taken: the ego branch's view projection (the papers), the exo
       branch's, which is trained on images of people using the object and reads the same
       DINO keys, or the mean of the two.
@@ -282,12 +422,108 @@ def select_inference(model: nn.Module, dataset: Dataset | ExtractedTestSet, *,
     return {"inference_branch": branch, "calibration": calibration}, scores
 
 
+def choose_on_validation(run_dir: str | os.PathLike, val_root: str | os.PathLike, split: str,
+                         *, device: torch.device, weights_dir: str | os.PathLike | None = None,
+                         metric: str = "KLD") -> dict[str, Any]:
+    """Choose a finished run's training budget, inference branch and calibration on validation
+    data, and make the winner ``RUN_DIR/model.pt``.
+
+    The candidates are every ``snapshot_<step>.pt`` and the final ``model.pt``; for each, every
+    branch (ego, exo, ego+exo) and calibration (none, binary, product, reference; only none
+    without a CLIP-role backbone) is scored (:func:`select_inference`). LoopTrans' pixel
+    decoder has no branch or calibration choice, so only its budget is chosen. The backbones
+    run once over the validation images. ``RUN_DIR/validation.json`` records every score.
+
+    Args:
+        run_dir: the run folder written by ``affordance-train``.
+        val_root: a dataset in the AGD20K layout whose ``testset`` holds images with GT of the
+            training categories (never the test split).
+        split: the split folder under ``val_root``.
+        device: where the heads run.
+        weights_dir: the backbone weights folder of the run.
+        metric: ``KLD`` (lower wins), ``SIM`` or ``NSS`` (higher win).
+
+    Returns:
+        ``{"step", "inference_branch", "calibration", metric: value, "candidates": n}``.
+
+    Raises:
+        FileNotFoundError: no ``model.pt`` in ``run_dir``.
+        ValueError: the validation data does not fit the model's vocabulary, or a bad metric.
+    """
+    from affordance_core.checkpoint import (atomic_save, load_model, read_checkpoint,
+                                            update_checkpoint_config)
+    from affordance_core.data import AffordanceTestDataset
+
+    if metric not in METRIC_NAMES:
+        raise ValueError(f"metric must be one of {METRIC_NAMES}, got {metric!r}")
+    run_dir = Path(run_dir)
+    final = run_dir / "model.pt"
+    if not final.is_file():
+        raise FileNotFoundError(f"{final} does not exist; train the run first")
+    candidates = [*sorted(run_dir.glob("snapshot_*.pt")), final]
+    sign = 1.0 if metric == "KLD" else -1.0
+    val: ExtractedTestSet | None = None
+    table: dict[str, dict[str, Any]] = {}
+    best: tuple[float, Path, int, dict[str, str]] | None = None
+    for path in candidates:
+        model = load_model(path, device=str(device), weights_dir=weights_dir).to(device).eval()
+        if val is None:
+            try:
+                dataset = AffordanceTestDataset(val_root, split, model.image_size,
+                                                vocabulary=model.vocabulary)
+            except ValueError as exc:
+                raise ValueError(f"validation data {val_root} ({split}): {exc}") from None
+            val = extract_test_set(model, dataset, device=device)
+        step = int((read_checkpoint(path).get("extra") or {}).get("step", 0))
+        if model.config.inference_branch == "pixel":
+            acc = MetricAccumulator()
+            with torch.inference_mode():
+                for feats, labels, gt, _ in feature_batches(model, val, device=device):
+                    maps = model.maps_from_features(feats, labels).float().cpu()
+                    acc.update(prepare_prediction(maps, size=tuple(gt.shape[-2:])), gt,
+                               prepared=True)
+            choice = {"inference_branch": "pixel", "calibration": model.config.calibration}
+            scores = {inference_key(**{"branch": "pixel",
+                                       "calibration": choice["calibration"]}): acc.compute()}
+        else:
+            calibrations = (("none", "binary", "product", "reference")
+                            if model.clip is not None else ("none",))
+            choice, scores = select_inference(model, val, device=device,
+                                              calibrations=calibrations, metric=metric)
+        for key, values in scores.items():
+            table[f"{step}/{key}"] = {k: round(float(v), 4) for k, v in values.items()}
+        value = float(scores[inference_key(choice["inference_branch"],
+                                           choice["calibration"])][metric])
+        if best is None or sign * value < sign * best[0]:
+            best = (value, path, step, choice)
+    assert best is not None
+    value, path, step, choice = best
+    if path != final:
+        payload = read_checkpoint(path)
+        payload.setdefault("extra", {})["chosen_from"] = path.name
+        atomic_save(payload, final)
+    update_checkpoint_config(final, **choice)
+    record = {"step": step, **choice, metric: round(value, 4), "candidates": len(table),
+              "split": split, "val_root": str(val_root), "scores": table}
+    (run_dir / "validation.json").write_text(json.dumps(record, indent=1) + "\n",
+                                             encoding="utf-8")
+    logger.info("validation choice (%s of %d candidates): step %d, branch %s, calibration %s, "
+                "%s %.4f", metric, len(table), step, choice["inference_branch"],
+                choice["calibration"], metric, value)
+    return {k: record[k] for k in ("step", "inference_branch", "calibration", metric,
+                                   "candidates")}
+
+
 def _rounded(result: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key in METRIC_NAMES:
+    for key in (*METRIC_NAMES, *PLANNER_METRIC_NAMES):
+        if key not in result:
+            continue
         value = float(result[key])
         out[key] = round(value, 4) if math.isfinite(value) else None
     out["n"] = int(result["n"])
+    if "n_background" in result:
+        out["n_background"] = int(result["n_background"])
     return out
 
 
@@ -308,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--calibration", choices=["binary", "continuous", "none"],
+    parser.add_argument("--calibration", choices=["none", "binary", "product", "reference"],
                         help="score with this CAM calibration instead of the checkpoint's "
                         "(an ablation: the trained heads are unchanged)")
     parser.add_argument("--inference-branch", choices=["ego", "exo", "ego+exo"],
@@ -316,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "checkpoint's (an ablation; not for LoopTrans' pixel decoder)")
     parser.add_argument("--object-threshold", type=float, metavar="GAMMA",
                         help="threshold on the min-max object affinity for binary calibration")
+    parser.add_argument("--mask-threshold", type=float, default=0.5,
+                        help="grasp-mask level of mask_iou and empty_on_background (the "
+                        "predictor's default, 0.5)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
@@ -325,7 +564,7 @@ def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     from affordance_core.checkpoint import load_model
-    from affordance_core.data import AffordanceTestDataset
+    from affordance_core.data import AffordanceTestDataset, BackgroundFrames
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -347,17 +586,26 @@ def _run(argv: Sequence[str] | None) -> int:
     except ValueError as exc:
         raise ValueError(f"{exc} (checkpoint {checkpoint} knows: "
                          f"{', '.join(model.vocabulary)})") from None
-    logger.info("evaluating %s on %d test images of %s", checkpoint, len(dataset), args.split)
+    if not 0.0 <= args.mask_threshold <= 1.0:
+        raise ValueError(f"--mask-threshold must be in [0, 1], got {args.mask_threshold}")
+    background = BackgroundFrames(args.data_root, args.split, model.config.image_size)
+    logger.info("evaluating %s on %d test images and %d background frames of %s", checkpoint,
+                len(dataset), len(background), args.split)
+    if not len(background):
+        logger.info("no testset/background folder: absence_auroc uses the actions each "
+                    "object does not afford only, and empty_on_background is null")
     result = evaluate_model(model, dataset, device=device, batch_size=args.batch_size,
                             num_workers=args.num_workers, viz_dir=args.viz,
-                            viz_max=max(0, args.viz_max), progress=not args.no_progress)
+                            viz_max=max(0, args.viz_max), progress=not args.no_progress,
+                            background=background, mask_threshold=args.mask_threshold)
     for action, values in result["per_affordance"].items():
         logger.info("%-14s KLD %.4f  SIM %.4f  NSS %.4f  (n=%d)", action, values["KLD"],
                     values["SIM"], values["NSS"], values["n"])
     summary = _rounded(result)
     if args.json:
         report = {**summary, "split": args.split, "checkpoint": str(checkpoint),
-                  "per_affordance": {a: _rounded(v) for a, v in result["per_affordance"].items()}}
+                  "per_affordance": {a: _rounded(v) for a, v in result["per_affordance"].items()},
+                  "per_image": result["per_image"]}
         out = Path(args.json)
         if out.parent != Path(""):
             out.parent.mkdir(parents=True, exist_ok=True)

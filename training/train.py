@@ -107,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--select-on-test", action="store_true", default=None,
                         help="evaluate on the TEST split and keep the best step as best.pt; "
                         "only for comparison with the papers, which select on the test set")
+    parser.add_argument("--val-root", metavar="DIR",
+                        help="validation data (same layout; its testset/ has GT, of the "
+                        "training categories, never the test split): choose the snapshot, "
+                        "inference branch and calibration of model.pt on it")
+    parser.add_argument("--val-split", help="split folder under --val-root (default --split)")
+    parser.add_argument("--snapshots", type=int, nargs="+", metavar="STEP",
+                        help="also keep the model at these steps (snapshot_<step>.pt): "
+                        "training budgets that --val-root chooses from")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="config override, e.g. train.lr=2e-3 or "
                         "model.pretrained=false (repeatable)")
@@ -127,6 +135,8 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "save_every": ("train", "save_every"), "eval_every": ("train", "eval_every"),
         "select_on_test": ("train", "select_on_test"),
         "cache_features": ("data", "cache_features"), "cache_dir": ("data", "cache_dir"),
+        "val_root": ("data", "val_root"), "val_split": ("data", "val_split"),
+        "snapshots": ("train", "snapshots"),
     }
     out: dict[str, Any] = {}
     for attr, (section, key) in mapping.items():
@@ -190,6 +200,9 @@ def validate_config(config: dict[str, Any]) -> None:
         ("train.save_every", train_cfg["save_every"] or 0, lambda v: int(v) >= 0, ">= 0"),
         ("train.eval_every", train_cfg["eval_every"] or 0, lambda v: int(v) >= 0, ">= 0"),
         ("data.num_exo", config["data"]["num_exo"], lambda v: int(v) >= 1, ">= 1"),
+        ("train.snapshots", train_cfg.get("snapshots") or [],
+         lambda v: all(1 <= int(s) < int(train_cfg["iters"]) for s in v),
+         "a list of steps in [1, train.iters)"),
     ]
     for name, value, ok, rule in checks:
         try:
@@ -348,6 +361,19 @@ def _train(args: argparse.Namespace, config: dict[str, Any], run_dir: Path,
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
     if ctx.is_main:
+        val_root = config["data"].get("val_root")
+        if val_root:
+            from training.evaluate import choose_on_validation
+
+            summary["validation"] = choose_on_validation(
+                run_dir, val_root, str(config["data"].get("val_split") or config["data"]["split"]),
+                device=device, weights_dir=config["model"].get("weights_dir"))
+        else:
+            cfg = trainer.model.config
+            logger.info("no --val-root: model.pt maps with the config's inference branch %r and "
+                        "calibration %r; pass --val-root DIR (images with GT of the training "
+                        "categories) to choose them on validation data",
+                        cfg.inference_branch, cfg.calibration)
         print(json.dumps(summary), flush=True)
     return 0
 

@@ -327,6 +327,15 @@ class Trainer:
         save_model(path, self.model, extra={"step": self.step, "train_config": self.config})
         return path
 
+    def save_snapshot(self) -> Path:
+        """Writes ``snapshot_<step>.pt``: the model of the current step (a candidate training
+        budget for the validation choice), atomically (rank 0)."""
+        path = self.run_dir / f"snapshot_{self.step:06d}.pt"
+        if self.is_main:
+            save_model(path, self.model, extra={"step": self.step, "train_config": self.config})
+            self.log_record({"event": "snapshot", "step": self.step, "file": path.name})
+        return path
+
     def load_training_state(self, state: Mapping[str, Any], source: str | os.PathLike) -> None:
         """Restores the optimizer, step, RNG and method state saved by :meth:`training_state`.
 
@@ -436,6 +445,7 @@ class Trainer:
               select: bool) -> Path:
         """The optimisation loop of :meth:`fit`; returns the path of ``model.pt``."""
         batches = self._batches()
+        snapshots = {int(s) for s in self.train_cfg.get("snapshots") or ()}
         sums: dict[str, torch.Tensor] = {}
         count = 0
         synced_skipped = self.skipped
@@ -474,6 +484,8 @@ class Trainer:
                     logger.info("step %d/%d loss %.4f lr %.2e skipped %d", self.step,
                                 self.iters, self.last_loss, lr, self.skipped)
                 sums, count = {}, 0
+            if self.step in snapshots and self.step < self.iters:
+                self.save_snapshot()
             if save_every and self.step % save_every == 0 and self.step < self.iters:
                 self.save_last()
             if select and eval_every and self.step % eval_every == 0 \

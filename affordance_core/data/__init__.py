@@ -1,6 +1,7 @@
 """Datasets, vocabularies and image transforms for AGD20K-layout data."""
 from affordance_core.data.datasets import AffordanceTestDataset as AffordanceTestDataset
 from affordance_core.data.datasets import AffordanceTrainDataset as AffordanceTrainDataset
+from affordance_core.data.datasets import BackgroundFrames as BackgroundFrames
 from affordance_core.data.datasets import holdout_split as holdout_split
 from affordance_core.data.transforms import load_gray as load_gray
 from affordance_core.data.transforms import load_rgb as load_rgb
@@ -22,6 +23,7 @@ __all__ = [
     "OFFICIAL_VOCABULARIES",
     "AffordanceTestDataset",
     "AffordanceTrainDataset",
+    "BackgroundFrames",
     "holdout_split",
     "load_gray",
     "load_rgb",

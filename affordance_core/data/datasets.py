@@ -21,7 +21,8 @@ from affordance_core.data.vocab import (IMAGE_EXTENSIONS, LAYOUT_HELP, list_subd
                                         resolve_vocabulary, split_dir)
 from affordance_core.metrics import EVAL_SIZE, prepare_gt
 
-__all__ = ["AffordanceTestDataset", "AffordanceTrainDataset", "holdout_split"]
+__all__ = ["AffordanceTestDataset", "AffordanceTrainDataset", "BackgroundFrames",
+           "holdout_split"]
 
 logger = logging.getLogger(__name__)
 
@@ -295,7 +296,10 @@ class AffordanceTestDataset(Dataset):
     * ``label``: int64 scalar tensor;
     * ``gt``: float32 (G, G) in [0, 1], GT / 255 resized bilinearly to G = ``eval_size`` (a
       GT of another size than its image is fine: the protocol resizes both);
-    * ``key``: "aff/obj/stem".
+    * ``key``: "aff/obj/stem";
+    * ``afforded``: bool (C,), the actions the item's object affords in this split: every
+      ``<aff>`` with an ``<aff>/<obj>`` folder for the object under ``testset/egocentric`` or
+      ``trainset/{egocentric,exocentric}`` (the planner metrics compare them).
 
     Args:
         root: dataset root (see :func:`affordance_core.data.vocab.split_dir`).
@@ -343,6 +347,15 @@ class AffordanceTestDataset(Dataset):
                              f"{gt_root}; {LAYOUT_HELP}")
         self.keys = [s[3] for s in self.samples]
         self.labels = np.array([s[2] for s in self.samples], dtype=np.int64)
+        self.objects = [key.split("/")[1] for key in self.keys]
+        pairs = {(aff, obj) for aff in affordances for obj in list_subdirs(image_root / aff)}
+        for view in ("egocentric", "exocentric"):
+            view_root = base / "trainset" / view
+            pairs |= {(aff, obj) for aff in list_subdirs(view_root)
+                      for obj in list_subdirs(view_root / aff)}
+        self.afforded = np.array([[(aff, obj) in pairs for aff in self.vocabulary]
+                                  for obj in self.objects], dtype=bool).reshape(
+                                      len(self.samples), len(self.vocabulary))
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -358,7 +371,39 @@ class AffordanceTestDataset(Dataset):
         return {"image": to_tensor(center_resize(image, self.image_size)),
                 "label": torch.tensor(label, dtype=torch.int64),
                 "gt": prepare_gt(gt, self.eval_size),
-                "key": key}
+                "key": key,
+                "afforded": torch.from_numpy(self.afforded[index])}
+
+
+class BackgroundFrames(Dataset):
+    """Background-only frames of a split, for the absence metrics: ``testset/background/*``.
+
+    The folder is optional (the synthetic corpus writes one; AGD20K has none): a split without
+    it gives an empty dataset. Items are ``{"image": float32 (3, S, S) in [0, 1], "key": str}``.
+
+    Args:
+        root: dataset root (see :func:`affordance_core.data.vocab.split_dir`).
+        split: split name.
+        image_size: network input side S.
+
+    Raises:
+        ValueError: when reading a frame that cannot be decoded (the message names the file).
+    """
+
+    def __init__(self, root: str | Path, split: str, image_size: int) -> None:
+        self.image_size = int(image_size)
+        self.paths = _list_images(split_dir(Path(root), split) / "testset" / "background")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        path = self.paths[index]
+        image = load_rgb(path)
+        if image is None:
+            raise ValueError(f"cannot decode background frame {path}; replace or remove it")
+        return {"image": to_tensor(center_resize(image, self.image_size)),
+                "key": f"background/{path.stem}"}
 
 
 def holdout_split(dataset: AffordanceTrainDataset, fraction: float,

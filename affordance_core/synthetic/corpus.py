@@ -7,6 +7,7 @@ Layout written by ``write_agd_corpus`` (``reference/wsag_methods.md`` §1.1)::
     <root>/<split>/trainset/exo_meta.json     exo path relative to trainset -> {"occluded": bool}
     <root>/<split>/testset/egocentric/<aff>/<obj>/<obj>_<index>.jpg
     <root>/<split>/testset/GT/<aff>/<obj>/<obj>_<index>.png    uint8 heatmap, 0..255
+    <root>/<split>/testset/background/background_<index>.jpg  clutter only, no object
 
 Every image has its own generator, seeded from ``(seed, salt, split, aff, obj, kind, index)``
 by name, so the output does not depend on the writing order and the same seed reproduces the
@@ -28,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .world import (AFFORDANCES, EXO_SCALE_BENCHMARK, OBJECTS, Scene, afforded_parts,
-                    list_actions, render_scene)
+                    background_image, list_actions, render_scene)
 
 __all__ = [
     "DEFAULT_SPLIT_OBJECTS",
@@ -119,7 +120,7 @@ def _write_jpg(path: Path, rgb: np.ndarray) -> None:
 def write_agd_corpus(root: Path | str, *, seed: int,
                      split_objects: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
                      n_exo_per_pair: int = 12, n_ego_per_pair: int = 4,
-                     n_test_per_pair: int = 4, size: int = 128,
+                     n_test_per_pair: int = 4, n_background: int = 20, size: int = 128,
                      occlusion_rate: float = 0.25,
                      exo_scale: tuple[float, float] = EXO_SCALE_BENCHMARK,
                      progress: bool = True) -> CorpusStats:
@@ -133,6 +134,8 @@ def write_agd_corpus(root: Path | str, *, seed: int,
         n_exo_per_pair: Exocentric training images per (aff, obj) pair.
         n_ego_per_pair: Egocentric training images per pair.
         n_test_per_pair: Egocentric test images (each with a GT heatmap) per test pair.
+        n_background: Background-only test frames per split (the clutter of every scene,
+            without any object), for the absence metrics.
         size: Image side in pixels.
         occlusion_rate: Probability in [0, 1] that an exocentric image has the hand covering
             most of the afforded part.
@@ -147,6 +150,8 @@ def write_agd_corpus(root: Path | str, *, seed: int,
     """
     if min(n_exo_per_pair, n_ego_per_pair, n_test_per_pair) < 1:
         raise ValueError("n_exo_per_pair, n_ego_per_pair and n_test_per_pair must be >= 1")
+    if n_background < 0:
+        raise ValueError(f"n_background must be >= 0, got {n_background}")
     if not 0.0 <= occlusion_rate <= 1.0:
         raise ValueError(f"occlusion_rate must be in [0, 1], got {occlusion_rate}")
     split_objects = DEFAULT_SPLIT_OBJECTS if split_objects is None else split_objects
@@ -166,6 +171,7 @@ def write_agd_corpus(root: Path | str, *, seed: int,
         for kind, pairs, n in (("exo", train, n_exo_per_pair), ("ego", train, n_ego_per_pair),
                                ("test", test, n_test_per_pair)):
             jobs += [(split, kind, a, o, i) for a, o in pairs for i in range(n)]
+        jobs += [(split, "background", "", "", i) for i in range(n_background)]
 
     meta: dict[str, dict[str, dict[str, bool]]] = {s: {} for s in split_objects}
     counts = {s: Counter() for s in split_objects}
@@ -183,6 +189,10 @@ def write_agd_corpus(root: Path | str, *, seed: int,
             meta[split][rel] = {"occluded": occluded}
             counts[split]["train_exo"] += 1
             counts[split]["train_exo_occluded"] += int(occluded)
+        elif kind == "background":
+            _write_jpg(root / split / "testset" / "background" / f"background_{i:06d}.jpg",
+                       background_image(rng, size))
+            counts[split]["background"] += 1
         elif kind == "ego":
             scene = render_scene(rng, obj, size=size, view="ego", action=aff)
             _write_jpg(root / split / "trainset" / "egocentric" / aff / obj / f"{stem}.jpg",
@@ -209,7 +219,8 @@ def write_agd_corpus(root: Path | str, *, seed: int,
         actions = sorted({a for a, _ in stats.pairs[split]["train"]})
         (root / split / "vocabulary.txt").write_text("\n".join(actions) + "\n")
         stats.counts[split] = {k: int(counts[split][k]) for k in
-                               ("train_exo", "train_exo_occluded", "train_ego", "test")}
+                               ("train_exo", "train_exo_occluded", "train_ego", "test",
+                                "background")}
         stats.test_parts[split] = dict(sorted(parts[split].items()))
     stats.seconds = time.perf_counter() - t0
     return stats

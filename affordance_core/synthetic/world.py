@@ -33,6 +33,7 @@ __all__ = [
     "Part",
     "Scene",
     "afforded_parts",
+    "background_image",
     "list_actions",
     "make_contact_sheet",
     "object_caption",
@@ -653,6 +654,19 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
             _paint(img, _raster([(poly, True)], m, size) // (1 + int(rng.integers(0, 2))),
                    _hsv_colour(rng, (0, 0.8), (0.2, 1.0)))
     return img
+
+
+def background_image(rng: np.random.Generator, size: int = 128) -> np.ndarray:
+    """A background-only frame: the clutter every scene is drawn on, with no object.
+
+    Args:
+        rng: Source of all randomness.
+        size: Image side in pixels.
+
+    Returns:
+        (size, size, 3) uint8 RGB.
+    """
+    return np.clip(_background(rng, size), 0, 255).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------
