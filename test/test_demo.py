@@ -6,38 +6,63 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from affordance_core.checkpoint import read_checkpoint, save_model, update_checkpoint_config
 from training.demo import SPLITS, run_demo
 
-TINY_BUDGET = {"corpus": {"n_exo_per_pair": 1, "n_ego_per_pair": 1, "n_test_per_pair": 1},
-               "iters": 2, "batch_size": 4, "methods": ("ce", "selectivecl"),
+TINY_BUDGET = {"corpus": {"n_exo_per_pair": 1, "n_ego_per_pair": 1, "n_test_per_pair": 1,
+                          "n_background": 2},
+               "iters": 4, "batch_size": 4, "methods": ("ce", "selectivecl", "selectivecl_paper"),
                "node_seconds": 0}
+PLANNER = ("peak_hit", "mask_iou", "action_sensitivity", "absence_auroc", "empty_on_background")
 
 
 def test_demo_trains_both_splits_in_two_processes_and_reports(tmp_path):
     results = run_demo(tmp_path, budget=TINY_BUDGET, jobs=2)
     for split in SPLITS:
         rows = results["splits"][split]
-        for name in ("ce", "selectivecl", "uniform map", "centre Gaussian",
+        n = rows["ce"]["n"]
+        for name in ("ce", "selectivecl", "selectivecl_paper", "uniform map", "centre Gaussian",
                      "object affinity alone"):
             assert all(math.isfinite(rows[name][m]) for m in ("KLD", "SIM", "NSS")), name
-            assert rows[name]["n"] > 0
-        assert set(rows["ce"]["inference"]["validation"]) == {"ego/none", "exo/none",
-                                                              "ego+exo/none"}
-        choice = rows["selectivecl"]["inference"]
-        assert set(choice["validation"]) == {f"{b}/{c}" for b in ("ego", "exo", "ego+exo")
-                                             for c in ("binary", "continuous")}
-        chosen = choice["chosen"]
-        kld = {k: v["KLD"] for k, v in choice["validation"].items()}
-        assert kld[f"{chosen['inference_branch']}/{chosen['calibration']}"] == min(kld.values())
-        saved = read_checkpoint(tmp_path / "runs" / split / "selectivecl" / "model.pt")
-        assert saved["config"]["calibration"] == chosen["calibration"]
-        assert saved["config"]["inference_branch"] == chosen["inference_branch"]
-        gap = rows["selectivecl"]["gap_to_affinity"]
-        assert all(g["low"] <= g["mean"] <= g["high"] for g in gap.values())
+            assert all(0.0 <= rows[name][m] <= 1.0 for m in PLANNER), name
+            assert rows[name]["n"] == n > 0 and rows[name]["n_background"] == 2
+            assert rows[name]["per_image"]["key"] == rows["ce"]["per_image"]["key"]
+        # a constant map ties every action and every pair: chance level exactly
+        assert rows["uniform map"]["action_sensitivity"] == 0.5
+        assert rows["uniform map"]["absence_auroc"] == 0.5
+        for name in ("ce", "selectivecl"):
+            run = tmp_path / "runs" / split / name
+            record = json.loads((run / "validation.json").read_text())
+            # 3 branches x 4 calibrations at step 4, then budgets 1 and 2, on validation only
+            assert record["candidates"] == 14 and record["val_root"].endswith("data_val")
+            chosen = f"{record['inference_branch']}/{record['calibration']}"
+            final = {k: v["KLD"] for k, v in record["scores"].items() if k.startswith("4/")}
+            assert final[f"4/{chosen}"] == min(final.values())
+            budgets = {int(k.split("/")[0]): v["KLD"] for k, v in record["scores"].items()
+                       if k.endswith(f"/{chosen}")}
+            assert sorted(budgets) == [1, 2, 4]
+            assert budgets[record["step"]] == min(budgets.values())
+            saved = read_checkpoint(run / "model.pt")
+            assert saved["config"]["calibration"] == record["calibration"]
+            assert saved["config"]["inference_branch"] == record["inference_branch"]
+            assert rows[name]["inference"]["step"] == record["step"]
+        paper = read_checkpoint(tmp_path / "runs" / split / "selectivecl_paper" / "model.pt")
+        assert (paper["config"]["inference_branch"], paper["config"]["calibration"],
+                paper["config"]["proj_residual"], paper["config"]["exo_cue"]) == (
+                    "ego", "binary", False, "prompt")
+        assert rows["selectivecl_paper"]["inference"] is None
+        assert not (tmp_path / "runs" / split / "selectivecl_paper" / "validation.json").exists()
+        for rival in ("object affinity alone", "ce"):
+            gap = rows["selectivecl"]["gaps"][rival]
+            kld = np.asarray(rows["selectivecl"]["per_image"]["KLD"]) - np.asarray(
+                rows[rival]["per_image"]["KLD"])
+            assert gap["KLD"]["mean"] == pytest.approx(float(kld.mean()))
+            assert all(g["low"] <= g["mean"] <= g["high"] for g in gap.values()
+                       if math.isfinite(g["mean"]))
         assert (tmp_path / f"overlays_{split}.png").stat().st_size > 0
         assert (tmp_path / "runs" / split / "demo.log").is_file()
     # the validation corpus holds the training categories only, from another seed
@@ -46,9 +71,10 @@ def test_demo_trains_both_splits_in_two_processes_and_reports(tmp_path):
     assert sorted(map(tuple, pairs["test"])) == sorted(map(tuple, pairs["train"]))
     assert val["params"]["seed"] != results["corpus"]["params"]["seed"]
     text = (tmp_path / "results.md").read_text()
-    assert "## Seen" in text and "## Unseen" in text and "inference branch and calibration" in text
-    assert "paired-bootstrap interval" in text
-    assert json.loads((tmp_path / "results.json").read_text())["jobs"] == 2
+    assert "## Seen" in text and "## Unseen" in text and "absence AUROC" in text
+    assert "interval over (action, object) pairs" in text
+    public = json.loads((tmp_path / "results.json").read_text())
+    assert public["jobs"] == 2 and "per_image" not in public["splits"]["Seen"]["ce"]
 
 
 def test_update_checkpoint_config_rewrites_only_valid_fields(tmp_path):
@@ -56,42 +82,48 @@ def test_update_checkpoint_config_rewrites_only_valid_fields(tmp_path):
 
     model = create_model("tiny", vocabulary=["hold", "cut_with"], method="selectivecl")
     path = save_model(tmp_path / "model.pt", model)
-    update_checkpoint_config(path, calibration="continuous")
+    update_checkpoint_config(path, calibration="reference")
     saved = read_checkpoint(path)
-    assert saved["config"]["calibration"] == "continuous"
-    assert saved["extra"]["config_changes"] == [{"calibration": ["binary", "continuous"]}]
+    assert saved["config"]["calibration"] == "reference"
+    assert saved["extra"]["config_changes"] == [{"calibration": ["binary", "reference"]}]
     with pytest.raises(ValueError, match="not AffordanceConfig fields"):
         update_checkpoint_config(path, calibrate="binary")
     with pytest.raises(ValueError, match="calibration must be one of"):
         update_checkpoint_config(path, calibration="sometimes")
-    assert read_checkpoint(path)["config"]["calibration"] == "continuous"
+    assert read_checkpoint(path)["config"]["calibration"] == "reference"
     update_checkpoint_config(path, inference_branch="exo")
     assert read_checkpoint(path)["config"]["inference_branch"] == "exo"
     with pytest.raises(ValueError, match="pixel decoder"):
         update_checkpoint_config(path, inference_branch="pixel")
 
 
-def test_gap_to_affinity_is_zero_for_the_affinity_itself_and_brackets_its_mean(tiny_agd_root):
+def test_paired_gap_of_a_row_to_itself_is_zero_and_to_the_affinity_matches_by_hand(
+        tiny_agd_root):
     from affordance_core import create_model
-    from affordance_core.backbones import minmax
     from affordance_core.data import AffordanceTestDataset
-    from training.demo import gap_to_affinity
+    from training.baselines import baselines_of
+    from training.demo import paired_gaps, score_rows
+    from training.evaluate import extract_test_set
 
     torch.manual_seed(0)
     model = create_model("tiny", vocabulary=["hold", "cut_with", "sit_on"], pretrained=False,
                          method="selectivecl").eval()
     dataset = AffordanceTestDataset(tiny_agd_root, "Seen", model.image_size,
                                     vocabulary=model.vocabulary)
-    gap = gap_to_affinity(model, dataset, resamples=200)
-    assert set(gap) == {"KLD", "SIM", "NSS"}
-    assert any(abs(g["mean"]) > 1e-6 for g in gap.values())
-    for g in gap.values():
-        assert g["low"] <= g["mean"] <= g["high"]
-    model.maps_from_features = lambda feats, labels: minmax(
-        model.affinity(feats.clip, labels, "ego"))
-    same = gap_to_affinity(model, dataset, resamples=200)
+    extracted = extract_test_set(model, dataset, device=torch.device("cpu"))
+    rows = score_rows({"selectivecl": model, **baselines_of(model)}, extracted)
+    rows["copy"] = rows["selectivecl"]
+    same = paired_gaps(rows, "selectivecl", "copy", resamples=200)
     for g in same.values():
-        assert abs(g["mean"]) < 1e-6 and abs(g["low"]) < 1e-6 and abs(g["high"]) < 1e-6
+        assert g["mean"] == g["low"] == g["high"] == 0.0
+    gap = paired_gaps(rows, "selectivecl", "object affinity alone", resamples=200)
+    ours = np.asarray(rows["selectivecl"]["per_image"]["SIM"])
+    theirs = np.asarray(rows["object affinity alone"]["per_image"]["SIM"])
+    assert gap["SIM"]["mean"] == pytest.approx(float((ours - theirs).mean()))
+    assert gap["SIM"]["pairs"] == 3 and abs(gap["SIM"]["mean"]) > 1e-6
+    # the uniform map is scored as it is (not min-max'ed to zeros): the protocol's uniform KLD
+    uniform = rows["uniform map"]
+    assert uniform["SIM"] > 0 and uniform["NSS"] == 0.0 and uniform["KLD"] < 10
 
 
 def test_extracted_test_set_scores_like_the_dataset_and_refuses_other_backbones(tiny_agd_root):

@@ -221,7 +221,9 @@ def test_eval_prints_a_final_json_line_and_writes_the_breakdown(workspace, train
                             "--no-progress"])
     assert status == 0
     summary = last_json_line(capsys.readouterr().out)
-    assert set(summary) == {"KLD", "SIM", "NSS", "n"}
+    assert set(summary) == {"KLD", "SIM", "NSS", "peak_hit", "mask_iou", "action_sensitivity",
+                            "absence_auroc", "empty_on_background", "n", "n_background"}
+    assert summary["n_background"] == 0 and summary["empty_on_background"] is None
     assert summary["n"] == 6 and isinstance(summary["n"], int)
     assert all(math.isfinite(summary[k]) for k in ("KLD", "SIM", "NSS"))
     assert summary["KLD"] >= 0 and 0 <= summary["SIM"] <= 1

@@ -30,8 +30,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from affordance_core.metrics import (EVAL_SIZE, METRIC_NAMES, PLANNER_METRIC_NAMES,
-                                     MetricAccumulator, prepare_prediction)
+from affordance_core.metrics import (
+    EVAL_SIZE,
+    METRIC_NAMES,
+    PLANNER_METRIC_NAMES,
+    MetricAccumulator,
+    prepare_prediction,
+)
 from training.common import choose_device, run_cli, setup_logging
 
 __all__ = ["ExtractedTestSet", "background_scores", "choose_on_validation", "evaluate_model", "extract_background",
@@ -201,8 +206,7 @@ def score_batch(model: nn.Module, feats: Any, labels: torch.Tensor, gt: torch.Te
         {KLD, SIM, NSS, peak_hit, mask_iou, action_sensitivity: (B,) float64 on the CPU} and
         the scores of every action (B, C) float on the CPU.
     """
-    from affordance_core.metrics import (action_sensitivity, affordance_metrics, mask_iou,
-                                         peak_hit)
+    from affordance_core.metrics import action_sensitivity, affordance_metrics, mask_iou, peak_hit
     from affordance_core.predictor import grasp_masks
 
     b, size = len(labels), tuple(gt.shape[-2:])
@@ -422,17 +426,33 @@ def select_inference(model: nn.Module, dataset: Dataset | ExtractedTestSet, *,
     return {"inference_branch": branch, "calibration": calibration}, scores
 
 
+def _validation_scores(model: nn.Module, val: ExtractedTestSet, device: torch.device
+                       ) -> dict[str, float | int]:
+    """KLD / SIM / NSS of a model's current inference settings on validation features."""
+    acc = MetricAccumulator()
+    with torch.inference_mode():
+        for feats, labels, gt, _ in feature_batches(model, val, device=device):
+            maps = model.maps_from_features(feats, labels).float().cpu()
+            acc.update(prepare_prediction(maps, size=tuple(gt.shape[-2:])), gt, prepared=True)
+    return acc.compute()
+
+
 def choose_on_validation(run_dir: str | os.PathLike, val_root: str | os.PathLike, split: str,
                          *, device: torch.device, weights_dir: str | os.PathLike | None = None,
                          metric: str = "KLD") -> dict[str, Any]:
-    """Choose a finished run's training budget, inference branch and calibration on validation
+    """Choose a finished run's inference branch, calibration and training budget on validation
     data, and make the winner ``RUN_DIR/model.pt``.
 
-    The candidates are every ``snapshot_<step>.pt`` and the final ``model.pt``; for each, every
-    branch (ego, exo, ego+exo) and calibration (none, binary, product, reference; only none
-    without a CLIP-role backbone) is scored (:func:`select_inference`). LoopTrans' pixel
-    decoder has no branch or calibration choice, so only its budget is chosen. The backbones
-    run once over the validation images. ``RUN_DIR/validation.json`` records every score.
+    Two steps, so that the cost grows with the sum and not the product of the choices:
+
+    1. on the final ``model.pt``, every branch (ego, exo, ego+exo) and calibration (none,
+       binary, product, reference; only none without a CLIP-role backbone) is scored
+       (:func:`select_inference`); LoopTrans' pixel decoder has no such choice;
+    2. with the winning branch and calibration, every ``snapshot_<step>.pt`` is scored, and the
+       budget (snapshot or final step) with the best validation score is kept.
+
+    The backbones run once over the validation images. ``RUN_DIR/validation.json`` records
+    every score (keys ``step/branch/calibration``).
 
     Args:
         run_dir: the run folder written by ``affordance-train``.
@@ -450,8 +470,12 @@ def choose_on_validation(run_dir: str | os.PathLike, val_root: str | os.PathLike
         FileNotFoundError: no ``model.pt`` in ``run_dir``.
         ValueError: the validation data does not fit the model's vocabulary, or a bad metric.
     """
-    from affordance_core.checkpoint import (atomic_save, load_model, read_checkpoint,
-                                            update_checkpoint_config)
+    from affordance_core.checkpoint import (
+        atomic_save,
+        load_model,
+        read_checkpoint,
+        update_checkpoint_config,
+    )
     from affordance_core.data import AffordanceTestDataset
 
     if metric not in METRIC_NAMES:
@@ -460,51 +484,49 @@ def choose_on_validation(run_dir: str | os.PathLike, val_root: str | os.PathLike
     final = run_dir / "model.pt"
     if not final.is_file():
         raise FileNotFoundError(f"{final} does not exist; train the run first")
-    candidates = [*sorted(run_dir.glob("snapshot_*.pt")), final]
     sign = 1.0 if metric == "KLD" else -1.0
-    val: ExtractedTestSet | None = None
-    table: dict[str, dict[str, Any]] = {}
-    best: tuple[float, Path, int, dict[str, str]] | None = None
-    for path in candidates:
-        model = load_model(path, device=str(device), weights_dir=weights_dir).to(device).eval()
-        if val is None:
-            try:
-                dataset = AffordanceTestDataset(val_root, split, model.image_size,
-                                                vocabulary=model.vocabulary)
-            except ValueError as exc:
-                raise ValueError(f"validation data {val_root} ({split}): {exc}") from None
-            val = extract_test_set(model, dataset, device=device)
-        step = int((read_checkpoint(path).get("extra") or {}).get("step", 0))
-        if model.config.inference_branch == "pixel":
-            acc = MetricAccumulator()
-            with torch.inference_mode():
-                for feats, labels, gt, _ in feature_batches(model, val, device=device):
-                    maps = model.maps_from_features(feats, labels).float().cpu()
-                    acc.update(prepare_prediction(maps, size=tuple(gt.shape[-2:])), gt,
-                               prepared=True)
-            choice = {"inference_branch": "pixel", "calibration": model.config.calibration}
-            scores = {inference_key(**{"branch": "pixel",
-                                       "calibration": choice["calibration"]}): acc.compute()}
-        else:
-            calibrations = (("none", "binary", "product", "reference")
-                            if model.clip is not None else ("none",))
-            choice, scores = select_inference(model, val, device=device,
-                                              calibrations=calibrations, metric=metric)
-        for key, values in scores.items():
-            table[f"{step}/{key}"] = {k: round(float(v), 4) for k, v in values.items()}
-        value = float(scores[inference_key(choice["inference_branch"],
-                                           choice["calibration"])][metric])
-        if best is None or sign * value < sign * best[0]:
-            best = (value, path, step, choice)
-    assert best is not None
-    value, path, step, choice = best
+
+    def step_of(path: Path) -> int:
+        return int((read_checkpoint(path).get("extra") or {}).get("step", 0))
+
+    model = load_model(final, device=str(device), weights_dir=weights_dir).to(device).eval()
+    try:
+        dataset = AffordanceTestDataset(val_root, split, model.image_size,
+                                        vocabulary=model.vocabulary)
+    except ValueError as exc:
+        raise ValueError(f"validation data {val_root} ({split}): {exc}") from None
+    val = extract_test_set(model, dataset, device=device)
+    final_step = step_of(final)
+    if model.config.inference_branch == "pixel":
+        choice = {"inference_branch": "pixel", "calibration": model.config.calibration}
+        scores = {inference_key("pixel", choice["calibration"]):
+                  _validation_scores(model, val, device)}
+    else:
+        calibrations = (("none", "binary", "product", "reference")
+                        if model.clip is not None else ("none",))
+        choice, scores = select_inference(model, val, device=device, calibrations=calibrations,
+                                          metric=metric)
+    key = inference_key(choice["inference_branch"], choice["calibration"])
+    table = {f"{final_step}/{k}": v for k, v in scores.items()}
+    best = (float(scores[key][metric]), final, final_step)
+    for path in sorted(run_dir.glob("snapshot_*.pt")):
+        snapshot = load_model(path, device=str(device), weights_dir=weights_dir,
+                              **choice).to(device).eval()
+        step = step_of(path)
+        table[f"{step}/{key}"] = _validation_scores(snapshot, val, device)
+        value = float(table[f"{step}/{key}"][metric])
+        if sign * value < sign * best[0]:
+            best = (value, path, step)
+    value, path, step = best
     if path != final:
         payload = read_checkpoint(path)
         payload.setdefault("extra", {})["chosen_from"] = path.name
         atomic_save(payload, final)
     update_checkpoint_config(final, **choice)
     record = {"step": step, **choice, metric: round(value, 4), "candidates": len(table),
-              "split": split, "val_root": str(val_root), "scores": table}
+              "split": split, "val_root": str(val_root),
+              "scores": {k: {m: round(float(x), 4) for m, x in v.items()}
+                         for k, v in table.items()}}
     (run_dir / "validation.json").write_text(json.dumps(record, indent=1) + "\n",
                                              encoding="utf-8")
     logger.info("validation choice (%s of %d candidates): step %d, branch %s, calibration %s, "

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["pair_groups", "pair_bootstrap"]
+__all__ = ["pair_bootstrap", "pair_groups"]
 
 
 def pair_groups(keys: Sequence[str]) -> tuple[np.ndarray, list[str]]:
