@@ -25,15 +25,15 @@ from affordance_core.synthetic.corpus import (
 )
 
 PAIRS = [(a, o) for a, objs in AFFORDANCES.items() for o in objs]
-N_EXO, N_EGO, N_TEST = 2, 1, 2
+N_EXO, N_EGO, N_TEST, N_BACKGROUND = 2, 1, 2, 3
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     root = tmp_path_factory.mktemp("agd")
     stats = write_agd_corpus(root, seed=3, n_exo_per_pair=N_EXO, n_ego_per_pair=N_EGO,
-                             n_test_per_pair=N_TEST, size=64, occlusion_rate=0.5,
-                             progress=False)
+                             n_test_per_pair=N_TEST, n_background=N_BACKGROUND, size=64,
+                             occlusion_rate=0.5, progress=False)
     return root, stats
 
 
@@ -142,7 +142,12 @@ def test_corpus_layout(corpus: tuple[Path, object]) -> None:
         assert sorted(p.name for p in base.iterdir()) == ["testset", "trainset",
                                                           "vocabulary.txt"]
         assert (base / "vocabulary.txt").read_text().split() == sorted({a for a, _ in train})
-        assert sorted(p.name for p in (base / "testset").iterdir()) == ["GT", "egocentric"]
+        assert sorted(p.name for p in (base / "testset").iterdir()) == ["GT", "background",
+                                                                         "egocentric"]
+        backgrounds = _files(base / "testset/background", "*")
+        assert len(backgrounds) == N_BACKGROUND == stats.counts[split]["background"]
+        frame = cv2.imread(str(base / "testset/background" / backgrounds[0]))
+        assert frame.shape == (64, 64, 3) and frame.std() > 5  # clutter, not a blank frame
         assert sorted(p.name for p in (base / "trainset").iterdir()) == [
             "egocentric", "exo_meta.json", "exocentric"]
         for kind, n in (("exocentric", N_EXO), ("egocentric", N_EGO)):
@@ -188,9 +193,10 @@ def test_corpus_is_deterministic_and_order_independent(
     for run in ("a", "b"):
         write_agd_corpus(tmp_path / run, seed=3, split_objects=small, n_exo_per_pair=N_EXO,
                          n_ego_per_pair=N_EGO, n_test_per_pair=N_TEST, size=64,
-                         occlusion_rate=0.5, progress=False)
+                         occlusion_rate=0.5, n_background=2, progress=False)
     files = _files(tmp_path / "a", "**/*.*")
-    assert len(files) == 5 * (N_EXO + N_EGO) + 3 * 2 * N_TEST + 2  # + exo_meta, vocabulary
+    # + 2 background frames, exo_meta, vocabulary
+    assert len(files) == 5 * (N_EXO + N_EGO) + 3 * 2 * N_TEST + 2 + 2
     assert files == _files(tmp_path / "b", "**/*.*")
     for f in files:
         data = (tmp_path / "a" / f).read_bytes()
