@@ -19,6 +19,10 @@ Usage::
 
     python -m training.benchmark --out outputs/benchmark --corpus-seeds 21 --train-seeds 1 2 3
 
+Each training seed's rows are kept in ``<out>/corpus_<seed>/train_<seed>/rows.json``, so the
+seeds can also run as separate processes (``--train-seeds 2``, ``--train-seeds 3``) and a
+last call with all of them only aggregates.
+
 The last stdout line is one JSON object with the headline rows.
 """
 from __future__ import annotations
@@ -132,6 +136,29 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def seed_rows(shared: Path, corpus_seed: int, train_seed: int, budget: dict[str, Any],
+              jobs: int | None = None) -> dict[str, dict[str, Any]]:
+    """One training seed's rows per split (with ``per_image``), from ``rows.json`` in its run
+    folder when a run with the same budget wrote it, else by :func:`training.demo.run_demo`
+    (which itself reuses finished models). Seeds can thus run in separate processes and be
+    aggregated afterwards."""
+    from training.demo import run_demo
+
+    out = shared / f"train_{train_seed}"
+    key = json.loads(json.dumps({"budget": budget, "corpus_seed": corpus_seed,
+                                 "train_seed": train_seed}))
+    cache = out / "rows.json"
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved.get("key") == key:
+            print(f"reusing {cache}")
+            return saved["splits"]
+    results = run_demo(out, seed=corpus_seed, train_seed=train_seed, jobs=jobs, budget=budget,
+                       node=False, figures=False, shared=shared)
+    cache.write_text(json.dumps({"key": key, "splits": results["splits"]}))
+    return results["splits"]
+
+
 def run_benchmark(out: Path, corpus_seeds: Sequence[int], train_seeds: Sequence[int],
                   quick: bool = False, jobs: int | None = None,
                   methods: Sequence[str] | None = None,
@@ -142,8 +169,6 @@ def run_benchmark(out: Path, corpus_seeds: Sequence[int], train_seeds: Sequence[
         ``{"corpus_seeds", "train_seeds", "budget", "corpora": {seed: {split: aggregate}},
         "seconds"}``, also written to ``out/benchmark.json`` with ``out/benchmark.md``.
     """
-    from training.demo import run_demo
-
     start = time.perf_counter()
     budget = dict(budget if budget is not None else _budget(quick))
     if methods:
@@ -152,10 +177,8 @@ def run_benchmark(out: Path, corpus_seeds: Sequence[int], train_seeds: Sequence[
     corpora: dict[str, Any] = {}
     for corpus_seed in corpus_seeds:
         shared = out / f"corpus_{corpus_seed}"
-        runs = [run_demo(shared / f"train_{t}", seed=corpus_seed, train_seed=t, jobs=jobs,
-                         budget=budget, node=False, figures=False, shared=shared)
-                for t in train_seeds]
-        corpora[str(corpus_seed)] = {split: aggregate([r["splits"][split] for r in runs])
+        runs = [seed_rows(shared, corpus_seed, t, budget, jobs) for t in train_seeds]
+        corpora[str(corpus_seed)] = {split: aggregate([r[split] for r in runs])
                                      for split in SPLITS}
     results = {"corpus_seeds": list(corpus_seeds), "train_seeds": list(train_seeds),
                "budget": {k: v for k, v in budget.items() if k != "corpus"},
