@@ -159,11 +159,14 @@ def compressed_to_rgb(msg: Any) -> np.ndarray:
     return np.ascontiguousarray(bgr[:, :, ::-1])
 
 
-def depth_to_metres(msg: Any) -> np.ndarray:
+def depth_to_metres(msg: Any, scale: float = 1e-3) -> np.ndarray:
     """Decode a depth image into metres.
 
     Args:
-        msg: ``sensor_msgs/Image`` with encoding ``16UC1`` (millimetres) or ``32FC1`` (metres).
+        msg: ``sensor_msgs/Image`` with encoding ``16UC1`` (integer units of ``scale`` metres)
+            or ``32FC1`` (metres).
+        scale: Metres per unit of a ``16UC1`` image (0.001 = millimetres, the REP 118
+            convention); ignored for ``32FC1``.
 
     Returns:
         (H, W) float32 metres; invalid pixels (0, negative, NaN, inf) are NaN.
@@ -173,10 +176,12 @@ def depth_to_metres(msg: Any) -> np.ndarray:
     """
     if msg.encoding not in ("16UC1", "32FC1"):
         raise ImageConversionError(
-            "encoding", f"depth encoding '{msg.encoding}' unsupported; use 16UC1 (mm) or 32FC1 (m)"
+            "encoding",
+            f"depth encoding '{msg.encoding}' unsupported; use 16UC1 (depth_scale metres per "
+            "unit) or 32FC1 (metres)"
         )
     arr = image_to_array(msg)
-    depth = arr.astype(np.float32) * (1e-3 if msg.encoding == "16UC1" else 1.0)
+    depth = arr.astype(np.float32) * np.float32(scale if msg.encoding == "16UC1" else 1.0)
     depth[~(np.isfinite(depth) & (depth > 0))] = np.nan
     return depth
 
