@@ -40,6 +40,7 @@ setup(
             "affordance-demo = training.demo:main",
             "affordance-pretrain = training.pretrain:main",
             "affordance_node = affordance_ros.node:main",
+            "affordance_lifecycle_node = affordance_ros.lifecycle_node:main",
         ]
     },
 )
