@@ -78,7 +78,8 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor  # 
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile,  # noqa: E402
                        ReliabilityPolicy)
-from rclpy.qos_overriding_options import QoSOverridingOptions  # noqa: E402
+from rclpy.qos_overriding_options import (QoSOverridingOptions,  # noqa: E402
+                                          QoSPolicyKind)
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
@@ -262,6 +263,13 @@ def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
     return desc
 
 
+def _overridable() -> QoSOverridingOptions:
+    """History, depth, reliability and durability can be set by ``qos_overrides.*`` params."""
+    return QoSOverridingOptions(policy_kinds=(QoSPolicyKind.HISTORY, QoSPolicyKind.DEPTH,
+                                              QoSPolicyKind.RELIABILITY,
+                                              QoSPolicyKind.DURABILITY))
+
+
 def _sensor_qos(reliable: bool) -> QoSProfile:
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                       reliability=(ReliabilityPolicy.RELIABLE if reliable
@@ -336,7 +344,7 @@ class AffordanceNodeMixin:
         self._warm_up()
         out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2,
                              reliability=ReliabilityPolicy.RELIABLE)
-        qoo = QoSOverridingOptions.with_default_policies()
+        qoo = _overridable()
 
         def pub(typ: Any, topic: str, qos: Any = out_qos, overridable: bool = True) -> Any:
             p = self.create_publisher(typ, topic, qos,
@@ -368,17 +376,20 @@ class AffordanceNodeMixin:
     def _warm_up(self) -> None:
         """One inference on a blank frame, so the first real frame does not pay for set-up."""
         action = self._actions[0] if self._actions else self.vocabulary[0]
+        t0 = time.perf_counter()
         try:
             self.predictor.set_image(np.zeros((64, 64, 3), np.uint8))
             self.predictor.predict([action])
         except Exception as exc:  # noqa: BLE001 - a failing model cannot serve frames
             raise StartupError(f"warm-up inference failed: {type(exc).__name__}: {exc}") from exc
+        self.get_logger().info(
+            f"warm-up inference done in {(time.perf_counter() - t0) * 1e3:.0f} ms")
 
     def _activate(self) -> None:
         """Subscribe the inputs and start the worker thread."""
         s = self.settings
         qos = _sensor_qos(s.image_qos == "reliable")
-        qoo = QoSOverridingOptions.with_default_policies()
+        qoo = _overridable()
         if s.transport == "compressed":
             self._inputs.append(self.create_subscription(
                 CompressedImage, "image/compressed", self._on_compressed, qos,
@@ -452,7 +463,7 @@ class AffordanceNodeMixin:
                 return SetParametersResult(
                     successful=False,
                     reason=f"'{p.name}' is read-only: it is fixed at start-up; restart the node "
-                           "(or reconfigure the lifecycle node) to change it")
+                           "with the new value to change it")
             problem = check_value(spec, p.value)
             if problem:
                 return SetParametersResult(successful=False, reason=problem)

@@ -110,6 +110,9 @@ def robot(tmp_path_factory, node_env, rclpy_session, tiny_model_files):
         "transport": "compressed", "use_depth": True, "default_action": "hold",
         "diagnostics_period": 0.5, "stale_input_warn": 1.5, "stale_input_error": 3.0,
         "max_frame_age": 60.0, "max_depth_age": 10.0, "sync_slop": 0.05,
+        # QoS overrides (item 11): an input and an output
+        f"qos_overrides.{NS}/depth.subscription.reliability": "reliable",
+        f"qos_overrides.{NS}/affordance/marker.publisher.durability": "transient_local",
     }, extra_args=["-r", f"__ns:={NS}"])
     r = Robot()
     try:
@@ -386,7 +389,84 @@ def test_diagnostics_on_absolute_topic_ok_warn_error_ok(robot):
         stream.stop()
 
 
-# ------------------------------------------------------------------------- item 9: bandwidth
+# ---------------------------------------------------------- item 12: warm-up, max_frame_age
+def test_warm_up_before_ready_and_rerun_only_for_young_frames(robot):
+    proc, r = robot
+    out = proc.output()
+    assert "warm-up inference done" in out and out.index("warm-up inference") < out.index("ready:")
+    msg = r.frame(test_image(32, 40, seed=70), time.time_ns())
+    key = stamp_key(msg.header)
+    r.c.send(msg, compressed=True)
+    assert r.c.wait_for(lambda: r.c.outputs_for("result", key), 30)
+    assert r.param(max_frame_age=0.0)[0].successful
+    try:
+        assert r.call(r.set_actions, r.SetActions.Request(actions=["pour"])).success
+        time.sleep(2.0)  # well past action_rerun_delay: a re-run would have arrived
+        assert not [x for x in r.c.outputs_for("result", key) if x.msg.action == "pour"], \
+            "a frame older than max_frame_age was re-run"
+        assert r.param(max_frame_age=600.0)[0].successful
+        assert r.call(r.set_actions, r.SetActions.Request(actions=["cut_with"])).success
+        assert r.c.wait_for(lambda: [x for x in r.c.outputs_for("result", key)
+                                     if x.msg.action == "cut_with"], 30), \
+            "no re-run of a young frame after an action change"
+    finally:
+        r.param(max_frame_age=60.0)
+        r.call(r.set_actions, r.SetActions.Request(actions=["hold"]))
+
+
+# ------------------------------------------------------------- item 8: large and non-square
+def test_large_frames_are_downscaled_and_non_square_frames_can_be_padded(robot,
+                                                                        reference_predictor):
+    _, r = robot
+    import cv2
+
+    from affordance_ros.conversions import image_to_array
+
+    rgb = test_image(48, 64, seed=60)
+    depth = np.full((48, 64), 1000, np.uint16)
+    assert r.param(max_image_side=32)[0].successful
+    try:
+        _, res = r.send_rgbd(rgb, depth, "16UC1", time.time_ns())
+        heat = image_to_array(res[0].msg.heatmap)
+        assert heat.shape == (24, 32), "a frame over max_image_side was not downscaled"
+        small = cv2.resize(rgb, (32, 24), interpolation=cv2.INTER_AREA)
+        np.testing.assert_allclose(heat, expect(reference_predictor, small, ["hold"])[0].heatmap,
+                                   atol=1e-4)
+        # the grasp point still comes from the full-size depth (pixel scaled between sizes)
+        assert res[0].msg.has_grasp_point, res[0].msg.grasp_point_status
+    finally:
+        r.param(max_image_side=2048)
+    assert r.param(pad_to_square=True)[0].successful
+    try:
+        _, res = r.send_rgbd(rgb, depth, "16UC1", time.time_ns())
+        heat = image_to_array(res[0].msg.heatmap)
+        padded = np.zeros((64, 64, 3), np.uint8)
+        padded[:48] = rgb
+        ref = expect(reference_predictor, padded, ["hold"])[0].heatmap[:48]
+        assert heat.shape == (48, 64)
+        np.testing.assert_allclose(heat, ref, atol=1e-4)
+        stretched = expect(reference_predictor, rgb, ["hold"])[0].heatmap
+        assert np.abs(stretched - ref).max() > 1e-3, "padding and stretching do not differ"
+    finally:
+        r.param(pad_to_square=False)
+
+
+# ------------------------------------------------------------------------ item 11: QoS overrides
+def test_qos_of_inputs_and_outputs_can_be_overridden(robot):
+    _, r = robot
+    from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
+
+    n = r.c.node
+    subs = r.c.wait_for(lambda: n.get_subscriptions_info_by_topic(f"{NS}/depth"), 20)
+    assert subs and subs[0].qos_profile.reliability == ReliabilityPolicy.RELIABLE
+    pubs = r.c.wait_for(lambda: n.get_publishers_info_by_topic(f"{NS}/affordance/marker"), 20)
+    assert pubs and pubs[0].qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
+    # an output without an override keeps the default (volatile)
+    mask = n.get_publishers_info_by_topic(f"{NS}/affordance/mask")
+    assert mask and mask[0].qos_profile.durability == DurabilityPolicy.VOLATILE
+
+
+# ------------------------------------------- item 9: bandwidth (last: it drops subscriptions)
 def test_publishes_only_to_subscribed_topics_and_results_without_images(robot):
     _, r = robot
     from diagnostic_msgs.msg import DiagnosticStatus  # noqa: F401
