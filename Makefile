@@ -32,7 +32,7 @@ msgs: $(STAMP)
 	PYTHON=$(PY) bash scripts/build_msgs.sh $(MSGS)
 
 test: msgs
-	$(PY) -m pytest test -q -rs --durations=15
+	$(PY) -m pytest test -q -rs --durations=15 --basetemp=build/pytest
 
 demo: msgs
 	$(VENV)/bin/affordance-demo --out outputs/demo

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bag", required=True, help="input rosbag2 directory")
     parser.add_argument("--out", required=True, help="output rosbag2 directory (new)")
-    parser.add_argument("--checkpoint", required=True, help="trained heads checkpoint")
+    parser.add_argument("--checkpoint", required=True, help="trained model file (model.pt from affordance-train)")
     parser.add_argument("--action", required=True, help="action word(s), comma-separated")
     parser.add_argument("--topic", action="append", help="image topic (repeatable)")
     parser.add_argument("--weights-dir", default=None, help="local backbone weights")

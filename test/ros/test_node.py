@@ -259,7 +259,7 @@ def test_flood_drops_stale_frames_and_soak_memory(served, reference_predictor):
 def test_bad_checkpoint_exits_with_clear_error(case, tmp_path: Path, node_env, ros_isolation):
     params: dict[str, object] = {}
     if case == "missing":
-        params["checkpoint"] = str(tmp_path / "nope" / "heads.pt")
+        params["checkpoint"] = str(tmp_path / "nope" / "model.pt")
     elif case == "corrupt":
         bad = tmp_path / "corrupt.pt"
         bad.write_bytes(b"not a checkpoint")
