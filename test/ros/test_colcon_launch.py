@@ -51,8 +51,8 @@ def colcon_install(tmp_path_factory) -> Path:
     share = install / "affordance_ros" / "share" / "affordance_ros"
     assert (share / "launch" / "affordance.launch.py").is_file()
     assert (share / "config" / "affordance.yaml").is_file()
-    assert os.access(install / "affordance_ros" / "lib" / "affordance_ros" / "affordance_node",
-                     os.X_OK)
+    for exe in ("affordance_node", "affordance_lifecycle_node"):
+        assert os.access(install / "affordance_ros" / "lib" / "affordance_ros" / exe, os.X_OK)
     return install
 
 
