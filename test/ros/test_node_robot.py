@@ -469,7 +469,6 @@ def test_qos_of_inputs_and_outputs_can_be_overridden(robot):
 # ------------------------------------------- item 9: bandwidth (last: it drops subscriptions)
 def test_publishes_only_to_subscribed_topics_and_results_without_images(robot):
     _, r = robot
-    from diagnostic_msgs.msg import DiagnosticStatus  # noqa: F401
 
     def window_values(after):
         return [{kv.key: kv.value for kv in s.values}
