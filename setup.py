@@ -27,7 +27,8 @@ setup(
     ],
     extras_require={
         "ros": ["ros-jazzy-rclpy[fastrtps]", "ros-jazzy-sensor-msgs", "ros-jazzy-std-msgs",
-                "ros-jazzy-geometry-msgs", "ros-jazzy-diagnostic-msgs", "rosbags"],
+                "ros-jazzy-geometry-msgs", "ros-jazzy-diagnostic-msgs",
+                "ros-jazzy-visualization-msgs", "ros-jazzy-lifecycle-msgs", "rosbags"],
         "export": ["onnx", "onnxruntime"],
         "test": ["pytest", "pytest-timeout"],
     },
@@ -39,6 +40,7 @@ setup(
             "affordance-demo = training.demo:main",
             "affordance-pretrain = training.pretrain:main",
             "affordance_node = affordance_ros.node:main",
+            "affordance_lifecycle_node = affordance_ros.lifecycle_node:main",
         ]
     },
 )

@@ -118,6 +118,19 @@ class AffordancePredictor:
                            allow_download=allow_download, **overrides)
         return cls(model, device, half, mask_threshold, compile=compile)
 
+    def to(self, device: str | torch.device) -> "AffordancePredictor":
+        """Move the model to ``device`` and drop the cached image features (frees them there).
+
+        Used by the ROS lifecycle node to release GPU memory on deactivate (``to("cpu")``) and
+        re-acquire it on activate. Returns ``self``.
+        """
+        self._features = None
+        self._size = None
+        self.device = torch.device(device)
+        self.autocast_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        self.model.to(self.device)
+        return self
+
     @property
     def vocabulary(self) -> list[str]:
         return list(self.model.vocabulary)

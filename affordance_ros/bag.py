@@ -7,7 +7,7 @@ all carrying the input header. Frames that cannot be decoded are counted and ski
 
 Usage::
 
-    python -m affordance_ros.bag --bag IN_BAG --out OUT_BAG --checkpoint heads.pt \\
+    python -m affordance_ros.bag --bag IN_BAG --out OUT_BAG --checkpoint model.pt \\
         --action hold,cut_with [--topic /camera/image_raw] [--weights-dir DIR] [--device cpu]
 
 Prints one JSON object with the counts as its last line.
@@ -118,7 +118,8 @@ def run_bag(bag: str | Path, out: str | Path, predictor: Any, actions: list[str]
                         mask=_image(store, msg.header, p.mask.astype(np.uint8) * 255, "mono8"),
                         score=float(p.score),
                         grasp_pixel=point(x=float(p.peak_xy[0]), y=float(p.peak_xy[1]), z=0.0),
-                        grasp_point=nan, has_grasp_point=False)
+                        grasp_point=nan, has_grasp_point=False, grasp_point_frame="",
+                        grasp_point_status="no depth in the bag runner")
                     writer.write(w_res, stamp, store.serialize_cdr(res, res.__msgtype__))
                 stats["written"] += 1
     stats["predictor_ms"] = round(float(np.mean(times)), 2) if times else None
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bag", required=True, help="input rosbag2 directory")
     parser.add_argument("--out", required=True, help="output rosbag2 directory (new)")
-    parser.add_argument("--checkpoint", required=True, help="trained heads checkpoint")
+    parser.add_argument("--checkpoint", required=True, help="trained model file (model.pt from affordance-train)")
     parser.add_argument("--action", required=True, help="action word(s), comma-separated")
     parser.add_argument("--topic", action="append", help="image topic (repeatable)")
     parser.add_argument("--weights-dir", default=None, help="local backbone weights")

@@ -27,6 +27,29 @@ ENCODINGS: dict[str, tuple[np.dtype, int]] = {
     "mono16": (np.dtype(np.uint16), 1),
     "16UC1": (np.dtype(np.uint16), 1),
     "32FC1": (np.dtype(np.float32), 1),
+    "8UC3": (np.dtype(np.uint8), 3),
+    "8UC4": (np.dtype(np.uint8), 4),
+    "rgb16": (np.dtype(np.uint16), 3),
+    "bgr16": (np.dtype(np.uint16), 3),
+    "rgba16": (np.dtype(np.uint16), 4),
+    "bgra16": (np.dtype(np.uint16), 4),
+    "yuv422": (np.dtype(np.uint8), 2),       # UYVY
+    "yuv422_yuy2": (np.dtype(np.uint8), 2),  # YUYV (UVC cameras)
+    "bayer_rggb8": (np.dtype(np.uint8), 1),
+    "bayer_bggr8": (np.dtype(np.uint8), 1),
+    "bayer_gbrg8": (np.dtype(np.uint8), 1),
+    "bayer_grbg8": (np.dtype(np.uint8), 1),
+}
+# Encodings decoded by image_to_rgb only (planar layouts with more rows than the image).
+PLANAR_ENCODINGS = ("nv21",)
+
+# ROS Bayer pattern -> OpenCV code. OpenCV names a pattern by the 2x2 block starting at the
+# second row and column, so ROS "rggb" is OpenCV "BG" (as in cv_bridge).
+_BAYER = {
+    "bayer_rggb8": cv2.COLOR_BayerBG2RGB,
+    "bayer_bggr8": cv2.COLOR_BayerRG2RGB,
+    "bayer_gbrg8": cv2.COLOR_BayerGR2RGB,
+    "bayer_grbg8": cv2.COLOR_BayerGB2RGB,
 }
 
 
@@ -63,7 +86,8 @@ def image_to_array(msg: Any) -> np.ndarray:
     if enc not in ENCODINGS:
         raise ImageConversionError(
             "encoding",
-            f"unsupported image encoding '{enc}'; supported: {', '.join(ENCODINGS)}",
+            f"unsupported image encoding '{enc}'; supported: "
+            f"{', '.join((*ENCODINGS, *PLANAR_ENCODINGS))}",
         )
     dtype, ch = ENCODINGS[enc]
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
@@ -99,9 +123,13 @@ def _scale_to_uint8(values: np.ndarray) -> np.ndarray:
 def image_to_rgb(msg: Any) -> np.ndarray:
     """Decode an Image message into an RGB image for the predictor.
 
-    Colour encodings are reordered to RGB (alpha dropped). ``mono8`` is replicated to three
-    channels; ``mono16`` is mapped to 8 bits by dividing by 257 (full 16-bit intensity
-    range); ``16UC1`` (typically depth in mm) and ``32FC1`` are min-max scaled for display.
+    Colour encodings are reordered to RGB (alpha dropped); 16-bit colour (``rgb16``,
+    ``bgr16``, ``rgba16``, ``bgra16``) is divided by 257. ``8UC3``/``8UC4`` are taken as RGB(A)
+    (they carry no channel order). ``yuv422`` (UYVY), ``yuv422_yuy2`` (YUYV), ``nv21`` and
+    ``bayer_{rggb,bggr,gbrg,grbg}8`` are converted with OpenCV using cv_bridge's code mapping.
+    ``mono8`` is replicated to three channels; ``mono16`` is mapped to 8 bits by dividing by
+    257 (full 16-bit intensity range); ``16UC1`` (typically depth in mm) and ``32FC1`` are
+    min-max scaled for display.
 
     Args:
         msg: A ``sensor_msgs/Image`` (or an object with the same fields).
@@ -113,8 +141,25 @@ def image_to_rgb(msg: Any) -> np.ndarray:
         ImageConversionError: As :func:`image_to_array`, plus ``nan`` for a float image
             holding NaN or infinite values.
     """
-    arr = image_to_array(msg)
     enc = str(msg.encoding)
+    if enc == "nv21":
+        return _nv21_to_rgb(msg)
+    arr = image_to_array(msg)
+    if enc in ("rgb8", "8UC3"):  # 8UC3 carries no channel order: taken as is, like cv_bridge
+        return arr.copy()
+    if enc in ("rgb16", "bgr16", "rgba16", "bgra16"):
+        arr8 = ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)
+        return np.ascontiguousarray(arr8[:, :, 2::-1] if enc.startswith("bgr")
+                                    else arr8[:, :, :3])
+    if enc == "8UC4":
+        return np.ascontiguousarray(arr[:, :, :3])
+    if enc in ("yuv422", "yuv422_yuy2"):
+        if arr.shape[1] % 2:
+            raise ImageConversionError("truncated", f"{enc} needs an even width, got {arr.shape[1]}")
+        code = cv2.COLOR_YUV2RGB_UYVY if enc == "yuv422" else cv2.COLOR_YUV2RGB_YUY2
+        return np.ascontiguousarray(cv2.cvtColor(np.ascontiguousarray(arr), code))
+    if enc in _BAYER:
+        return np.ascontiguousarray(cv2.cvtColor(np.ascontiguousarray(arr), _BAYER[enc]))
     if enc == "rgb8":
         return arr.copy()
     if enc == "bgr8":
@@ -134,6 +179,25 @@ def image_to_rgb(msg: Any) -> np.ndarray:
             raise ImageConversionError("nan", "32FC1 image contains NaN or infinite values")
         gray = _scale_to_uint8(arr)
     return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+def _nv21_to_rgb(msg: Any) -> np.ndarray:
+    """NV21: a full-resolution Y plane, then interleaved V/U at half resolution."""
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0:
+        raise ImageConversionError("empty", f"empty image ({w}x{h} pixels)")
+    if h % 2 or w % 2:
+        raise ImageConversionError("truncated", f"nv21 needs even width and height, got {w}x{h}")
+    if step < w:
+        raise ImageConversionError("truncated", f"step {step} is smaller than the width {w} (nv21)")
+    rows = h * 3 // 2
+    buf = np.frombuffer(memoryview(msg.data).cast("B"), dtype=np.uint8)
+    if buf.size < step * rows:
+        raise ImageConversionError(
+            "truncated", f"nv21 data has {buf.size} bytes, expected step*height*3/2 = "
+                         f"{step * rows}")
+    yuv = np.ascontiguousarray(buf[: step * rows].reshape(rows, step)[:, :w])
+    return np.ascontiguousarray(cv2.cvtColor(yuv, cv2.COLOR_YUV2RGB_NV21))
 
 
 def compressed_to_rgb(msg: Any) -> np.ndarray:
@@ -159,11 +223,14 @@ def compressed_to_rgb(msg: Any) -> np.ndarray:
     return np.ascontiguousarray(bgr[:, :, ::-1])
 
 
-def depth_to_metres(msg: Any) -> np.ndarray:
+def depth_to_metres(msg: Any, scale: float = 1e-3) -> np.ndarray:
     """Decode a depth image into metres.
 
     Args:
-        msg: ``sensor_msgs/Image`` with encoding ``16UC1`` (millimetres) or ``32FC1`` (metres).
+        msg: ``sensor_msgs/Image`` with encoding ``16UC1`` (integer units of ``scale`` metres)
+            or ``32FC1`` (metres).
+        scale: Metres per unit of a ``16UC1`` image (0.001 = millimetres, the REP 118
+            convention); ignored for ``32FC1``.
 
     Returns:
         (H, W) float32 metres; invalid pixels (0, negative, NaN, inf) are NaN.
@@ -173,10 +240,12 @@ def depth_to_metres(msg: Any) -> np.ndarray:
     """
     if msg.encoding not in ("16UC1", "32FC1"):
         raise ImageConversionError(
-            "encoding", f"depth encoding '{msg.encoding}' unsupported; use 16UC1 (mm) or 32FC1 (m)"
+            "encoding",
+            f"depth encoding '{msg.encoding}' unsupported; use 16UC1 (depth_scale metres per "
+            "unit) or 32FC1 (metres)"
         )
     arr = image_to_array(msg)
-    depth = arr.astype(np.float32) * (1e-3 if msg.encoding == "16UC1" else 1.0)
+    depth = arr.astype(np.float32) * np.float32(scale if msg.encoding == "16UC1" else 1.0)
     depth[~(np.isfinite(depth) & (depth > 0))] = np.nan
     return depth
 

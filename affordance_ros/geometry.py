@@ -59,3 +59,28 @@ def backproject_pixel(
         return None
     z = float(np.median(valid))
     return np.array([(xy[0] - cx) * z / fx, (xy[1] - cy) * z / fy, z])
+
+
+def transform_point(point: np.ndarray, translation: tuple[float, float, float],
+                    rotation_xyzw: tuple[float, float, float, float]) -> np.ndarray:
+    """Apply a rigid transform (as in ``geometry_msgs/Transform``) to a 3D point.
+
+    Args:
+        point: (3,) point in the transform's child (source) frame.
+        translation: (x, y, z) of the child frame's origin in the parent (target) frame.
+        rotation_xyzw: Unit quaternion (x, y, z, w) rotating child axes into the parent frame.
+
+    Returns:
+        (3,) float64 point in the parent frame: ``R @ point + t``.
+    """
+    x, y, z, w = (float(c) for c in rotation_xyzw)
+    n = x * x + y * y + z * z + w * w
+    if n <= 0:
+        raise ValueError("zero quaternion")
+    s = 2.0 / n
+    rot = np.array([
+        [1 - s * (y * y + z * z), s * (x * y - z * w), s * (x * z + y * w)],
+        [s * (x * y + z * w), 1 - s * (x * x + z * z), s * (y * z - x * w)],
+        [s * (x * z - y * w), s * (y * z + x * w), 1 - s * (x * x + y * y)],
+    ])
+    return rot @ np.asarray(point, dtype=np.float64) + np.asarray(translation, dtype=np.float64)

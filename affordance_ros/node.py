@@ -7,91 +7,97 @@ predictor and publishes. Bad input is logged once per kind per ``log_throttle`` 
 produces no output for that frame.
 
 Topics (relative; remap them):
-    in:  ``image`` (sensor_msgs/Image), ``image/compressed`` (sensor_msgs/CompressedImage),
-         ``action`` (std_msgs/String, one word or a comma-separated list),
-         ``depth`` (16UC1 mm or 32FC1 m) and ``camera_info`` when ``use_depth`` is true.
-    out: ``affordance/heatmap`` (32FC1 in [0, 1]) and ``affordance/mask`` (mono8 0/255) for
-         the first requested action, ``affordance/result`` (one AffordanceResult per action),
-         ``affordance/results`` (AffordanceResultArray per frame), ``affordance/overlay``
-         (rgb8, first action) and ``diagnostics``. Every output copies the image header.
+    in:  ``image`` (sensor_msgs/Image) or ``image/compressed`` (sensor_msgs/CompressedImage),
+         chosen by ``transport``; ``action`` (std_msgs/String, one word or a comma-separated
+         list; empty pauses inference); ``depth`` and ``camera_info`` when ``use_depth``.
+    out: ``affordance/heatmap`` (32FC1 in [0, 1]), ``affordance/mask`` (mono8 0/255) and
+         ``affordance/overlay`` (rgb8) for the first action; ``affordance/result`` (one
+         AffordanceResult per action), ``affordance/results`` (AffordanceResultArray per
+         frame); with depth ``affordance/grasp_point`` (PointStamped), ``affordance/marker``
+         (visualization_msgs/Marker) and ``affordance/camera_info``;
+         ``affordance/vocabulary`` (transient local) and ``/diagnostics``. Every frame output
+         copies the image header and is published only while the topic has a subscriber.
+    services: ``affordance/set_actions`` (SetActions), ``affordance/query`` (Query).
 
-Run: ``ros2 run affordance_ros affordance_node --ros-args -p checkpoint:=heads.pt`` or
-``python -m affordance_ros.node --ros-args ...``.
+Run: ``ros2 run affordance_ros affordance_node --ros-args -p checkpoint:=model.pt`` or
+``python -m affordance_ros.node --ros-args ...``. The lifecycle variant is
+:mod:`affordance_ros.lifecycle_node`.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import Point
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
-from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-from std_msgs.msg import String
-
-from affordance_ros.conversions import (
-    ImageConversionError,
-    array_to_image,
-    compressed_to_rgb,
-    depth_to_metres,
-    heatmap_overlay,
-    image_to_rgb,
-)
-from affordance_ros.geometry import backproject_pixel, scale_pixel
-try:
-    from affordance_ros.msg import AffordanceResult, AffordanceResultArray
-except ImportError as _exc:  # pip/venv route without the generated messages
-    raise ImportError(
-        "affordance_ros.msg is not importable: build the messages with "
-        "`scripts/build_msgs.sh build/ros_msgs` and use affordance_ros.env.ros_env(), or "
-        "`colcon build` and source install/setup.bash"
-    ) from _exc
-
-MODELS = ("paper", "tiny")
-IMAGE_QOS = ("sensor_data", "reliable")
 
 
-class StartupError(RuntimeError):
-    """The node cannot start: a parameter is invalid or the model cannot be loaded."""
+def _import_interfaces() -> tuple[Any, ...]:
+    """The generated interfaces; on the pip/venv route, from the prefix ``make msgs`` built."""
+    try:
+        from affordance_ros.msg import (AffordanceResult, AffordanceResultArray,
+                                        AffordanceVocabulary)
+        from affordance_ros.srv import Query, SetActions
+    except ImportError as first:
+        import os
+
+        from affordance_ros.env import DEFAULT_MSG_PREFIX, use_msg_prefix
+
+        prefix = os.environ.get("AFFORDANCE_MSG_PREFIX", str(DEFAULT_MSG_PREFIX))
+        try:
+            use_msg_prefix(prefix)
+            from affordance_ros.msg import (AffordanceResult, AffordanceResultArray,
+                                            AffordanceVocabulary)
+            from affordance_ros.srv import Query, SetActions
+        except (ImportError, OSError) as exc:
+            raise ImportError(
+                f"affordance_ros.msg is not importable ({first}) and no usable messages were "
+                f"found in {prefix} ({exc}): run `make msgs` in the repository (or set "
+                "AFFORDANCE_MSG_PREFIX to the prefix given to scripts/build_msgs.sh), or "
+                "`colcon build` and source install/setup.bash") from exc
+    return AffordanceResult, AffordanceResultArray, AffordanceVocabulary, Query, SetActions
 
 
-@dataclass(frozen=True)
-class NodeSettings:
-    """Validated node parameters (see ``config/affordance.yaml`` for their meaning)."""
+(AffordanceResult, AffordanceResultArray, AffordanceVocabulary, Query,
+ SetActions) = _import_interfaces()
 
-    model: str
-    checkpoint: str
-    weights_dir: str
-    device: str
-    half: bool
-    compile: bool
-    mask_threshold: float
-    default_action: str
-    image_qos: str
-    max_rate: float
-    publish_overlay: bool
-    use_depth: bool
-    max_image_side: int
-    depth_window: int
-    diagnostics_period: float
-    log_throttle: float
-    action_rerun_delay: float
-    cpu_threads: int
+import rclpy  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
+from geometry_msgs.msg import Point, PointStamped  # noqa: E402
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange,  # noqa: E402
+                                ParameterDescriptor, SetParametersResult)
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup  # noqa: E402
+from rclpy.exceptions import (InvalidParameterTypeException,  # noqa: E402
+                              InvalidParameterValueException)
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile,  # noqa: E402
+                       ReliabilityPolicy)
+from rclpy.qos_overriding_options import (QoSOverridingOptions,  # noqa: E402
+                                          QoSPolicyKind)
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
 
+from affordance_ros.conversions import (ImageConversionError, array_to_image,  # noqa: E402
+                                        compressed_to_rgb, depth_to_metres, heatmap_overlay,
+                                        image_to_rgb)
+from affordance_ros.depth_sync import DepthSync  # noqa: E402
+from affordance_ros.geometry import backproject_pixel, scale_pixel, transform_point  # noqa: E402
+from affordance_ros.params import (SPECS, NodeSettings, ParamSpec, StartupError,  # noqa: E402
+                                   check_device, check_value, parse_actions, unknown_actions)
 
-def parse_actions(text: str) -> list[str]:
-    """Split an action request (``"hold"`` or ``"hold, cut_with"``) into unique words, in order."""
-    words = [w.strip() for w in text.split(",")]
-    return list(dict.fromkeys(w for w in words if w))
+try:  # visualization_msgs is optional: without it no marker is published
+    from visualization_msgs.msg import Marker
+except ImportError:  # pragma: no cover - declared in setup.py and package.xml
+    Marker = None
+
+__all__ = ["AffordanceNode", "NodeSettings", "StartupError", "load_predictor", "main",
+           "parse_actions"]
 
 
 def load_predictor(settings: NodeSettings) -> Any:
@@ -109,8 +115,8 @@ def load_predictor(settings: NodeSettings) -> Any:
     """
     if not settings.checkpoint:
         raise StartupError(
-            "parameter 'checkpoint' is empty: set it to a trained heads file, "
-            "e.g. --ros-args -p checkpoint:=runs/tiny/heads.pt"
+            "parameter 'checkpoint' is empty: set it to a trained model file, "
+            "e.g. --ros-args -p checkpoint:=runs/tiny/model.pt"
         )
     ckpt = Path(settings.checkpoint).expanduser()
     if not ckpt.is_file():
@@ -163,6 +169,21 @@ class _Frame:
     t_recv: float  # time.monotonic() at the callback
 
 
+@dataclass
+class _QueryJob:
+    image: Any  # sensor_msgs/Image, or None for the newest frame
+    actions: list[str]
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    response: Any = None
+
+
+@dataclass
+class _Grasp:
+    point: np.ndarray | None = None
+    frame: str = ""
+    status: str = ""
+
+
 class _LatestSlot:
     """Holds at most one item; ``put`` replaces an unconsumed item and reports it."""
 
@@ -178,12 +199,6 @@ class _LatestSlot:
             self._cv.notify()
             return replaced
 
-    def put_if_empty(self, item: Any) -> None:
-        with self._cv:
-            if self._item is None:
-                self._item = item
-                self._cv.notify()
-
     def take(self, timeout: float) -> Any:
         with self._cv:
             if self._item is None and not self._closed:
@@ -191,190 +206,365 @@ class _LatestSlot:
             item, self._item = self._item, None
             return item
 
+    def wake(self) -> None:
+        with self._cv:
+            self._cv.notify_all()
+
     def empty(self) -> bool:
         with self._cv:
             return self._item is None
+
+    def clear(self) -> None:
+        with self._cv:
+            self._item = None
 
     def close(self) -> None:
         with self._cv:
             self._closed = True
             self._cv.notify_all()
 
+    def reopen(self) -> None:
+        with self._cv:
+            self._closed = False
+
 
 class _Stats:
-    """Counters and latencies shared by the worker and the diagnostics timer."""
+    """Counters shared by the worker and the diagnostics timer (guarded by ``lock``)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.received = 0
         self.dropped = 0
         self.processed = 0
-        self.errors: dict[str, int] = {}
+        self.errors_total: dict[str, int] = {}
+        self.errors_window: dict[str, int] = {}
         self.window_processed = 0
+        self.window_bytes = 0
         self.window_start = time.monotonic()
+        self.last_frame_t: float | None = None
         self.predictor_ms: list[float] = []
         self.e2e_ms: list[float] = []
 
 
-def _descriptor(text: str, **kwargs: Any) -> ParameterDescriptor:
-    return ParameterDescriptor(description=text, read_only=True, **kwargs)
+def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    desc = ParameterDescriptor(
+        description=spec.description + ("" if spec.live else
+                                        " Read-only: fixed at start-up (restart to change)."),
+        read_only=not spec.live)
+    if spec.choices:
+        desc.additional_constraints = "one of: " + ", ".join(spec.choices)
+    if spec.low is not None and spec.high is not None:
+        if isinstance(spec.default, float):
+            desc.floating_point_range = [FloatingPointRange(
+                from_value=float(spec.low), to_value=float(spec.high), step=0.0)]
+        elif isinstance(spec.default, int) and not isinstance(spec.default, bool):
+            desc.integer_range = [IntegerRange(
+                from_value=int(spec.low), to_value=int(spec.high), step=1)]
+    return desc
 
 
-class AffordanceNode(Node):
-    """Affordance grounding node (see the module docstring for topics and behaviour).
+def _overridable() -> QoSOverridingOptions:
+    """History, depth, reliability and durability can be set by ``qos_overrides.*`` params."""
+    return QoSOverridingOptions(policy_kinds=(QoSPolicyKind.HISTORY, QoSPolicyKind.DEPTH,
+                                              QoSPolicyKind.RELIABILITY,
+                                              QoSPolicyKind.DURABILITY))
 
-    Args:
-        predictor_loader: Builds the predictor from the validated parameters; defaults to
-            :func:`load_predictor`. Tests inject fakes here.
-        **kwargs: Forwarded to ``rclpy.node.Node`` (e.g. ``cli_args``, ``parameter_overrides``).
 
-    Raises:
-        StartupError: Invalid parameters or a predictor that cannot be loaded.
+def _sensor_qos(reliable: bool) -> QoSProfile:
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                      reliability=(ReliabilityPolicy.RELIABLE if reliable
+                                   else ReliabilityPolicy.BEST_EFFORT))
+
+
+class AffordanceNodeMixin:
+    """The node's behaviour, shared by the plain and the lifecycle node.
+
+    Subclasses call, in order: :meth:`_init_parameters` (declare and validate),
+    :meth:`_configure` (device check, model, outputs, services), :meth:`_activate` (inputs and
+    worker); and back: :meth:`_deactivate`, :meth:`_cleanup`.
     """
 
-    def __init__(
-        self,
-        predictor_loader: Callable[[NodeSettings], Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__("affordance_node", **kwargs)
-        self.settings = self._declare_and_read()
-        self.predictor = (predictor_loader or load_predictor)(self.settings)
-        self.vocabulary = list(self.predictor.vocabulary)
+    # ------------------------------------------------------------------------------ set-up
+    def _init_parameters(self, predictor_loader: Callable[[NodeSettings], Any] | None) -> None:
+        """Declare every parameter and validate types, ranges and choices (StartupError)."""
+        self._loader = predictor_loader or load_predictor
+        self.predictor: Any = None
+        self.vocabulary: list[str] = []
         self._actions: list[str] = []
-        if self.settings.default_action:
-            words = parse_actions(self.settings.default_action)
-            unknown = [w for w in words if w not in self.vocabulary]
-            if unknown or not words:
-                raise StartupError(
-                    f"parameter 'default_action' = '{self.settings.default_action}' names "
-                    f"unknown actions {unknown}; vocabulary: {', '.join(self.vocabulary)}"
-                )
-            self._actions = words
+        self._actions_set = False
         self._actions_lock = threading.Lock()
         self._slot = _LatestSlot()
+        self._queries: deque[_QueryJob] = deque()
         self._stats = _Stats()
         self._last_log: dict[str, float] = {}
         self._last_frame: _Frame | None = None
-        self._rerun_due: float | None = None  # when to re-run the newest frame for new actions
-        self._depth: tuple[Any, Any] = (None, None)  # latest (depth msg, camera_info msg)
+        self._rerun_due: float | None = None
         self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._inputs: list[Any] = []
+        self._outputs: list[Any] = []
+        self._tf_lock = threading.Lock()
+        self._tf_buffer: Any = None
+        self._tf_listener: Any = None
+        self._tf_missing = ""
+        self._started = time.monotonic()
+        values: dict[str, Any] = {}
+        for spec in SPECS:
+            override = self._parameter_overrides.get(spec.name)
+            if override is not None:
+                problem = check_value(spec, override.value)
+                if problem:
+                    raise StartupError(problem)
+            try:
+                self.declare_parameter(spec.name, spec.default, _descriptor(spec))
+            except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
+                raise StartupError(f"parameter '{spec.name}': {exc}") from exc
+            values[spec.name] = self.get_parameter(spec.name).value
+        self.settings = NodeSettings(**values)
+        self._depth_sync = DepthSync(depth_topic=self.resolve_topic_name("depth"),
+                                     info_topic=self.resolve_topic_name("camera_info"))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
 
+    def _configure(self) -> None:
+        """Check the device, load and warm up the model, create outputs and services."""
         s = self.settings
-        image_qos = QoSProfile(
-            history=HistoryPolicy.KEEP_LAST, depth=1,
-            reliability=(ReliabilityPolicy.BEST_EFFORT if s.image_qos == "sensor_data"
-                         else ReliabilityPolicy.RELIABLE),
-        )
+        problem = check_device(s.device)
+        if problem:
+            raise StartupError(problem)
+        self.predictor = self._loader(s)
+        self.vocabulary = list(self.predictor.vocabulary)
+        if s.default_action:
+            words = parse_actions(s.default_action)
+            unknown = unknown_actions(words, self.vocabulary)
+            if unknown or not words:
+                raise StartupError(
+                    f"parameter 'default_action' = '{s.default_action}' names unknown "
+                    f"actions {unknown}; vocabulary: {', '.join(self.vocabulary)}")
+            self._actions, self._actions_set = words, True
+        self._warm_up()
         out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2,
                              reliability=ReliabilityPolicy.RELIABLE)
-        self.pub_heatmap = self.create_publisher(Image, "affordance/heatmap", out_qos)
-        self.pub_mask = self.create_publisher(Image, "affordance/mask", out_qos)
-        self.pub_result = self.create_publisher(AffordanceResult, "affordance/result", out_qos)
-        self.pub_results = self.create_publisher(
-            AffordanceResultArray, "affordance/results", out_qos)
-        self.pub_overlay = (self.create_publisher(Image, "affordance/overlay", out_qos)
-                            if s.publish_overlay else None)
-        self.pub_diag = self.create_publisher(DiagnosticArray, "diagnostics", 10)
+        qoo = _overridable()
 
-        self.create_subscription(Image, "image", self._on_image, image_qos)
-        self.create_subscription(
-            CompressedImage, "image/compressed", self._on_compressed, image_qos)
-        self.create_subscription(String, "action", self._on_action, 10)
+        def pub(typ: Any, topic: str, qos: Any = out_qos, overridable: bool = True) -> Any:
+            p = self.create_publisher(typ, topic, qos,
+                                      qos_overriding_options=qoo if overridable else None)
+            self._outputs.append(p)
+            return p
+
+        self.pub_heatmap = pub(Image, "affordance/heatmap")
+        self.pub_mask = pub(Image, "affordance/mask")
+        self.pub_overlay = pub(Image, "affordance/overlay")
+        self.pub_result = pub(AffordanceResult, "affordance/result")
+        self.pub_results = pub(AffordanceResultArray, "affordance/results")
+        self.pub_point = pub(PointStamped, "affordance/grasp_point")
+        self.pub_info = pub(CameraInfo, "affordance/camera_info")
+        self.pub_marker = pub(Marker, "affordance/marker") if Marker is not None else None
+        latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                             reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.pub_vocab = pub(AffordanceVocabulary, "affordance/vocabulary", latched, False)
+        self.pub_diag = pub(DiagnosticArray, "/diagnostics", 10, False)
+        self._query_group = MutuallyExclusiveCallbackGroup()
+        self._outputs.append(self.create_service(
+            SetActions, "affordance/set_actions", self._on_set_actions))
+        self._outputs.append(self.create_service(
+            Query, "affordance/query", self._on_query, callback_group=self._query_group))
+        self._diag_timer = self.create_timer(s.diagnostics_period, self._publish_diagnostics)
+        self._publish_vocabulary()
+
+    def _warm_up(self) -> None:
+        """One inference on a blank frame, so the first real frame does not pay for set-up."""
+        action = self._actions[0] if self._actions else self.vocabulary[0]
+        t0 = time.perf_counter()
+        try:
+            self.predictor.set_image(np.zeros((64, 64, 3), np.uint8))
+            self.predictor.predict([action])
+        except Exception as exc:  # noqa: BLE001 - a failing model cannot serve frames
+            raise StartupError(f"warm-up inference failed: {type(exc).__name__}: {exc}") from exc
+        self.get_logger().info(
+            f"warm-up inference done in {(time.perf_counter() - t0) * 1e3:.0f} ms")
+
+    def _activate(self) -> None:
+        """Subscribe the inputs and start the worker thread."""
+        s = self.settings
+        qos = _sensor_qos(s.image_qos == "reliable")
+        qoo = _overridable()
+        if s.transport == "compressed":
+            self._inputs.append(self.create_subscription(
+                CompressedImage, "image/compressed", self._on_compressed, qos,
+                qos_overriding_options=qoo))
+        else:
+            self._inputs.append(self.create_subscription(
+                Image, "image", self._on_image, qos, qos_overriding_options=qoo))
+        self._inputs.append(self.create_subscription(String, "action", self._on_action, 10))
         if s.use_depth:
-            self.create_subscription(Image, "depth", self._on_depth, image_qos)
-            info_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                                  reliability=ReliabilityPolicy.BEST_EFFORT)
-            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, info_qos)
-        self.create_timer(s.diagnostics_period, self._publish_diagnostics)
-
+            self._inputs.append(self.create_subscription(
+                Image, "depth", self._depth_sync.add_depth, _sensor_qos(False),
+                qos_overriding_options=qoo))
+            self._inputs.append(self.create_subscription(
+                CameraInfo, "camera_info", self._depth_sync.add_info, _sensor_qos(False)))
+        self._stop.clear()
+        self._slot.reopen()
+        self._started = time.monotonic()
         self._worker = threading.Thread(target=self._run, name="affordance_worker", daemon=True)
         self._worker.start()
-        self.get_logger().info(
-            f"ready: model={s.model} checkpoint={s.checkpoint} device={s.device} "
-            f"vocabulary=[{', '.join(self.vocabulary)}] actions={self._actions or 'none yet'}"
-        )
 
-    # ----------------------------------------------------------------------------- parameters
-    def _declare_and_read(self) -> NodeSettings:
-        unit = FloatingPointRange(from_value=0.0, to_value=1.0, step=0.0)
-        specs: list[tuple[str, Any, ParameterDescriptor]] = [
-            ("model", "tiny", _descriptor(
-                "Model tier: 'paper' (DINO ViT-S/16 + CLIP ViT-B/16) or 'tiny'.",
-                additional_constraints="one of: paper, tiny")),
-            ("checkpoint", "", _descriptor("Trained heads checkpoint file (required).")),
-            ("weights_dir", "", _descriptor(
-                "Directory with local backbone weights; empty = the tier's default location.")),
-            ("device", "cpu", _descriptor("Torch device: cpu, cuda, cuda:1, ...")),
-            ("half", False, _descriptor(
-                "Autocast inference: float16 on CUDA, bfloat16 on CPU.")),
-            ("compile", False, _descriptor(
-                "torch.compile the backbone pass (slow first frame, faster after on GPU).")),
-            ("mask_threshold", 0.5, _descriptor(
-                "Heatmap level in [0, 1] above which a pixel joins the grasp mask.",
-                floating_point_range=[unit])),
-            ("default_action", "", _descriptor(
-                "Action word(s), comma-separated, used until an 'action' message arrives.")),
-            ("image_qos", "sensor_data", _descriptor(
-                "Image subscription QoS: 'sensor_data' (best effort, depth 1) or 'reliable'.",
-                additional_constraints="one of: sensor_data, reliable")),
-            ("max_rate", 0.0, _descriptor(
-                "Maximum inference rate in Hz; 0 = as fast as frames and compute allow.",
-                floating_point_range=[FloatingPointRange(
-                    from_value=0.0, to_value=1000.0, step=0.0)])),
-            ("publish_overlay", True, _descriptor(
-                "Publish affordance/overlay (rgb8 heatmap blended on the image).")),
-            ("use_depth", False, _descriptor(
-                "Subscribe to 'depth' and 'camera_info' and fill AffordanceResult.grasp_point.")),
-            ("max_image_side", 2048, _descriptor(
-                "Frames whose longer side exceeds this many pixels are rejected with a warning.",
-                integer_range=[IntegerRange(from_value=16, to_value=16384, step=1)])),
-            ("depth_window", 5, _descriptor(
-                "Side in pixels of the window whose median depth gives the grasp point.",
-                integer_range=[IntegerRange(from_value=1, to_value=51, step=1)])),
-            ("diagnostics_period", 1.0, _descriptor(
-                "Seconds between diagnostics messages.",
-                floating_point_range=[FloatingPointRange(
-                    from_value=0.1, to_value=60.0, step=0.0)])),
-            ("log_throttle", 5.0, _descriptor(
-                "Seconds between repeated log lines of one bad-input kind.",
-                floating_point_range=[FloatingPointRange(
-                    from_value=0.0, to_value=3600.0, step=0.0)])),
-            ("cpu_threads", 0, _descriptor(
-                "Torch intra-op CPU threads for inference; 0 = torch's default (all cores). "
-                "On a small CPU shared with other processes fewer threads avoid "
-                "oversubscription.",
-                integer_range=[IntegerRange(from_value=0, to_value=1024, step=1)])),
-            ("action_rerun_delay", 0.25, _descriptor(
-                "After an action change, re-run the newest frame if no new image arrives "
-                "within this many seconds (a static scene still gets an answer; a streaming "
-                "camera's next frame is used instead of a stale one).",
-                floating_point_range=[FloatingPointRange(
-                    from_value=0.0, to_value=60.0, step=0.0)])),
-        ]
-        for name, default, desc in specs:
-            self.declare_parameter(name, default, desc)
-        v = {name: self.get_parameter(name).value for name, _, _ in specs}
-        if v["model"] not in MODELS:
-            raise StartupError(f"parameter 'model' = '{v['model']}'; use one of {MODELS}")
-        if v["image_qos"] not in IMAGE_QOS:
-            raise StartupError(
-                f"parameter 'image_qos' = '{v['image_qos']}'; use one of {IMAGE_QOS}")
-        return NodeSettings(
-            model=v["model"], checkpoint=v["checkpoint"], weights_dir=v["weights_dir"],
-            device=v["device"], half=bool(v["half"]), compile=bool(v["compile"]),
-            mask_threshold=float(v["mask_threshold"]),
-            default_action=v["default_action"], image_qos=v["image_qos"],
-            max_rate=float(v["max_rate"]), publish_overlay=bool(v["publish_overlay"]),
-            use_depth=bool(v["use_depth"]), max_image_side=int(v["max_image_side"]),
-            depth_window=int(v["depth_window"]),
-            diagnostics_period=float(v["diagnostics_period"]),
-            log_throttle=float(v["log_throttle"]),
-            action_rerun_delay=float(v["action_rerun_delay"]),
-            cpu_threads=int(v["cpu_threads"]),
-        )
+    def _deactivate(self) -> None:
+        """Unsubscribe the inputs and stop the worker (pending frames are dropped)."""
+        for sub in self._inputs:
+            self.destroy_subscription(sub)
+        self._inputs = []
+        self._stop_worker()
+        self._slot.clear()
+        self._depth_sync.clear()
+        self._last_frame = None
 
-    # ------------------------------------------------------------------------------ callbacks
+    def _stop_worker(self) -> None:
+        self._stop.set()
+        self._slot.close()
+        if self._worker is not None and self._worker.is_alive():
+            self._worker.join(timeout=10.0)
+        self._worker = None
+        while self._queries:
+            job = self._queries.popleft()
+            job.response = self._query_response(False, "the node is shutting down")
+            job.done.set()
+
+    def _cleanup(self) -> None:
+        """Destroy outputs and services and drop the model."""
+        if getattr(self, "_diag_timer", None) is not None:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+        for entity in self._outputs:
+            if hasattr(entity, "srv_type"):
+                self.destroy_service(entity)
+            else:
+                self.destroy_publisher(entity)
+        self._outputs = []
+        self.predictor = None
+        self._release_device_memory()
+
+    def _release_device_memory(self) -> None:
+        if self.settings.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
+    # -------------------------------------------------------------------------- parameters
+    def _on_set_parameters(self, params: list[Any]) -> SetParametersResult:
+        """Validate and apply runtime parameter changes (live ones only)."""
+        updates: dict[str, Any] = {}
+        for p in params:
+            spec = next((s for s in SPECS if s.name == p.name), None)
+            if spec is None:
+                continue  # e.g. use_sim_time: rclpy handles it
+            if not spec.live:
+                return SetParametersResult(
+                    successful=False,
+                    reason=f"'{p.name}' is read-only: it is fixed at start-up; restart the node "
+                           "with the new value to change it")
+            problem = check_value(spec, p.value)
+            if problem:
+                return SetParametersResult(successful=False, reason=problem)
+            updates[p.name] = p.value
+        new = dataclasses.replace(self.settings, **updates)
+        if new.stale_input_error < new.stale_input_warn:
+            return SetParametersResult(
+                successful=False, reason="stale_input_error must be >= stale_input_warn")
+        if "default_action" in updates and self.vocabulary:
+            words = parse_actions(new.default_action)
+            unknown = unknown_actions(words, self.vocabulary)
+            if unknown:
+                return SetParametersResult(
+                    successful=False, reason=f"default_action names unknown actions {unknown}; "
+                                             f"vocabulary: {', '.join(self.vocabulary)}")
+        self.settings = new
+        if "mask_threshold" in updates and self.predictor is not None:
+            self.predictor.mask_threshold = float(new.mask_threshold)
+        if "default_action" in updates and self.vocabulary:
+            self._set_actions(parse_actions(new.default_action), "parameter default_action")
+        self._slot.wake()
+        return SetParametersResult(successful=True)
+
+    # ----------------------------------------------------------------------------- actions
+    def _set_actions(self, words: list[str], source: str) -> tuple[bool, str]:
+        """Replace the active actions (empty pauses); False and the reason for unknown words."""
+        unknown = unknown_actions(words, self.vocabulary)
+        if unknown:
+            return False, (f"unknown action(s) {unknown} in {source}; actions unchanged; "
+                           f"vocabulary: {', '.join(self.vocabulary)}")
+        with self._actions_lock:
+            changed = words != self._actions or not self._actions_set
+            self._actions, self._actions_set = list(words), True
+        if not changed:
+            return True, f"actions unchanged: {words or 'paused'}"
+        self._publish_vocabulary()
+        if not words:
+            self.get_logger().info(f"inference paused (empty action list from {source})")
+            self._rerun_due = None
+            return True, "inference paused"
+        self.get_logger().info(f"actions set to {words} ({source})")
+        last = self._last_frame
+        if last is None:
+            self.get_logger().info(
+                f"actions {words} stored; no image received yet on "
+                f"'{self.resolve_topic_name(self._image_topic())}', the first one will be "
+                "answered")
+        elif time.monotonic() - last.t_recv <= self.settings.max_frame_age:
+            # A static scene still gets an answer: the worker re-runs the newest frame unless
+            # a new image arrives within action_rerun_delay (that image answers instead).
+            self._rerun_due = time.monotonic() + self.settings.action_rerun_delay
+            self._slot.wake()
+        return True, f"actions set to {words}"
+
+    def _image_topic(self) -> str:
+        return "image/compressed" if self.settings.transport == "compressed" else "image"
+
+    def _publish_vocabulary(self) -> None:
+        if getattr(self, "pub_vocab", None) is None:
+            return
+        with self._actions_lock:
+            active = list(self._actions)
+        self.pub_vocab.publish(AffordanceVocabulary(vocabulary=self.vocabulary,
+                                                    active_actions=active))
+
+    def _on_action(self, msg: String) -> None:
+        ok, text = self._set_actions(parse_actions(msg.data), f"request '{msg.data}'")
+        if not ok:
+            self._bad_input("action", text)
+
+    def _on_set_actions(self, request: Any, response: Any) -> Any:
+        words = list(dict.fromkeys(w.strip() for w in request.actions if w.strip()))
+        ok, text = self._set_actions(words, "service set_actions")
+        if not ok:
+            self._count_error("action")
+        response.success, response.message = ok, text
+        with self._actions_lock:
+            response.active_actions = list(self._actions)
+        response.vocabulary = list(self.vocabulary)
+        return response
+
+    def _query_response(self, ok: bool, message: str, results: Any = None) -> Any:
+        resp = Query.Response(success=ok, message=message)
+        if results is not None:
+            resp.results = results
+        return resp
+
+    def _on_query(self, request: Any, response: Any) -> Any:
+        """One-shot inference on the worker thread; blocks only the query callback group."""
+        del response
+        image = request.image if request.image.width and request.image.height else None
+        job = _QueryJob(image=image, actions=[a.strip() for a in request.actions if a.strip()])
+        if self._worker is None:
+            return self._query_response(False, "the node is not active")
+        self._queries.append(job)
+        self._slot.wake()
+        if not job.done.wait(timeout=60.0):
+            return self._query_response(False, "inference did not finish within 60 s")
+        return job.response
+
+    # ------------------------------------------------------------------------------ inputs
     def _store(self, msg: Any, compressed: bool) -> None:
         frame = _Frame(msg, compressed, time.monotonic())
         self._rerun_due = None  # the new frame answers any pending action change
@@ -382,6 +572,7 @@ class AffordanceNode(Node):
         with self._stats.lock:
             self._stats.received += 1
             self._stats.dropped += int(replaced)
+            self._stats.last_frame_t = frame.t_recv
 
     def _on_image(self, msg: Image) -> None:
         self._store(msg, compressed=False)
@@ -389,45 +580,18 @@ class AffordanceNode(Node):
     def _on_compressed(self, msg: CompressedImage) -> None:
         self._store(msg, compressed=True)
 
-    def _on_depth(self, msg: Image) -> None:
-        self._depth = (msg, self._depth[1])
+    # -------------------------------------------------------------------------------- worker
+    def _count_error(self, kind: str) -> None:
+        with self._stats.lock:
+            st = self._stats
+            st.errors_total[kind] = st.errors_total.get(kind, 0) + 1
+            st.errors_window[kind] = st.errors_window.get(kind, 0) + 1
 
-    def _on_camera_info(self, msg: CameraInfo) -> None:
-        self._depth = (self._depth[0], msg)
-
-    def _on_action(self, msg: String) -> None:
-        words = parse_actions(msg.data)
-        if not words:
-            self._bad_input("action", f"empty action request '{msg.data}'; actions unchanged")
-            return
-        unknown = [w for w in words if w not in self.vocabulary]
-        if unknown:
-            self._bad_input(
-                "action", f"unknown action(s) {unknown} in request '{msg.data}'; actions "
-                f"unchanged; vocabulary: {', '.join(self.vocabulary)}")
-            return
-        with self._actions_lock:
-            changed = words != self._actions
-            self._actions = words
-        if changed:
-            self.get_logger().info(f"actions set to {words}")
-        last = self._last_frame
-        if last is None:
-            # Not an error: a robot may choose the action before its camera streams.
-            self.get_logger().info(f"actions {words} stored; no image received yet on "
-                                   f"'{self.resolve_topic_name('image')}', the first one "
-                                   "will be answered")
-        elif changed:
-            # A static scene still gets an answer: the worker re-runs the newest frame unless a
-            # new image arrives within action_rerun_delay (then that image answers instead).
-            self._rerun_due = time.monotonic() + self.settings.action_rerun_delay
-
-    # --------------------------------------------------------------------------------- worker
     def _bad_input(self, kind: str, text: str) -> None:
         """Count a bad input and log it at most once per ``log_throttle`` seconds per kind."""
+        self._count_error(kind)
         now = time.monotonic()
         with self._stats.lock:
-            self._stats.errors[kind] = self._stats.errors.get(kind, 0) + 1
             due = now - self._last_log.get(kind, -1e9) >= self.settings.log_throttle
             if due:
                 self._last_log[kind] = now
@@ -437,10 +601,14 @@ class AffordanceNode(Node):
     def _run(self) -> None:
         next_start = 0.0
         while not self._stop.is_set():
+            if self._queries:
+                self._serve_query(self._queries.popleft())
+                continue
             if self.settings.max_rate > 0:
                 delay = next_start - time.monotonic()
-                if delay > 0 and self._stop.wait(delay):
-                    break
+                if delay > 0:
+                    self._stop.wait(min(delay, 0.1))
+                    continue
             due = self._rerun_due
             wait = 0.2 if due is None else min(0.2, max(0.0, due - time.monotonic()))
             frame = self._slot.take(timeout=wait)
@@ -448,8 +616,8 @@ class AffordanceNode(Node):
                 frame = self._take_rerun()
             if frame is None:
                 continue
-            next_start = time.monotonic() + (1.0 / self.settings.max_rate
-                                             if self.settings.max_rate > 0 else 0.0)
+            rate = self.settings.max_rate
+            next_start = time.monotonic() + (1.0 / rate if rate > 0 else 0.0)
             try:
                 self._process(frame)
             except Exception as exc:  # noqa: BLE001 - the worker must survive any frame
@@ -461,126 +629,370 @@ class AffordanceNode(Node):
         if due is None or last is None or time.monotonic() < due or not self._slot.empty():
             return None
         self._rerun_due = None
+        if time.monotonic() - last.t_recv > self.settings.max_frame_age:
+            return None
         return _Frame(last.msg, last.compressed, time.monotonic())
 
-    def _process(self, frame: _Frame) -> None:
+    def _decode(self, msg: Any, compressed: bool) -> np.ndarray:
+        """RGB frame, downscaled to ``max_image_side`` (ImageConversionError on bad input)."""
+        import cv2
+
+        rgb = compressed_to_rgb(msg) if compressed else image_to_rgb(msg)
+        h, w = rgb.shape[:2]
+        side = self.settings.max_image_side
+        if max(h, w) > side:
+            f = side / max(h, w)
+            rgb = cv2.resize(rgb, (max(1, round(w * f)), max(1, round(h * f))),
+                             interpolation=cv2.INTER_AREA)
+        return rgb
+
+    def _predict(self, rgb: np.ndarray, actions: list[str]) -> list[Any]:
+        """Predictions at the frame's size; with ``pad_to_square`` the frame is zero-padded to a
+        square (bottom/right) for the model and the outputs are cropped back."""
+        h, w = rgb.shape[:2]
+        if not self.settings.pad_to_square or h == w:
+            self.predictor.set_image(rgb)
+            return self.predictor.predict(actions)
+        side = max(h, w)
+        padded = np.zeros((side, side, 3), np.uint8)
+        padded[:h, :w] = rgb
+        self.predictor.set_image(padded)
+        out = []
+        for p in self.predictor.predict(actions):
+            heat = np.ascontiguousarray(p.heatmap[:h, :w])
+            y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
+            out.append(dataclasses.replace(p, heatmap=heat,
+                                           mask=np.ascontiguousarray(p.mask[:h, :w]),
+                                           peak_xy=(int(x), int(y))))
+        return out
+
+    def _infer(self, msg: Any, compressed: bool, actions: list[str], header: Any,
+               with_images: bool) -> tuple[np.ndarray, list[Any], list[Any], float, Any]:
+        """(rgb, predictions, results, predictor ms, matched camera_info) for one frame."""
+        rgb = self._decode(msg, compressed)
+        t0 = time.perf_counter()
+        preds = self._predict(rgb, actions)
+        pred_ms = (time.perf_counter() - t0) * 1e3
+        s = self.settings
+        grasps, info = self._grasp_points(preds, header, rgb.shape[:2])
+        results = []
+        for pred, grasp in zip(preds, grasps):
+            low = pred.score < s.min_score
+            res = AffordanceResult(header=header, action=pred.action, score=float(pred.score))
+            if with_images:
+                res.heatmap = array_to_image(pred.heatmap.astype(np.float32, copy=False),
+                                             "32FC1", header)
+                mask = np.zeros_like(pred.mask) if low else pred.mask
+                res.mask = array_to_image(mask.astype(bool, copy=False), "mono8", header)
+            else:
+                res.heatmap.header = header
+                res.mask.header = header
+            res.grasp_pixel = Point(x=float(pred.peak_xy[0]), y=float(pred.peak_xy[1]), z=0.0)
+            if low:
+                grasp = _Grasp(status=f"score {pred.score:.3f} is below min_score={s.min_score:g}")
+            if grasp.point is None:
+                res.grasp_point = Point(x=float("nan"), y=float("nan"), z=float("nan"))
+            else:
+                res.grasp_point = Point(x=float(grasp.point[0]), y=float(grasp.point[1]),
+                                        z=float(grasp.point[2]))
+                res.grasp_point_frame = grasp.frame
+            res.has_grasp_point = grasp.point is not None
+            res.grasp_point_status = grasp.status
+            results.append(res)
+        return rgb, preds, results, pred_ms, info
+
+    def _serve_query(self, job: _QueryJob) -> None:
         try:
-            rgb = compressed_to_rgb(frame.msg) if frame.compressed else image_to_rgb(frame.msg)
+            with self._actions_lock:
+                actions = job.actions or list(self._actions)
+            unknown = unknown_actions(actions, self.vocabulary)
+            if not actions:
+                job.response = self._query_response(
+                    False, "no actions given and inference is paused (no active actions)")
+            elif unknown:
+                job.response = self._query_response(
+                    False, f"unknown action(s) {unknown}; vocabulary: "
+                           f"{', '.join(self.vocabulary)}")
+            else:
+                if job.image is not None:
+                    msg, compressed = job.image, False
+                elif self._last_frame is not None:
+                    msg, compressed = self._last_frame.msg, self._last_frame.compressed
+                else:
+                    msg = None
+                if msg is None:
+                    job.response = self._query_response(
+                        False, "no image given and no frame received yet on "
+                               f"'{self.resolve_topic_name(self._image_topic())}'")
+                else:
+                    _, _, results, _, _ = self._infer(msg, compressed, actions, msg.header, True)
+                    job.response = self._query_response(
+                        True, "", AffordanceResultArray(header=msg.header, results=results))
+        except ImageConversionError as exc:
+            job.response = self._query_response(False, f"[{exc.kind}] {exc}")
+        except Exception as exc:  # noqa: BLE001 - the caller gets the reason
+            job.response = self._query_response(False, f"{type(exc).__name__}: {exc}")
+        finally:
+            job.done.set()
+
+    def _has_subs(self, pub: Any) -> bool:
+        return pub is not None and pub.get_subscription_count() > 0
+
+    def _process(self, frame: _Frame) -> None:
+        with self._actions_lock:
+            actions = list(self._actions)
+            explicitly_paused = self._actions_set and not actions
+        if not actions:
+            if not explicitly_paused:
+                self._bad_input("no_action", "no action requested yet: publish a word on "
+                                f"'{self.resolve_topic_name('action')}' or set 'default_action'")
+            self._last_frame = frame
+            return
+        s = self.settings
+        header = frame.msg.header
+        want_results = self._has_subs(self.pub_result) or self._has_subs(self.pub_results)
+        try:
+            rgb, preds, results, pred_ms, info = self._infer(
+                frame.msg, frame.compressed, actions, header,
+                with_images=s.results_include_images and want_results)
         except ImageConversionError as exc:
             self._bad_input(exc.kind, str(exc))
             return
-        h, w = rgb.shape[:2]
-        if max(h, w) > self.settings.max_image_side:
-            self._bad_input("too_large", f"image {w}x{h} exceeds max_image_side="
-                            f"{self.settings.max_image_side}; downscale it upstream or raise "
-                            f"the parameter")
-            return
-        self._last_frame = frame
-        with self._actions_lock:
-            actions = list(self._actions)
-        if not actions:
-            self._bad_input("no_action", "no action requested yet: publish a word on "
-                            f"'{self.resolve_topic_name('action')}' or set 'default_action'")
-            return
-        t0 = time.perf_counter()
-        try:
-            self.predictor.set_image(rgb)
-            preds = self.predictor.predict(actions)
         except ValueError as exc:  # UnknownActionError is a ValueError
             self._bad_input("action", str(exc))
             return
-        pred_ms = (time.perf_counter() - t0) * 1e3
-        header = frame.msg.header
-        heatmaps = [array_to_image(pred.heatmap.astype(np.float32, copy=False), "32FC1", header)
-                    for pred in preds]
-        self.pub_heatmap.publish(heatmaps[0])  # first: what latency-critical consumers wait for
-        grasp = self._grasp_points(preds, (h, w))
-        results = []
-        for pred, point, heatmap in zip(preds, grasp, heatmaps):
-            res = AffordanceResult(header=header, action=pred.action, score=float(pred.score))
-            res.heatmap = heatmap
-            res.mask = array_to_image(pred.mask.astype(bool, copy=False), "mono8", header)
-            res.grasp_pixel = Point(x=float(pred.peak_xy[0]), y=float(pred.peak_xy[1]), z=0.0)
-            if point is None:
-                res.grasp_point = Point(x=float("nan"), y=float("nan"), z=float("nan"))
-            else:
-                res.grasp_point = Point(x=float(point[0]), y=float(point[1]), z=float(point[2]))
-            res.has_grasp_point = point is not None
-            results.append(res)
-        self.pub_mask.publish(results[0].mask)
-        for res in results:
-            self.pub_result.publish(res)
-        self.pub_results.publish(AffordanceResultArray(header=header, results=results))
-        if self.pub_overlay is not None:
-            self.pub_overlay.publish(
-                array_to_image(heatmap_overlay(rgb, preds[0].heatmap), "rgb8", header))
+        self._last_frame = frame
+        nbytes = 0
+        if self._has_subs(self.pub_heatmap):
+            img = (results[0].heatmap if results[0].heatmap.data else array_to_image(
+                preds[0].heatmap.astype(np.float32, copy=False), "32FC1", header))
+            self.pub_heatmap.publish(img)  # first: what latency-critical consumers wait for
+            nbytes += len(img.data)
+        if self._has_subs(self.pub_mask):
+            img = (results[0].mask if results[0].mask.width else array_to_image(
+                preds[0].mask.astype(bool, copy=False)
+                & (preds[0].score >= s.min_score), "mono8", header))
+            self.pub_mask.publish(img)
+            nbytes += len(img.data)
+        result_bytes = sum(len(r.heatmap.data) + len(r.mask.data) for r in results)
+        if self._has_subs(self.pub_result):
+            for res in results:
+                self.pub_result.publish(res)
+            nbytes += result_bytes
+        if self._has_subs(self.pub_results):
+            self.pub_results.publish(AffordanceResultArray(header=header, results=results))
+            nbytes += result_bytes
+        if s.publish_overlay and self._has_subs(self.pub_overlay):
+            img = array_to_image(heatmap_overlay(rgb, preds[0].heatmap), "rgb8", header)
+            self.pub_overlay.publish(img)
+            nbytes += len(img.data)
+        self._publish_3d(results[0], header, info)
         e2e_ms = (time.monotonic() - frame.t_recv) * 1e3
         with self._stats.lock:
             st = self._stats
             st.processed += 1
             st.window_processed += 1
+            st.window_bytes += nbytes
             st.predictor_ms.append(pred_ms)
             st.e2e_ms.append(e2e_ms)
 
-    def _grasp_points(self, preds: list[Any], hw: tuple[int, int]) -> list[np.ndarray | None]:
-        """3D grasp point per prediction from the newest depth image, or None each."""
-        none: list[np.ndarray | None] = [None] * len(preds)
-        depth_msg, info = self._depth
-        if not self.settings.use_depth or depth_msg is None or info is None:
-            return none
+    def _publish_3d(self, first: Any, header: Any, info: Any) -> None:
+        """Grasp point, RViz marker and the camera_info beside the heatmap."""
+        if info is not None and self._has_subs(self.pub_info):
+            out = CameraInfo(header=header, height=info.height, width=info.width,
+                             distortion_model=info.distortion_model, d=info.d, k=info.k,
+                             r=info.r, p=info.p, binning_x=info.binning_x,
+                             binning_y=info.binning_y, roi=info.roi)
+            self.pub_info.publish(out)
+        if not first.has_grasp_point:
+            return
+        stamped_header = type(header)(stamp=header.stamp, frame_id=first.grasp_point_frame)
+        if self._has_subs(self.pub_point):
+            self.pub_point.publish(PointStamped(header=stamped_header, point=first.grasp_point))
+        if self._has_subs(self.pub_marker):
+            m = Marker(header=stamped_header, ns="affordance", id=0, type=Marker.SPHERE,
+                       action=Marker.ADD)
+            m.pose.position = first.grasp_point
+            m.pose.orientation.w = 1.0
+            m.scale.x = m.scale.y = m.scale.z = 0.03
+            m.color.r, m.color.g, m.color.b, m.color.a = 1.0, 0.2, 0.1, 0.9
+            m.lifetime.nanosec = 500_000_000
+            m.text = first.action
+            self.pub_marker.publish(m)
+
+    def _grasp_points(self, preds: list[Any], header: Any,
+                      hw: tuple[int, int]) -> tuple[list[_Grasp], Any]:
+        """3D grasp point per prediction from synchronised depth, or the reason it is missing."""
+        s = self.settings
+        if not s.use_depth:
+            return [_Grasp(status="use_depth is false") for _ in preds], None
+        match = self._depth_sync.match(
+            header, s.sync_slop, now_ns=self.get_clock().now().nanoseconds,
+            max_age=s.max_depth_age, wait=min(s.sync_slop, 0.5))
+        if not match.ok:
+            return [_Grasp(status=match.reason) for _ in preds], None
         try:
-            depth = depth_to_metres(depth_msg)
+            depth = depth_to_metres(match.depth, s.depth_scale)
         except ImageConversionError as exc:
             self._bad_input("depth", str(exc))
-            return none
+            return [_Grasp(status=f"depth image unusable: {exc}") for _ in preds], None
+        info = match.info
         k = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
         if info.width and info.height and (info.height, info.width) != depth.shape:
             k = k * np.array([[depth.shape[1] / info.width], [depth.shape[0] / info.height], [1]])
-        points = []
+        frame = str(header.frame_id)
+        out = []
         for pred in preds:
             xy = scale_pixel(tuple(pred.peak_xy), hw, depth.shape)
-            points.append(backproject_pixel(depth, xy, k, self.settings.depth_window))
-        return points
+            point = backproject_pixel(depth, xy, k, s.depth_window)
+            if point is None:
+                out.append(_Grasp(status="no valid depth around the heatmap peak"))
+                continue
+            out.append(self._to_target(point, frame, header))
+        return out, info
+
+    def _to_target(self, point: np.ndarray, frame: str, header: Any) -> _Grasp:
+        """The point in ``target_frame`` via tf2, or in the camera frame with the reason."""
+        target = self.settings.target_frame
+        if not target or target == frame:
+            return _Grasp(point, frame)
+        buffer = self._tf()
+        if buffer is None:
+            return _Grasp(point, frame, f"no transform to target_frame '{target}': "
+                                        f"{self._tf_missing}; grasp_point is in '{frame}'")
+        try:
+            from rclpy.time import Time
+
+            tf = buffer.lookup_transform(target, frame, Time.from_msg(header.stamp))
+        except Exception as exc:  # noqa: BLE001 - tf2 raises several lookup exceptions
+            return _Grasp(point, frame, f"no transform from '{frame}' to target_frame "
+                                        f"'{target}': {type(exc).__name__}: {exc}; "
+                                        f"grasp_point is in '{frame}'")
+        t, q = tf.transform.translation, tf.transform.rotation
+        return _Grasp(transform_point(point, (t.x, t.y, t.z), (q.x, q.y, q.z, q.w)), target)
+
+    def _tf(self) -> Any:
+        """tf2 buffer, created on first use; None when tf2_ros is not installed."""
+        with self._tf_lock:
+            if self._tf_buffer is None and not self._tf_missing:
+                try:
+                    from tf2_ros import Buffer, TransformListener
+                except ImportError:
+                    self._tf_missing = ("tf2_ros is not installed (a ROS 2 install provides "
+                                        "it; it is not published on PyPI)")
+                    return None
+                self._tf_buffer = Buffer()
+                self._tf_listener = TransformListener(self._tf_buffer, self)
+            return self._tf_buffer
 
     # ---------------------------------------------------------------------------- diagnostics
     def _publish_diagnostics(self) -> None:
         now = time.monotonic()
+        s = self.settings
+        with self._actions_lock:
+            paused = self._actions_set and not self._actions
         with self._stats.lock:
             st = self._stats
-            rate = st.window_processed / max(now - st.window_start, 1e-6)
+            span = max(now - st.window_start, 1e-6)
+            rate = st.window_processed / span
             pred, e2e = st.predictor_ms, st.e2e_ms
-            st.predictor_ms, st.e2e_ms = [], []
-            st.window_processed, st.window_start = 0, now
-            values = {
+            window_errors = dict(st.errors_window)
+            last = st.last_frame_t
+            values: dict[str, Any] = {
                 "frames_received": st.received, "frames_processed": st.processed,
                 "frames_dropped": st.dropped, "rate_hz": round(rate, 2),
+                "published_bytes_per_s": round(st.window_bytes / span),
                 "predictor_ms_mean": round(float(np.mean(pred)), 2) if pred else "",
                 "predictor_ms_max": round(float(np.max(pred)), 2) if pred else "",
                 "e2e_ms_mean": round(float(np.mean(e2e)), 2) if e2e else "",
                 "e2e_ms_max": round(float(np.max(e2e)), 2) if e2e else "",
-                "errors_total": sum(st.errors.values()),
+                "errors_window": sum(window_errors.values()),
+                "errors_total": sum(st.errors_total.values()),
             }
-            values.update({f"errors_{k}": n for k, n in sorted(st.errors.items())})
+            values.update({f"errors_{k}": n for k, n in sorted(st.errors_total.items())})
+            st.predictor_ms, st.e2e_ms, st.errors_window = [], [], {}
+            st.window_processed, st.window_bytes, st.window_start = 0, 0, now
+        silent = now - (last if last is not None else self._started)
+        values["seconds_since_last_image"] = round(silent, 2)
+        level, message = DiagnosticStatus.OK, "processing" if pred else "idle"
+        if paused:
+            message = "paused (empty action list)"
+        if window_errors:
+            level = DiagnosticStatus.WARN
+            message = "inputs rejected in the last window: " + ", ".join(
+                f"{k} x{n}" for k, n in sorted(window_errors.items()))
+        if silent >= s.stale_input_error:
+            level = DiagnosticStatus.ERROR
+            message = (f"no image for {silent:.1f} s on "
+                       f"'{self.resolve_topic_name(self._image_topic())}'")
+        elif silent >= s.stale_input_warn and level == DiagnosticStatus.OK:
+            level = DiagnosticStatus.WARN
+            message = (f"no image for {silent:.1f} s on "
+                       f"'{self.resolve_topic_name(self._image_topic())}'")
+        ns = self.get_namespace().rstrip("/")
         status = DiagnosticStatus(
-            level=DiagnosticStatus.OK, name=f"{self.get_name()}: inference",
-            hardware_id=self.settings.device,
-            message="processing" if pred else "idle (no frames processed in this period)",
-            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
-        )
-        if values["errors_total"] and not pred:
-            status.level = DiagnosticStatus.WARN
-            status.message = "inputs rejected; see errors_*"
+            level=level, name=f"{ns}/{self.get_name()}: inference", message=message,
+            hardware_id=s.device,
+            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()
         self.pub_diag.publish(msg)
 
+
+class AffordanceNode(AffordanceNodeMixin, Node):
+    """Affordance grounding node (see the module docstring for topics and behaviour).
+
+    Args:
+        predictor_loader: Builds the predictor from the validated parameters; defaults to
+            :func:`load_predictor`. Tests inject fakes here.
+        **kwargs: Forwarded to ``rclpy.node.Node`` (e.g. ``cli_args``, ``parameter_overrides``).
+
+    Raises:
+        StartupError: Invalid parameters or a predictor that cannot be loaded.
+    """
+
+    def __init__(self, predictor_loader: Callable[[NodeSettings], Any] | None = None,
+                 **kwargs: Any) -> None:
+        Node.__init__(self, "affordance_node", **kwargs)
+        self._init_parameters(predictor_loader)
+        self._configure()
+        self._activate()
+        s = self.settings
+        self.get_logger().info(
+            f"ready: model={s.model} checkpoint={s.checkpoint} device={s.device} "
+            f"transport={s.transport} vocabulary=[{', '.join(self.vocabulary)}] "
+            f"actions={self._actions or 'none yet'}")
+
     def destroy_node(self) -> None:
         """Stop the worker thread, then destroy the node."""
-        self._stop.set()
-        self._slot.close()
-        if self._worker.is_alive():
-            self._worker.join(timeout=5.0)
+        self._stop_worker()
         super().destroy_node()
+
+
+def spin_node(make_node: Callable[[], Any], args: list[str] | None) -> int:
+    """Init rclpy, build a node, spin it on a multi-threaded executor; map errors to exit codes.
+
+    Returns:
+        0 after a normal shutdown, 2 when the node cannot start (one FATAL line, no traceback).
+    """
+    rclpy.init(args=args)
+    node = None
+    executor = MultiThreadedExecutor(num_threads=3)
+    try:
+        node = make_node()
+        executor.add_node(node)
+        executor.spin()
+    except StartupError as exc:
+        rclpy.logging.get_logger("affordance_node").fatal(str(exc))
+        return 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown(timeout_sec=5)
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
 
 
 def main(args: list[str] | None = None) -> int:
@@ -592,21 +1004,7 @@ def main(args: list[str] | None = None) -> int:
     Returns:
         Exit status: 0 after a normal shutdown, 2 when the node cannot start.
     """
-    rclpy.init(args=args)
-    node: AffordanceNode | None = None
-    try:
-        node = AffordanceNode()
-        rclpy.spin(node)
-    except StartupError as exc:
-        rclpy.logging.get_logger("affordance_node").fatal(str(exc))
-        return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_node(AffordanceNode, args)
 
 
 if __name__ == "__main__":

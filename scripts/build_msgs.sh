@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the affordance_ros message interfaces (msg/*.msg) with cmake into a prefix, for the
+# Build the affordance_ros interfaces (msg/*.msg, srv/*.srv) with cmake into a prefix, for the
 # pip/venv route (`make demo`, `make test`) where colcon is not used.
 #
 # Usage: scripts/build_msgs.sh PREFIX [BUILD_DIR]
@@ -25,8 +25,8 @@ venv="$("$py" -c 'import sys; print(sys.prefix)')"
 pyver="$("$py" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
 stamp="$prefix/.affordance_msgs.stamp"
 
-if [[ -f "$stamp" && -d "$prefix/lib/python$pyver/site-packages/affordance_ros/msg" ]]; then
-  newer="$(find "$repo/msg" "$repo/CMakeLists.txt" "$repo/package.xml" -newer "$stamp" | head -n1)"
+if [[ -f "$stamp" && -d "$prefix/lib/python$pyver/site-packages/affordance_ros/srv" ]]; then
+  newer="$(find "$repo/msg" "$repo/srv" "$repo/CMakeLists.txt" "$repo/package.xml" -newer "$stamp" | head -n1)"
   if [[ -z "$newer" ]]; then echo "affordance_ros messages up to date in $prefix"; exit 0; fi
 fi
 
@@ -49,7 +49,7 @@ npinc="$("$py" -c 'import numpy; print(numpy.get_include())')"
 # repository: configure from a staged copy of the package files instead of the repository.
 src="$build/src"
 rm -rf "$src" && mkdir -p "$src"
-cp -r "$repo/package.xml" "$repo/CMakeLists.txt" "$repo/msg" "$src/"
+cp -r "$repo/package.xml" "$repo/CMakeLists.txt" "$repo/msg" "$repo/srv" "$src/"
 
 export PATH="$venv/bin:$PATH" AMENT_PREFIX_PATH="$venv"
 cmake -S "$src" -B "$build/cmake" -DAFFORDANCE_MSGS_ONLY=ON -DCMAKE_PREFIX_PATH="$venv" \

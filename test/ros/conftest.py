@@ -99,7 +99,7 @@ def tiny_model_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
     weights.mkdir()
     torch.save(model.dino.vit.state_dict(), weights / model.config.dino_file)
     torch.save(model.clip.clip.state_dict(), weights / model.config.clip_file)
-    ckpt = root / "heads.pt"
+    ckpt = root / "model.pt"
     save_model(ckpt, model)
     return ckpt, weights
 

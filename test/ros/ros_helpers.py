@@ -97,9 +97,11 @@ class Client:
     Args:
         ns: Namespace of the node under test ('' or '/r1').
         image_topic: Topic the node's ``image`` is remapped to (relative to ``ns`` if relative).
+        transport: The node's ``transport`` parameter (which image publisher it listens to).
     """
 
-    def __init__(self, ns: str = "", image_topic: str = "image") -> None:
+    def __init__(self, ns: str = "", image_topic: str = "image", transport: str = "raw",
+                 action_topic: str = "action") -> None:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import SingleThreadedExecutor
@@ -110,12 +112,14 @@ class Client:
         from affordance_ros.msg import AffordanceResult, AffordanceResultArray
 
         self.node = rclpy.create_node(f"test_client_{os.getpid()}_{time.monotonic_ns() % 10**6}")
-        p = (ns.rstrip("/") + "/") if ns else ""
+        self.prefix = p = (ns.rstrip("/") + "/") if ns else ""
         img = image_topic if image_topic.startswith("/") else p + image_topic
         rel = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.pub_image = self.node.create_publisher(Image, img, rel)
         self.pub_compressed = self.node.create_publisher(CompressedImage, img + "/compressed", rel)
-        self.pub_action = self.node.create_publisher(String, p + "action", rel)
+        act = action_topic if action_topic.startswith("/") else p + action_topic
+        self.pub_action = self.node.create_publisher(String, act, rel)
+        self._listened = self.pub_compressed if transport == "compressed" else self.pub_image
         self.inbox = Inbox()
         outs = {"heatmap": Image, "mask": Image, "overlay": Image,
                 "result": AffordanceResult, "results": AffordanceResultArray}
@@ -123,7 +127,7 @@ class Client:
             self.node.create_subscription(
                 typ, p + "affordance/" + name,
                 lambda m, n=name: self.inbox.add(n, m), QoSProfile(depth=50))
-        self.node.create_subscription(DiagnosticArray, p + "diagnostics",
+        self.node.create_subscription(DiagnosticArray, "/diagnostics",
                                       lambda m: self.inbox.add("diagnostics", m), 10)
         self._String = String
         self.executor = SingleThreadedExecutor()
@@ -134,9 +138,9 @@ class Client:
     def wait_connected(self, timeout: float = 20.0) -> None:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if (self.pub_image.get_subscription_count() > 0
+            if (self._listened.get_subscription_count() > 0
                     and self.pub_action.get_subscription_count() > 0
-                    and self.node.count_publishers(self.pub_image.topic_name) >= 1):
+                    and self.node.count_publishers(self._listened.topic_name) >= 1):
                 # also wait until our result subscriptions see the node's publishers
                 if all(self.node.count_publishers(s.topic_name) > 0
                        for s in self.node.subscriptions):

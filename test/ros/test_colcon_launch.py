@@ -51,8 +51,8 @@ def colcon_install(tmp_path_factory) -> Path:
     share = install / "affordance_ros" / "share" / "affordance_ros"
     assert (share / "launch" / "affordance.launch.py").is_file()
     assert (share / "config" / "affordance.yaml").is_file()
-    assert os.access(install / "affordance_ros" / "lib" / "affordance_ros" / "affordance_node",
-                     os.X_OK)
+    for exe in ("affordance_node", "affordance_lifecycle_node"):
+        assert os.access(install / "affordance_ros" / "lib" / "affordance_ros" / exe, os.X_OK)
     return install
 
 
@@ -134,21 +134,25 @@ def test_launch_file_stubbed(colcon_install, tmp_path, ros_isolation, rclpy_sess
             os.environ.pop("AMENT_PREFIX_PATH")
         else:
             os.environ["AMENT_PREFIX_PATH"] = old
+    # A robot's YAML holds checkpoint and device; the launch arguments do not name them, so
+    # the node must run with the YAML's values ("cpu:0" is a device string only YAML sets).
     params = write_params(tmp_path / "robot.yaml", {
         **__import__("yaml").safe_load((share / "config" / "affordance.yaml").read_text())
-        ["/**"]["ros__parameters"], "weights_dir": str(weights), "default_action": "pour"})
+        ["/**"]["ros__parameters"], "weights_dir": str(weights), "default_action": "pour",
+        "checkpoint": str(ckpt), "device": "cpu:0", "mask_threshold": 0.7})
     node, args = node_command(desc, {"namespace": "r1", "image_topic": "/cam/rgb",
-                                     "params_file": str(params), "checkpoint": str(ckpt)},
-                              tmp_path)
+                                     "action_topic": "/cmd/action",
+                                     "params_file": str(params)}, tmp_path)
     assert (node.package, node.executable) == ("affordance_ros", "affordance_node")
     # the default params_file is the installed one
     default = [e for e in desc.entities if getattr(e, "name", "") == "params_file"][0]
     assert Path(default.default_value) == share / "config" / "affordance.yaml"
     exe = colcon_install / "affordance_ros" / "lib" / node.package / node.executable
     proc = NodeProcess([str(exe), *args], env, tmp_path / "node.log", cwd=tmp_path)
-    client = Client(ns="/r1", image_topic="/cam/rgb")
+    client = Client(ns="/r1", image_topic="/cam/rgb", action_topic="/cmd/action")
     try:
         assert proc.wait_output("ready:", 60), proc.output()
+        assert f"checkpoint={ckpt} device=cpu:0" in proc.output(), proc.output()
         client.wait_connected()
         names = client.node.get_node_names_and_namespaces()
         assert ("affordance_node", "/r1") in names, names
@@ -156,7 +160,11 @@ def test_launch_file_stubbed(colcon_install, tmp_path, ros_isolation, rclpy_sess
         assert outs and outs[0].msg.action == "pour", proc.output()
         topics = dict(client.node.get_topic_names_and_types())
         assert "/r1/affordance/heatmap" in topics and "/r1/affordance/results" in topics
-        assert "/cam/rgb/compressed" in topics
+        # the action topic is remapped: a word on /cmd/action changes the action
+        client.action("cut_with")
+        assert proc.wait_output("actions set to ['cut_with']", 20), proc.output()
+        outs = _serve_one(client, test_image(32, 40, seed=9), 7_000_000_000, topic="result")
+        assert outs and outs[0].msg.action == "cut_with", proc.output()
     finally:
         client.close()
         proc.stop()

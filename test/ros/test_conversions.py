@@ -1,6 +1,7 @@
 """Message <-> numpy conversions and grasp-point geometry (no ROS graph)."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -81,7 +82,7 @@ def test_big_endian_mono16():
 
 
 @pytest.mark.parametrize("mutate,kind", [
-    (lambda m: setattr(m, "encoding", "yuv422"), "encoding"),
+    (lambda m: setattr(m, "encoding", "yuv444_custom"), "encoding"),
     (lambda m: setattr(m, "data", bytes(m.data)[:-1]), "truncated"),
     (lambda m: setattr(m, "step", 3), "truncated"),
     (lambda m: (setattr(m, "height", 0), setattr(m, "data", b"")), "empty"),
@@ -129,7 +130,7 @@ def test_encode_validation_and_mask():
     with pytest.raises(ValueError, match="shape"):
         array_to_image(RGB, "mono8")
     with pytest.raises(ValueError, match="supported"):
-        array_to_image(RGB, "yuv422")
+        array_to_image(RGB, "hsv8")
     over = heatmap_overlay(RGB, np.zeros((5, 7), np.float32), alpha=0.0)
     np.testing.assert_array_equal(over, RGB)
 
@@ -159,3 +160,88 @@ def test_backprojection():
     assert backproject_pixel(depth, (42, 14), k) is None
     assert backproject_pixel(np.ones((4, 4), np.float32), (9, 9), k) is None
     assert scale_pixel((0, 0), (10, 10), (20, 20)) == (0.5, 0.5)
+
+
+# ---- encodings of UVC, machine-vision and phone cameras (issue 18 item 8) ----------------
+COLOUR = (200, 100, 50)  # a flat colour: every demosaicing / chroma layout must give it back
+
+
+def _flat(h: int = 8, w: int = 10) -> np.ndarray:
+    return np.broadcast_to(np.array(COLOUR, np.uint8), (h, w, 3)).copy()
+
+
+def _yuv(rgb=COLOUR):
+    """BT.601 limited-range Y, U, V of an RGB colour (what OpenCV's YUV2RGB inverts)."""
+    r, g, b = rgb
+    y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
+    u = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
+    v = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
+    return [int(round(c)) for c in (y, u, v)]
+
+
+def _raw(data: np.ndarray, encoding: str, h: int, w: int, step: int):
+    from sensor_msgs.msg import Image
+
+    return Image(height=h, width=w, encoding=encoding, step=step, data=data.tobytes())
+
+
+@pytest.mark.parametrize("encoding,offset", [
+    ("bayer_rggb8", (0, 0)), ("bayer_bggr8", (1, 1)), ("bayer_gbrg8", (1, 0)),
+    ("bayer_grbg8", (0, 1))])
+def test_bayer_decodes_the_colour_and_matches_opencv(encoding, offset):
+    """offset: (row, col) of the red pixel in the 2x2 pattern named by the encoding."""
+    h, w = 8, 10
+    mosaic = np.empty((h, w), np.uint8)
+    r0, c0 = offset
+    yy, xx = np.mgrid[0:h, 0:w]
+    red = (yy % 2 == r0) & (xx % 2 == c0)
+    blue = (yy % 2 != r0) & (xx % 2 != c0)
+    mosaic[:] = COLOUR[1]
+    mosaic[red], mosaic[blue] = COLOUR[0], COLOUR[2]
+    out = image_to_rgb(_raw(mosaic, encoding, h, w, w))
+    np.testing.assert_array_equal(out[2:-2, 2:-2], _flat()[2:-2, 2:-2])
+    codes = {"bayer_rggb8": cv2.COLOR_BayerBG2RGB, "bayer_bggr8": cv2.COLOR_BayerRG2RGB,
+             "bayer_gbrg8": cv2.COLOR_BayerGR2RGB, "bayer_grbg8": cv2.COLOR_BayerGB2RGB}
+    np.testing.assert_array_equal(out, cv2.cvtColor(mosaic, codes[encoding]))
+
+
+@pytest.mark.parametrize("encoding", ["yuv422", "yuv422_yuy2"])
+def test_packed_yuv422(encoding):
+    h, w = 4, 6
+    y, u, v = _yuv()
+    quad = [u, y, v, y] if encoding == "yuv422" else [y, u, y, v]  # UYVY / YUYV
+    data = np.tile(np.array(quad, np.uint8), h * w // 2)
+    out = image_to_rgb(_raw(data, encoding, h, w, w * 2))
+    assert out.shape == (h, w, 3)
+    assert np.abs(out.astype(int) - np.array(COLOUR)).max() <= 2, out[0, 0]
+    code = cv2.COLOR_YUV2RGB_UYVY if encoding == "yuv422" else cv2.COLOR_YUV2RGB_YUY2
+    np.testing.assert_array_equal(out, cv2.cvtColor(data.reshape(h, w, 2), code))
+
+
+def test_nv21():
+    h, w = 4, 6
+    y, u, v = _yuv()
+    planes = np.concatenate([np.full(h * w, y, np.uint8),
+                             np.tile(np.array([v, u], np.uint8), h * w // 4)])
+    out = image_to_rgb(_raw(planes, "nv21", h, w, w))
+    assert out.shape == (h, w, 3)
+    assert np.abs(out.astype(int) - np.array(COLOUR)).max() <= 2, out[0, 0]
+    with pytest.raises(ImageConversionError) as err:
+        image_to_rgb(_raw(planes[:-1], "nv21", h, w, w))
+    assert err.value.kind == "truncated"
+
+
+@pytest.mark.parametrize("encoding", ["rgb16", "bgr16", "rgba16", "bgra16", "8UC3", "8UC4"])
+def test_16bit_colour_and_generic_8bit(encoding):
+    rgb = _flat()
+    if encoding.endswith("16"):
+        arr = rgb.astype(np.uint16) * 257
+        if encoding.startswith("bgr"):
+            arr = arr[:, :, ::-1]
+        if "a" in encoding[3:]:
+            arr = np.concatenate([arr, np.full(arr.shape[:2] + (1,), 65535, np.uint16)], 2)
+    else:
+        arr = rgb if encoding == "8UC3" else np.concatenate(
+            [rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], 2)
+    msg = array_to_image(np.ascontiguousarray(arr), encoding)
+    np.testing.assert_array_equal(image_to_rgb(msg), rgb)

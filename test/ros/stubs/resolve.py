@@ -39,7 +39,8 @@ def resolve(value: Any, config: dict[str, str]) -> Any:
 def node_command(description: Any, overrides: dict[str, str], tmp: Path
                  ) -> tuple[Any, list[str]]:
     """(recorded Node, ``--ros-args`` list) with launch arguments resolved like ros2 launch."""
-    from launch.actions import DeclareLaunchArgument
+    from launch import LaunchContext
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
     from launch_ros.actions import Node
 
     config = {e.name: e.default_value for e in description.entities
@@ -48,7 +49,13 @@ def node_command(description: Any, overrides: dict[str, str], tmp: Path
     if unknown:
         raise KeyError(f"launch file declares no arguments {unknown}")
     config.update(overrides)
-    nodes = [e for e in description.entities if isinstance(e, Node)]
+    entities = []
+    for e in description.entities:  # run OpaqueFunctions as launch does, with the arguments
+        if isinstance(e, OpaqueFunction):
+            entities += e.function(LaunchContext(config), *e.args, **e.kwargs) or []
+        else:
+            entities.append(e)
+    nodes = [e for e in entities if isinstance(e, Node)]
     assert len(nodes) == 1, nodes
     node = nodes[0]
     args = ["--ros-args"]
@@ -67,4 +74,5 @@ def node_command(description: Any, overrides: dict[str, str], tmp: Path
             args += ["--params-file", str(resolve(p, config))]
     for src, dst in node.remappings:
         args += ["-r", f"{resolve(src, config)}:={resolve(dst, config)}"]
+    args += [str(resolve(a, config)) for a in node.ros_arguments]
     return node, args
