@@ -10,8 +10,10 @@ calibration that the demo's validation choice picks on this corpus (``--eval-fla
     python -m training.ablations --out outputs/ablations [--splits Seen Unseen]
         [--variants default kmeans_iters=300 ...]
 
-Writes ``OUT/ablations.json`` and ``OUT/ablations.md`` (a table per split) and reuses any
-finished run, so an interrupted call can be repeated. docs/deviations.md reports the figures.
+Writes ``OUT/runs/<split>/<variant>/summary.json`` per run and gathers every finished one
+into ``OUT/ablations.json`` and ``OUT/ablations.md`` (a table per split); finished runs are
+reused, so an interrupted call can be repeated, and calls with disjoint ``--variants`` can
+run side by side on one ``--out``. docs/deviations.md reports the figures.
 """
 
 from __future__ import annotations
@@ -94,25 +96,26 @@ def score(checkpoint: Path, val_root: Path, split: str, flags: Sequence[str],
 def run_ablations(out: Path, splits: Sequence[str] = ("Seen", "Unseen"),
                   variants: Sequence[str] | None = None,
                   eval_flags: Sequence[str] = DEFAULT_EVAL_FLAGS) -> dict[str, Any]:
-    """Train and score every variant on every split; returns (and writes) the results."""
+    """Train and score every variant on every split (variant by variant); each run writes
+    ``summary.json`` in its run folder, so several calls with other variants can share one
+    ``out``. Returns (and writes) the results of every finished run under ``out``."""
     from training.demo import _budget, make_corpus, make_validation_corpus
 
-    chosen = [v for v in VARIANTS if variants is None or v[0] in variants]
     unknown = set(variants or ()) - {name for name, _ in VARIANTS}
     if unknown:
         raise ValueError(f"unknown variants {sorted(unknown)}; choose from "
                          f"{', '.join(name for name, _ in VARIANTS)}")
+    chosen = [v for v in VARIANTS if variants is None or v[0] in variants]
     budget = _budget(False)
     out.mkdir(parents=True, exist_ok=True)
     make_corpus(out / "data", budget, 0)
     make_validation_corpus(out / "data_val", budget, 0)
-    result_file = out / "ablations.json"
-    results: dict[str, Any] = (json.loads(result_file.read_text()) if result_file.is_file()
-                               else {"eval_flags": list(eval_flags), "splits": {}})
     for name, sets in chosen:
         for split in splits:
-            rows = results["splits"].setdefault(split, {})
             run_dir = out / "runs" / split / _slug(name)
+            summary_file = run_dir / "summary.json"
+            if summary_file.is_file():
+                continue
             t0 = time.perf_counter()
             train_args = train_variant(sets, out / "data", split, run_dir, budget,
                                        out / "feature_cache" / split)
@@ -121,25 +124,36 @@ def run_ablations(out: Path, splits: Sequence[str] = ("Seen", "Unseen"),
                                   run_dir / "val_checkpoint_inference.json")
             picked, picked_args = score(run_dir / "model.pt", out / "data_val", split,
                                         eval_flags, run_dir / "val_chosen_inference.json")
-            rows[name] = {"sets": list(sets), "checkpoint_inference": own,
-                          "chosen_inference": picked,
-                          "train_seconds": rows.get(name, {}).get("train_seconds", seconds),
-                          "train": ["affordance-train", *train_args],
-                          "eval": [["affordance-eval", *own_args],
-                                   ["affordance-eval", *picked_args]]}
-            result_file.write_text(json.dumps(results, indent=1))
+            summary_file.write_text(json.dumps(
+                {"sets": list(sets), "eval_flags": list(eval_flags),
+                 "checkpoint_inference": own, "chosen_inference": picked,
+                 "train_seconds": seconds, "train": ["affordance-train", *train_args],
+                 "eval": [["affordance-eval", *own_args], ["affordance-eval", *picked_args]]},
+                indent=1))
             print(f"{split:7s} {name:38s} own {own['KLD']:.3f}/{own['SIM']:.3f}/"
                   f"{own['NSS']:.3f}  chosen {picked['KLD']:.3f}/{picked['SIM']:.3f}/"
                   f"{picked['NSS']:.3f}  ({seconds:.0f} s)", flush=True)
+    return collect(out)
+
+
+def collect(out: Path) -> dict[str, Any]:
+    """Gather every finished run's summary into ``out/ablations.json`` and ``.md``."""
+    results: dict[str, Any] = {"splits": {}}
+    for split_dir in sorted((out / "runs").glob("*")):
+        rows = {name: json.loads((split_dir / _slug(name) / "summary.json").read_text())
+                for name, _ in VARIANTS if (split_dir / _slug(name) / "summary.json").is_file()}
+        if rows:
+            results["splits"][split_dir.name] = rows
+    (out / "ablations.json").write_text(json.dumps(results, indent=1))
     (out / "ablations.md").write_text(_markdown(results))
     return results
 
 
 def _markdown(results: dict[str, Any]) -> str:
-    flags = " ".join(results["eval_flags"])
     lines = ["Validation KLD/SIM/NSS of SelectiveCL (tiny tier, demo budget, corpus seed 0, "
              "validation corpus seed 1000).", ""]
     for split, rows in results["splits"].items():
+        flags = " ".join(next(iter(rows.values()))["eval_flags"])
         lines += [f"## {split}", "",
                   f"| variant | checkpoint's inference | `{flags}` |", "|---|---|---|"]
         for name, row in rows.items():
@@ -157,10 +171,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--splits", nargs="+", default=["Seen", "Unseen"])
     parser.add_argument("--variants", nargs="+", metavar="NAME",
                         help=f"subset of: {', '.join(name for name, _ in VARIANTS)}")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0: torch's default)")
     parser.add_argument("--eval-flags", nargs=argparse.REMAINDER,
                         default=list(DEFAULT_EVAL_FLAGS),
                         help="affordance-eval flags of the second score (last option)")
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        import torch
+        torch.set_num_threads(args.threads)
     run_ablations(Path(args.out), args.splits, args.variants, args.eval_flags)
     return 0
 
