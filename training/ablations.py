@@ -44,6 +44,7 @@ VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("proto=object", ("method.proto=object",)),
     ("proto=none", ("method.proto=none",)),
     ("pixel=false", ("method.pixel=false",)),
+    ("default, training seed 1", ("train.seed=1",)),   # run-to-run spread of the default
 )
 
 #: The demo's validation choice for SelectiveCL on corpus seed 0 (README).
@@ -51,7 +52,7 @@ DEFAULT_EVAL_FLAGS = ("--inference-branch", "ego+exo", "--calibration", "continu
 
 
 def _slug(name: str) -> str:
-    return name.replace("=", "-").replace("+", "_")
+    return name.replace("=", "-").replace("+", "_").replace(", ", "_").replace(" ", "_")
 
 
 def train_variant(sets: Sequence[str], data_root: Path, split: str, run_dir: Path,
