@@ -25,7 +25,9 @@ def masked_kmeans(points: Tensor, valid: Tensor, k: int = 3, iters: int = 10,
         points: (B, N, D) float descriptors.
         valid: (B, N) bool, which points take part.
         k: clusters per row.
-        iters: Lloyd iterations (fixed count; converged rows are unaffected by extra ones).
+        iters: the most Lloyd iterations. The loop stops early once no assignment changes in
+            any row: the centroids are then a fixed point, so the result is exactly that of
+            running all ``iters`` (the reference runs up to 300 with a tolerance).
         generator: RNG for the initial centroids (k distinct valid points per row).
 
     Returns:
@@ -39,11 +41,17 @@ def masked_kmeans(points: Tensor, valid: Tensor, k: int = 3, iters: int = 10,
     noise = noise.masked_fill(~valid, -1.0)
     init = noise.topk(k, dim=1).indices                                      # (B, k)
     centroids = points.gather(1, init[..., None].expand(-1, -1, points.shape[-1]))
+    if iters < 1:
+        raise ValueError(f"iters must be a positive number of Lloyd iterations, got {iters}")
     weight = valid.to(points.dtype)
+    previous: Tensor | None = None
     for _ in range(iters):
         # squared distances up to the per-point constant |x|^2, which argmin ignores
         dist = (centroids * centroids).sum(-1)[:, None] - 2 * points @ centroids.transpose(1, 2)
         assign = dist.argmin(-1)                                             # (B, N)
+        if previous is not None and torch.equal(assign, previous):
+            break                    # same assignments give the same centroids from here on
+        previous = assign
         onehot = F.one_hot(assign, k).to(points.dtype) * weight[..., None]    # (B, N, k)
         counts = onehot.sum(1)                                               # (B, k)
         sums = onehot.transpose(1, 2) @ points                               # (B, k, D)
@@ -107,6 +115,11 @@ def discover_parts(exo_keys: Tensor, exo_maps: Tensor, ego_keys: Tensor, ego_sal
         exo_maps: (B, E, h, w) interaction maps (CAM or affinity-derived).
         ego_keys: (B, D, h, w) ego descriptors.
         ego_saliency: (B, h, w) bool binarised ego saliency.
+        region_threshold: gamma_1 on the min-max normalised exo maps.
+        piou_threshold: alpha, the reliability threshold on the best pIoU.
+        k: K-means clusters.
+        iters: the most K-means iterations (:func:`masked_kmeans`; the reference's 300).
+        generator: RNG of the K-means initialisation.
     """
     b, e, d, h, w = exo_keys.shape
     region = minmax(exo_maps) > region_threshold                             # (B, E, h, w)

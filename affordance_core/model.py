@@ -169,7 +169,14 @@ class AffordanceModel(nn.Module):
         Weights train at ``base_lr`` and biases at 2x; the token MLP and the classifier at 10x
         (biases 20x). The reference applied the 10x rule by matching "fc" in parameter names,
         which left SelectiveCL's renamed classifier at 1x by accident; we apply it by module.
+        The LayerNorm of the token MLP (``aff_proj.norm``) takes the multiplier
+        ``self.aff_norm_lr_mult`` (bias twice it): 10 unless a training method set it (the
+        method option ``aff_norm_lr_mult``); the reference's name rule gives it 1.
+
+        Returns:
+            groups named ``x<mult>`` / ``x<mult>_bias`` with keys params, lr, lr_mult, name.
         """
+        norm_mult = float(getattr(self, "aff_norm_lr_mult", 10.0))
         groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
         for name, module in self.head_modules():
             mult = 10.0 if name in ("aff_proj", "classifier") else 1.0
@@ -177,7 +184,8 @@ class AffordanceModel(nn.Module):
                 if not param.requires_grad:
                     continue
                 is_bias = pname.endswith("bias")
-                groups.setdefault((mult * (2.0 if is_bias else 1.0), is_bias), []).append(param)
+                own = norm_mult if name == "aff_proj" and pname.startswith("norm.") else mult
+                groups.setdefault((own * (2.0 if is_bias else 1.0), is_bias), []).append(param)
         return [{"params": params, "lr": base_lr * lr_mult, "lr_mult": lr_mult,
                  "name": f"x{lr_mult:g}{'_bias' if is_bias else ''}"}
                 for (lr_mult, is_bias), params in sorted(groups.items())]

@@ -162,12 +162,40 @@ def test_pixel_contrast_separates_groups() -> None:
 
 
 def test_selectivecl_reference_indexing_and_ablations(batch) -> None:
+    """Each ablation switch changes the terms it should, by value, and leaves the others
+    bit-identical (same model, batch and K-means seed)."""
+    torch.manual_seed(0)
     model = create_model("tiny", vocabulary=VOCAB, method="selectivecl", pretrained=False)
-    for opts in ({"exo_indexing": "reference"}, {"proto": "object", "pixel": False},
-                 {"proto": "none"}):
-        out = build_method("selectivecl", model, **opts)(batch, 0.5)
-        assert torch.isfinite(out["loss"])
-        assert ("proto" in out) == (opts.get("proto", "part") != "none")
+
+    def run(**opts) -> dict[str, float]:
+        with torch.no_grad():
+            return {k: float(v) for k, v in build_method("selectivecl", model, **opts)(
+                batch, 0.5).items()}
+    base = run()
+    ce = ("ce_ego", "ce_exo")
+    assert base["stat_reliable_rate"] > 0        # the part-level branch is exercised
+    # reference indexing: discovery sees other maps -> the prototype term only
+    ref = run(exo_indexing="reference")
+    assert all(ref[k] == base[k] for k in (*ce, "pix"))
+    assert abs(ref["proto"] - base["proto"]) > 1e-3
+    assert ref["stat_reliable_rate"] != base["stat_reliable_rate"]
+    # object level = the selective composition with every sample unreliable
+    obj = run(proto="object")
+    assert all(obj[k] == base[k] for k in (*ce, "pix"))
+    assert abs(obj["proto"] - base["proto"]) > 1e-3
+    assert obj["proto"] == pytest.approx(run(piou_threshold=1.01)["proto"], abs=1e-6)
+    # none / pixel off: exactly their term disappears
+    none, no_pix = run(proto="none"), run(pixel=False)
+    assert "proto" not in none and "pix" not in no_pix
+    assert all(none[k] == base[k] for k in (*ce, "pix"))
+    assert all(no_pix[k] == base[k] for k in (*ce, "proto"))
+    assert none["loss"] == pytest.approx(base["ce_ego"] + base["ce_exo"] + base["pix"],
+                                         abs=1e-5)
+    # the contrast factor multiplies both contrastive terms and nothing else
+    scaled = run(contrast_scale=7.14)
+    assert all(scaled[k] == base[k] for k in ce)
+    assert scaled["proto"] == pytest.approx(7.14 * base["proto"], rel=1e-6)
+    assert scaled["pix"] == pytest.approx(7.14 * base["pix"], rel=1e-6)
     with pytest.raises(ValueError, match="exo_indexing"):
         build_method("selectivecl", model, exo_indexing="wrong")
     with pytest.raises(ValueError, match="unknown method"):

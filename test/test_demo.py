@@ -21,6 +21,11 @@ PLANNER = ("peak_hit", "mask_iou", "action_sensitivity", "absence_auroc", "empty
 
 
 def test_demo_trains_both_splits_in_two_processes_and_reports(tmp_path):
+    from affordance_core import load_model
+    from affordance_core.data import AffordanceTestDataset
+    from training.demo import evaluate_baselines
+    from training.evaluate import evaluate_model
+
     results = run_demo(tmp_path, budget=TINY_BUDGET, jobs=2)
     for split in SPLITS:
         rows = results["splits"][split]
@@ -64,6 +69,24 @@ def test_demo_trains_both_splits_in_two_processes_and_reports(tmp_path):
             assert all(g["low"] <= g["mean"] <= g["high"] for g in gap.values()
                        if math.isfinite(g["mean"]))
         assert (tmp_path / f"overlays_{split}.png").stat().st_size > 0
+        # values, not only finiteness: a constant map has NSS 0; the reported test row and
+        # the chosen validation score are those of the saved checkpoint, rescored here; the
+        # affinity row is the min-max affinity of the same images
+        assert rows["uniform map"]["NSS"] == 0.0
+        assert 0.0 < rows["uniform map"]["SIM"] < 1.0
+        model = load_model(tmp_path / "runs" / split / "selectivecl" / "model.pt").eval()
+        for root, figures in ((tmp_path / "data", rows["selectivecl"]),
+                              (tmp_path / "data_val", choice["validation"][
+                                  f"{chosen['inference_branch']}/{chosen['calibration']}"])):
+            data = AffordanceTestDataset(root, split, model.image_size,
+                                         vocabulary=model.vocabulary)
+            again = evaluate_model(model, data, device=torch.device("cpu"), progress=False)
+            for key in ("KLD", "SIM", "NSS"):
+                assert figures[key] == pytest.approx(again[key], abs=1e-3), (root, key)
+        data = AffordanceTestDataset(tmp_path / "data", split, model.image_size,
+                                     vocabulary=model.vocabulary)
+        affinity = evaluate_baselines(model, data)["object affinity alone"]
+        assert rows["object affinity alone"]["KLD"] == pytest.approx(affinity["KLD"], abs=1e-3)
         assert (tmp_path / "runs" / split / "demo.log").is_file()
     # the validation corpus holds the training categories only, from another seed
     val = json.loads((tmp_path / "data_val" / "corpus.json").read_text())

@@ -57,6 +57,44 @@ def test_probe_scores_every_map_on_every_image(probe_inputs) -> None:
     assert maps["mean over clusters"]["n"] == 3 * n
     # the same inputs and seed give the same figures
     assert probe_discovery(model, val, train, batch_size=4) == result
+    # the affinity row is the min-max ego-prompt affinity, scored here independently
+    expected = affinity_scores(model, val)
+    for key in ("KLD", "SIM", "NSS"):
+        assert maps["object affinity"][key] == pytest.approx(expected[key], abs=2e-4), key
+
+
+def affinity_scores(model, val) -> dict[str, float]:
+    from affordance_core.backbones import minmax
+    from affordance_core.metrics import affordance_metrics, prepare_prediction
+
+    per_image = []
+    with torch.no_grad():
+        for item in torch.utils.data.DataLoader(val, batch_size=4):
+            feats = model.extract(item["image"])
+            aff = minmax(model.affinity(feats.clip, item["label"], "ego"))
+            gt = item["gt"]
+            per_image.append(affordance_metrics(prepare_prediction(aff, size=gt.shape[-2:]), gt))
+    return {k: float(torch.cat([m[k] for m in per_image]).mean()) for k in ("KLD", "SIM", "NSS")}
+
+
+def test_probe_falls_back_to_the_affinity_without_points_and_gates_by_piou(probe_inputs):
+    model, val, train = probe_inputs
+    # no interaction point clears a region threshold above 1: every part map is the affinity
+    empty = probe_discovery(model, val, train, batch_size=4, region_threshold=1.01)
+    maps = empty["maps"]
+    assert empty["reliable_rate"] == 0.0
+    for name in ("chosen part x affinity", "GT-nearest cluster x affinity"):
+        assert maps[name] == maps["object affinity"], name
+    assert "chosen part x affinity (reliable samples)" not in maps
+    # every point kept and alpha = 0: every sample is reliable, so the reliable-only rows
+    # are the full rows
+    full = probe_discovery(model, val, train, batch_size=4, region_threshold=-1.0,
+                           piou_threshold=0.0)
+    maps = full["maps"]
+    assert full["reliable_rate"] == 1.0
+    assert maps["chosen part x affinity (reliable samples)"] == maps["chosen part x affinity"]
+    assert maps["object affinity (reliable samples)"] == maps["object affinity"]
+    assert maps["chosen part x affinity"] != maps["object affinity"]
 
 
 def test_probe_names_a_pair_without_exo_images(probe_inputs, tmp_path: Path,

@@ -71,32 +71,45 @@ def prototype_contrast_loss(anchors: Tensor, labels: Tensor, ego_pos: Tensor, eg
 
 
 def pixel_contrast_loss(features: Tensor, positive: Tensor, temperature: float = 0.5,
-                        scale: float = 1.0) -> Tensor:
-    """Selective pixel contrast on the ego feature map (the paper's formulation).
+                        scale: float = 1.0, anchors: Tensor | None = None,
+                        background_positives: bool = False) -> Tensor:
+    """Selective pixel contrast on the ego feature map.
 
-    Anchors are the positive pixels Q+; each anchor's positives are the other Q+ pixels and its
-    denominator every other pixel (Q+ and Q-). Samples without at least two positive pixels do
-    not contribute.
+    By default the paper's formulation: anchors are the positive pixels Q+; each anchor's
+    positives are the other Q+ pixels and its denominator every other pixel (Q+ and Q-).
+    ``anchors`` and ``background_positives`` give the reference code's variant: anchors are
+    the object-mask pixels, and an anchor outside Q+ takes the other non-Q+ pixels as its
+    positives. Anchors without any positive pixel do not contribute, nor do samples without
+    such an anchor.
 
     Args:
-        features: (B, F, h, w) pixel embeddings (normalised inside).
+        features: (B, F, h, w) float pixel embeddings (normalised inside).
         positive: (B, h, w) bool, Q+.
         temperature: tau.
         scale: loss multiplier (see :func:`prototype_contrast_loss`).
+        anchors: (B, h, w) bool anchor pixels, or None for Q+ itself.
+        background_positives: pair non-Q+ anchors with the other non-Q+ pixels (the
+            reference); False leaves them without positives.
 
     Returns:
-        scalar (0 when no sample has two positive pixels).
+        scalar: the mean over contributing samples of the mean over their anchors of
+        -mean log-probability of the anchor's positives (0 when no sample contributes).
     """
     z = F.normalize(features.flatten(2), dim=1)                                 # (B, F, P)
     pos = positive.flatten(1)                                                   # (B, P)
+    anchor_set = pos if anchors is None else anchors.flatten(1)
     p = pos.shape[1]
     eye = torch.eye(p, dtype=torch.bool, device=features.device)[None]
     logits = (z.transpose(1, 2) @ z / temperature).masked_fill(eye, float("-inf"))
     log_prob = logits - torch.logsumexp(logits, dim=-1, keepdim=True)           # (B, P, P)
-    pair = pos[:, :, None] & pos[:, None, :] & ~eye
+    if background_positives:
+        same = pos[:, :, None] == pos[:, None, :]
+    else:
+        same = pos[:, :, None] & pos[:, None, :]
+    pair = anchor_set[:, :, None] & same & ~eye
     count = pair.sum(-1)                                                        # (B, P)
     per_anchor = -(log_prob.masked_fill(~pair, 0.0)).sum(-1) / count.clamp_min(1)
-    anchor = pos & (count > 0)
+    anchor = anchor_set & (count > 0)
     per_sample = (per_anchor * anchor).sum(1) / anchor.sum(1).clamp_min(1)
     has = anchor.any(1)
     if not has.any():
