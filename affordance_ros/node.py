@@ -86,6 +86,7 @@ class NodeSettings:
     log_throttle: float
     action_rerun_delay: float
     cpu_threads: int
+    backend: str = "torch"
 
 
 def parse_actions(text: str) -> list[str]:
@@ -131,6 +132,7 @@ def load_predictor(settings: NodeSettings) -> Any:
         predictor = AffordancePredictor.from_checkpoint(
             ckpt, device=settings.device, half=settings.half, weights_dir=weights_dir,
             mask_threshold=settings.mask_threshold, compile=settings.compile,
+            backend=settings.backend,
         )
     except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear message
         raise StartupError(
@@ -345,6 +347,11 @@ class AffordanceNode(Node):
                 "On a small CPU shared with other processes fewer threads avoid "
                 "oversubscription.",
                 integer_range=[IntegerRange(from_value=0, to_value=1024, step=1)])),
+            ("backend", "torch", _descriptor(
+                "Inference backend: 'torch' (eager) or 'onnxruntime' (the exported graph; "
+                "TensorRT > CUDA > CPU provider; exported on first use into "
+                "$AFFORDANCE_ONNX_CACHE or ~/.cache/affordance_ros/onnx).",
+                additional_constraints="one of: torch, onnxruntime")),
             ("action_rerun_delay", 0.25, _descriptor(
                 "After an action change, re-run the newest frame if no new image arrives "
                 "within this many seconds (a static scene still gets an answer; a streaming "
@@ -357,6 +364,8 @@ class AffordanceNode(Node):
         v = {name: self.get_parameter(name).value for name, _, _ in specs}
         if v["model"] not in MODELS:
             raise StartupError(f"parameter 'model' = '{v['model']}'; use one of {MODELS}")
+        if v["backend"] not in ("torch", "onnxruntime"):
+            raise StartupError(f"parameter 'backend' = '{v['backend']}'; use torch or onnxruntime")
         if v["image_qos"] not in IMAGE_QOS:
             raise StartupError(
                 f"parameter 'image_qos' = '{v['image_qos']}'; use one of {IMAGE_QOS}")
@@ -371,7 +380,7 @@ class AffordanceNode(Node):
             diagnostics_period=float(v["diagnostics_period"]),
             log_throttle=float(v["log_throttle"]),
             action_rerun_delay=float(v["action_rerun_delay"]),
-            cpu_threads=int(v["cpu_threads"]),
+            cpu_threads=int(v["cpu_threads"]), backend=str(v["backend"]),
         )
 
     # ------------------------------------------------------------------------------ callbacks
