@@ -96,11 +96,13 @@ class AffordancePredictor:
             torch backend only.
         backend: ``torch`` or ``onnxruntime`` (see above). With ``onnxruntime``, ``half``
             makes TensorRT build float16 engines and is ignored by the CUDA and CPU
-            providers; the torch model stays on the CPU (only its vocabulary is used).
+            providers; the torch model is not moved (only its vocabulary is used).
         onnx_cache_dir: folder of the ONNX cache (default
             :func:`affordance_core.runtime.default_cache_dir`).
         onnx_variant: ``fp32``, or ``int8`` (ONNX Runtime dynamic quantization; measured
             in the README, not a default).
+        onnx_providers: ONNX Runtime execution provider names to use instead of the
+            automatic choice (e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]``).
 
     Raises:
         ValueError: an out-of-range ``mask_threshold``, an unknown ``backend`` or
@@ -113,7 +115,8 @@ class AffordancePredictor:
                  half: bool = False, mask_threshold: float = 0.5,
                  peak_component: bool = True, compile: bool = False,
                  backend: str = "torch", onnx_cache_dir: str | os.PathLike | None = None,
-                 onnx_variant: str = "fp32") -> None:
+                 onnx_variant: str = "fp32",
+                 onnx_providers: Sequence[str] | None = None) -> None:
         from .runtime import BACKENDS, VARIANTS, OnnxRuntimeEngine
 
         if not 0.0 <= mask_threshold <= 1.0:
@@ -135,9 +138,10 @@ class AffordancePredictor:
         self.compiled = bool(compile)
         self._engine: OnnxRuntimeEngine | None = None
         if backend == "onnxruntime":
-            self.model = model.cpu().eval()
+            self.model = model.eval()
             self._engine = OnnxRuntimeEngine(model, self.device, half=half,
-                                             cache_dir=onnx_cache_dir, variant=onnx_variant)
+                                             cache_dir=onnx_cache_dir, variant=onnx_variant,
+                                             providers=onnx_providers)
             self._tensor_device = torch.device("cpu")
         else:
             self.model = model.to(self.device).eval()

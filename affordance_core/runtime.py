@@ -27,8 +27,9 @@ order, from ``onnxruntime.get_available_providers()``; the ``onnxruntime-gpu`` p
 the first two); on a CPU device the CPU provider. With ``half``, TensorRT builds float16
 engines; the CUDA and CPU providers run the float32 graph.
 
-Variants: ``fp32`` (the exported graphs) and ``int8`` (the same graphs after ONNX Runtime
-dynamic quantization: int8 weights and per-batch activation scales for MatMul and Gemm).
+Variants: ``fp32`` (the exported graphs) and ``int8`` (the backbone graph after ONNX Runtime
+dynamic quantization: int8 per-channel weights and per-frame activation scales for the MatMuls
+with constant weights; the heads graph stays float32).
 """
 
 from __future__ import annotations
@@ -222,6 +223,29 @@ def _check_entry(folder: Path, key: dict[str, Any]) -> str | None:
     return None
 
 
+def _quantize_backbone(path: Path) -> None:
+    """ONNX Runtime dynamic quantization of the backbone graph, in place.
+
+    int8 weights per output channel for the MatMuls with constant weights (the ViT linear
+    layers); attention's activation-by-activation MatMuls and the small heads graph stay
+    float32 (quantizing the heads' calibration moved the maps' peaks).
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source = path.with_name(f"fp32-{path.name}")
+    path.rename(source)
+    quiet = logging.getLogger()
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)        # the quantizer logs a pre-processing hint as WARNING
+    try:
+        quantize_dynamic(str(source), str(path), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul", "Gemm"],
+                         extra_options={"MatMulConstBOnly": True})
+    finally:
+        quiet.setLevel(level)
+        source.unlink()
+
+
 def _write_entry(model: AffordanceModel, folder: Path, key: dict[str, Any], opset: int) -> None:
     """Export both graphs (and quantize them for ``int8``) into ``folder``, then meta.json."""
     from .export import export_onnx_module
@@ -246,14 +270,7 @@ def _write_entry(model: AffordanceModel, folder: Path, key: dict[str, Any], opse
         if devices and devices != {torch.device("cpu")}:
             model.to(next(iter(devices)))
     if key["variant"] == "int8":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        for name in GRAPH_FILES:
-            fp32 = folder / name
-            tmp = folder / f"fp32-{name}"
-            fp32.rename(tmp)
-            quantize_dynamic(str(tmp), str(fp32), weight_type=QuantType.QInt8)
-            tmp.unlink()
+        _quantize_backbone(folder / "backbone.onnx")
     files = {name: _file_sha256(folder / name) for name in GRAPH_FILES}
     (folder / "meta.json").write_text(json.dumps({"key": key, "files": files}, indent=1))
 
@@ -367,6 +384,7 @@ class OnnxRuntimeEngine:
         variant: ``fp32`` or ``int8``.
         threads: ONNX Runtime intra-op threads; 0 = torch's current thread count.
         opset: ONNX opset of the export.
+        providers: provider names to use instead of :func:`select_providers`' choice.
 
     Raises:
         RuntimeError: onnx/onnxruntime missing, or the export fails.
@@ -374,12 +392,14 @@ class OnnxRuntimeEngine:
 
     def __init__(self, model: AffordanceModel, device: str | torch.device = "cpu",
                  half: bool = False, cache_dir: str | os.PathLike | None = None,
-                 variant: str = "fp32", threads: int = 0, opset: int = 17) -> None:
+                 variant: str = "fp32", threads: int = 0, opset: int = 17,
+                 providers: Sequence[str] | None = None) -> None:
         self.ort = _import_ort()
         self.device = torch.device(device)
         self.half = bool(half)
         self.variant = variant
         self.threads = int(threads) or torch.get_num_threads()
+        self.requested_providers = list(providers) if providers else None
         fingerprint = model_fingerprint(model)
         self.entry = prepare_onnx_cache(model, cache_dir, variant, opset,
                                         fingerprint=fingerprint)
@@ -401,7 +421,14 @@ class OnnxRuntimeEngine:
         options.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self.threads
         options.log_severity_level = 3
-        providers = select_providers(self.device, self.half, self.entry.folder / "trt")
+        providers = self.requested_providers or select_providers(
+            self.device, self.half, self.entry.folder / "trt")
+        if self.requested_providers and "TensorrtExecutionProvider" in providers:
+            index = self.device.index or 0
+            providers = [(p, {"device_id": index, "trt_fp16_enable": self.half,
+                              "trt_engine_cache_enable": True,
+                              "trt_engine_cache_path": str(self.entry.folder / "trt")})
+                         if p == "TensorrtExecutionProvider" else p for p in providers]
         self.backbone = self.ort.InferenceSession(str(self.entry.backbone), options,
                                                   providers=providers)
         self.heads = self.ort.InferenceSession(str(self.entry.heads), options,
