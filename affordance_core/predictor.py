@@ -99,8 +99,8 @@ class AffordancePredictor:
             providers; the torch model is not moved (only its vocabulary is used).
         onnx_cache_dir: folder of the ONNX cache (default
             :func:`affordance_core.runtime.default_cache_dir`).
-        onnx_variant: ``fp32``, or ``int8`` (ONNX Runtime dynamic quantization; measured
-            in the README, not a default).
+        onnx_variant: ``fp32``, or ``int8`` (the backbone graph dynamically quantized by ONNX
+            Runtime: faster on CPUs; its accuracy change is measured in the README).
         onnx_providers: ONNX Runtime execution provider names to use instead of the
             automatic choice (e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]``).
 

@@ -87,6 +87,7 @@ class NodeSettings:
     action_rerun_delay: float
     cpu_threads: int
     backend: str = "torch"
+    onnx_variant: str = "fp32"
 
 
 def parse_actions(text: str) -> list[str]:
@@ -132,7 +133,7 @@ def load_predictor(settings: NodeSettings) -> Any:
         predictor = AffordancePredictor.from_checkpoint(
             ckpt, device=settings.device, half=settings.half, weights_dir=weights_dir,
             mask_threshold=settings.mask_threshold, compile=settings.compile,
-            backend=settings.backend,
+            backend=settings.backend, onnx_variant=settings.onnx_variant,
         )
     except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear message
         raise StartupError(
@@ -352,6 +353,10 @@ class AffordanceNode(Node):
                 "TensorRT > CUDA > CPU provider; exported on first use into "
                 "$AFFORDANCE_ONNX_CACHE or ~/.cache/affordance_ros/onnx).",
                 additional_constraints="one of: torch, onnxruntime")),
+            ("onnx_variant", "fp32", _descriptor(
+                "onnxruntime backend: 'fp32', or 'int8' (dynamically quantized backbones; "
+                "faster on CPUs, see the README for its measured accuracy).",
+                additional_constraints="one of: fp32, int8")),
             ("action_rerun_delay", 0.25, _descriptor(
                 "After an action change, re-run the newest frame if no new image arrives "
                 "within this many seconds (a static scene still gets an answer; a streaming "
@@ -366,6 +371,9 @@ class AffordanceNode(Node):
             raise StartupError(f"parameter 'model' = '{v['model']}'; use one of {MODELS}")
         if v["backend"] not in ("torch", "onnxruntime"):
             raise StartupError(f"parameter 'backend' = '{v['backend']}'; use torch or onnxruntime")
+        if v["onnx_variant"] not in ("fp32", "int8"):
+            raise StartupError(
+                f"parameter 'onnx_variant' = '{v['onnx_variant']}'; use fp32 or int8")
         if v["image_qos"] not in IMAGE_QOS:
             raise StartupError(
                 f"parameter 'image_qos' = '{v['image_qos']}'; use one of {IMAGE_QOS}")
@@ -381,6 +389,7 @@ class AffordanceNode(Node):
             log_throttle=float(v["log_throttle"]),
             action_rerun_delay=float(v["action_rerun_delay"]),
             cpu_threads=int(v["cpu_threads"]), backend=str(v["backend"]),
+            onnx_variant=str(v["onnx_variant"]),
         )
 
     # ------------------------------------------------------------------------------ callbacks

@@ -185,3 +185,22 @@ def test_provider_order(monkeypatch) -> None:
     assert select_providers("cpu") == ["CPUExecutionProvider"]
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     assert select_providers("cuda") == ["CPUExecutionProvider"]
+
+
+def test_int8_variant_quantizes_the_backbone_only(model, cache) -> None:
+    import onnx
+
+    predictor = AffordancePredictor(model, backend="onnxruntime", onnx_cache_dir=cache,
+                                    onnx_variant="int8")
+    entry = predictor._engine.entry
+    assert entry.folder.name.endswith("-int8") and entry.key["variant"] == "int8"
+    ops = {name: {n.op_type for n in onnx.load(str(entry.folder / name)).graph.node}
+           for name in ("backbone.onnx", "heads.onnx")}
+    assert "DynamicQuantizeLinear" in ops["backbone.onnx"]
+    assert not any("Integer" in op or "Quantize" in op for op in ops["heads.onnx"])
+    frame = _frames()[0]
+    ref = AffordancePredictor(model)(frame, VOCAB)
+    for r, g in zip(ref, predictor(frame, VOCAB)):
+        assert g.heatmap.shape == r.heatmap.shape and g.heatmap.dtype == np.float32
+        corr = np.corrcoef(r.heatmap.ravel(), g.heatmap.ravel())[0, 1]
+        assert corr > 0.9, f"int8 heatmap decorrelated from float32 (r={corr:.3f})"

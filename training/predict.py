@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
                         help="inference backend: eager PyTorch (default) or the exported ONNX "
                              "graph in ONNX Runtime (TensorRT > CUDA > CPU provider)")
+    parser.add_argument("--onnx-variant", default="fp32", choices=["fp32", "int8"],
+                        help="onnxruntime backend: fp32 (default) or int8 (dynamically "
+                             "quantized backbones; faster on CPUs, small accuracy change)")
     parser.add_argument("--onnx-cache", metavar="DIR",
                         help="ONNX cache folder (default $AFFORDANCE_ONNX_CACHE or "
                              "~/.cache/affordance_ros/onnx)")
@@ -111,7 +114,8 @@ def _run(argv: Sequence[str] | None) -> int:
     predictor = AffordancePredictor.from_checkpoint(args.checkpoint, device=str(device),
                                                     weights_dir=args.weights_dir,
                                                     backend=args.backend,
-                                                    onnx_cache_dir=args.onnx_cache, **options)
+                                                    onnx_cache_dir=args.onnx_cache,
+                                                    onnx_variant=args.onnx_variant, **options)
     unknown = [a for a in actions if a not in predictor.vocabulary]
     if unknown:
         raise CLIError(f"unknown action {', '.join(map(repr, unknown))}; this model knows: "
