@@ -2,8 +2,9 @@
 
 One run: writes the demo's synthetic corpus and validation corpus (``--quick``-sized unless
 ``--full``) into ``--work``, trains SelectiveCL on the tiny tier on the Seen split as the demo
-does (reused if ``--work`` already holds it), then scores the checkpoint on the validation and
-test images through three backends of the predictor on the same images: ``torch`` (eager
+does (branch, calibration and budget chosen on the validation corpus; reused if ``--work``
+already holds it), then scores the checkpoint on the validation and
+test images (with GT) through three backends of the predictor on the same images: ``torch`` (eager
 float32), ``onnxruntime`` (float32 graph) and ``onnxruntime-int8`` (dynamic quantization,
 :mod:`affordance_core.runtime`). The maps go through the evaluation protocol exactly as
 ``affordance-eval`` does (raw 14x14 maps, bilinear to 224, min-max, KLD/SIM/NSS).
@@ -43,12 +44,11 @@ def raw_maps(predictor: AffordancePredictor, image: torch.Tensor, class_id: int)
     predictor's backend (the same calls ``set_image`` and ``predict`` make)."""
     if predictor._engine is not None:
         features = predictor._engine.extract(image[None])
-        return predictor._engine.maps_and_scores(features, [class_id])[0]
+        return predictor._engine.maps_and_scores(features, [class_id])[0][0]
     model = predictor.model
     with torch.inference_mode():
         feats = model.extract(image[None])
-        _, cams = model.cam(feats.keys, model.inference_branch())
-        return model.frame_maps(cams.float(), feats.clip, torch.tensor([class_id]))[0]
+        return model.infer(feats, torch.tensor([[class_id]]))[0][0]
 
 
 def score(predictors: dict[str, AffordancePredictor], dataset) -> dict[str, Any]:
@@ -103,7 +103,8 @@ def main() -> None:
     make_validation_corpus(work / "data_val", budget, args.seed)
     checkpoint = train_method("selectivecl", work / "data", args.split,
                               work / "runs" / args.split / "selectivecl", budget,
-                              work / "feature_cache" / args.split, args.seed)
+                              work / "feature_cache" / args.split, args.seed,
+                              val_root=work / "data_val")
     prep_s = time.perf_counter() - start
     model = load_model(checkpoint).eval()
     predictors = {name: AffordancePredictor(model, onnx_cache_dir=work / "onnx", **options)
