@@ -56,6 +56,7 @@ bench: msgs
 	$(PY) bench/bench_inference.py --model tiny
 	$(PY) bench/bench_inference.py --model paper --frames 4
 	$(PY) bench/bench_train.py --tiers tiny paper
+	$(PY) bench/bench_int8.py
 	$(PY) bench/bench_node.py --model paper --rate 1 --seconds 10
 	@test -f outputs/demo/runs/Seen/selectivecl/model.pt && \
 	  $(PY) bench/bench_node.py --checkpoint outputs/demo/runs/Seen/selectivecl/model.pt || \

@@ -18,17 +18,25 @@ Command line (prints one JSON line ``{"file", "format", "size_bytes", "max_abs_d
         --out model.onnx [--weights-dir DIR] [--opset 17] [--static-batch]
 
 ONNX export uses the TorchScript-based exporter (``dynamo=False``), which needs only the
-``onnx`` package; the dynamo exporter would also need ``onnxscript``.
+``onnx`` package; the dynamo exporter would also need ``onnxscript``. It runs with the fast
+path of ``nn.MultiheadAttention`` switched off (:func:`mha_fastpath_disabled`): under tracing
+in eval mode that path calls ``aten::_native_multi_head_attention``, which has no ONNX
+symbolic (the paper tier's open_clip ViT-B/16 takes it); the regular path computes the same
+attention from exportable ops.
+
+The predictor's onnxruntime backend (:mod:`affordance_core.runtime`) exports its own pair of
+graphs (backbones, then heads) through :func:`export_onnx_module`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -41,8 +49,10 @@ __all__ = [
     "InferenceGraph",
     "compare_with_eager",
     "export_onnx",
+    "export_onnx_module",
     "export_torchscript",
     "main",
+    "mha_fastpath_disabled",
 ]
 
 FORMATS = ("onnx", "torchscript")
@@ -94,6 +104,64 @@ def _quiet_export_warnings():
     return context
 
 
+@contextlib.contextmanager
+def mha_fastpath_disabled() -> Iterator[None]:
+    """Switch off ``nn.MultiheadAttention``'s fused inference fast path for the block.
+
+    The fast path (``aten::_native_multi_head_attention``) cannot be exported to ONNX; the
+    regular path computes the same attention. The previous setting is restored on exit.
+    """
+    previous = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(previous)
+
+
+def export_onnx_module(module: nn.Module, inputs: tuple[Tensor, ...], path: str | os.PathLike,
+                       input_names: Sequence[str], output_names: Sequence[str],
+                       dynamic_axes: dict[str, dict[int, str]] | None = None,
+                       opset: int = 17) -> Path:
+    """Export one eval-mode module with the TorchScript-based ONNX exporter.
+
+    Runs under :func:`mha_fastpath_disabled` and ``torch.no_grad``, with the exporter's
+    tracer warnings silenced.
+
+    Args:
+        module: the module to export (CPU, float32, eval mode).
+        inputs: example inputs, positional.
+        path: output ``.onnx`` file; parent folders are created.
+        input_names / output_names: graph input and output names, in order.
+        dynamic_axes: symbolic axes per input/output name, as ``torch.onnx.export`` takes.
+        opset: ONNX opset version.
+
+    Returns:
+        The written path.
+
+    Raises:
+        RuntimeError: if the ``onnx`` package is missing or the exporter fails.
+    """
+    try:
+        import onnx  # noqa: F401 - the TorchScript-based exporter serialises through it
+    except ImportError:
+        raise RuntimeError("ONNX export needs the onnx package: pip install onnx") from None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    context = _quiet_export_warnings()
+    try:
+        with torch.no_grad(), mha_fastpath_disabled():
+            torch.onnx.export(module, inputs, str(path), dynamo=False, opset_version=opset,
+                              input_names=list(input_names), output_names=list(output_names),
+                              dynamic_axes=dynamic_axes, do_constant_folding=True)
+    except Exception as exc:
+        raise RuntimeError(f"ONNX export to {path} failed: {type(exc).__name__}: "
+                           f"{exc}") from exc
+    finally:
+        context.__exit__(None, None, None)
+    return path
+
+
 def export_torchscript(model: AffordanceModel, path: str | os.PathLike,
                        example_batch: int = 2) -> Path:
     """Trace the inference graph with ``torch.jit.trace`` and save it.
@@ -141,28 +209,11 @@ def export_onnx(model: AffordanceModel, path: str | os.PathLike, opset: int = 17
     Raises:
         RuntimeError: if the ``onnx`` package is missing or the exporter fails.
     """
-    try:
-        import onnx  # noqa: F401 - the TorchScript-based exporter serialises through it
-    except ImportError:
-        raise RuntimeError("ONNX export needs the onnx package: pip install onnx") from None
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     graph = InferenceGraph(model.float().cpu())
     inputs = _example_inputs(model, example_batch)
     axes = ({"images": {0: "N"}, "class_ids": {0: "N"}, "maps": {0: "N"}}
             if dynamic_batch else None)
-    context = _quiet_export_warnings()
-    try:
-        with torch.no_grad():
-            torch.onnx.export(graph, inputs, str(path), dynamo=False, opset_version=opset,
-                              input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
-                              dynamic_axes=axes, do_constant_folding=True)
-    except Exception as exc:
-        raise RuntimeError(f"ONNX export to {path} failed: {type(exc).__name__}: "
-                           f"{exc}") from exc
-    finally:
-        context.__exit__(None, None, None)
-    return path
+    return export_onnx_module(graph, inputs, path, INPUT_NAMES, OUTPUT_NAMES, axes, opset)
 
 
 def _runner(fmt: str, path: Path):

@@ -78,6 +78,11 @@ class AffordancePredictor:
     Text embeddings of every action are computed once when the model is built, so a new action
     word costs nothing per frame; several actions for one frame share one backbone pass.
 
+    Two backends give the same predictions (heatmaps within 1e-3, same peak and mask):
+    ``torch`` runs the model eagerly; ``onnxruntime`` runs the exported backbone and heads
+    graphs in ONNX Runtime (:mod:`affordance_core.runtime`: exported on first use into a cache
+    keyed by the model's content, TensorRT > CUDA > CPU providers on a CUDA device).
+
     Args:
         model: a trained :class:`AffordanceModel`.
         device: torch device for inference.
@@ -87,36 +92,87 @@ class AffordancePredictor:
         mask_threshold: heatmap level in [0, 1] above which pixels join the grasp region.
         peak_component: keep only the connected region of the mask around the peak.
         compile: wrap the backbone pass in ``torch.compile`` (the first frame then takes
-            seconds to minutes of compilation; later frames of the same size reuse it).
+            seconds to minutes of compilation; later frames of the same size reuse it);
+            torch backend only.
+        backend: ``torch`` or ``onnxruntime`` (see above). With ``onnxruntime``, ``half``
+            makes TensorRT build float16 engines and is ignored by the CUDA and CPU
+            providers; the torch model is not moved (only its vocabulary is used).
+        onnx_cache_dir: folder of the ONNX cache (default
+            :func:`affordance_core.runtime.default_cache_dir`).
+        onnx_variant: ``fp32``, or ``int8`` (the backbone graph dynamically quantized by ONNX
+            Runtime: faster on CPUs; its accuracy change is measured in the README).
+        onnx_providers: ONNX Runtime execution provider names to use instead of the
+            automatic choice (e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]``).
+
+    Raises:
+        ValueError: an out-of-range ``mask_threshold``, an unknown ``backend`` or
+            ``onnx_variant``, or ``compile`` with the onnxruntime backend.
+        RuntimeError: onnxruntime backend without the onnx/onnxruntime packages, or a
+            failed export.
     """
 
     def __init__(self, model: AffordanceModel, device: str | torch.device = "cpu",
                  half: bool = False, mask_threshold: float = 0.5,
-                 peak_component: bool = True, compile: bool = False) -> None:
+                 peak_component: bool = True, compile: bool = False,
+                 backend: str = "torch", onnx_cache_dir: str | os.PathLike | None = None,
+                 onnx_variant: str = "fp32",
+                 onnx_providers: Sequence[str] | None = None) -> None:
+        from .runtime import BACKENDS, VARIANTS, OnnxRuntimeEngine
+
         if not 0.0 <= mask_threshold <= 1.0:
             raise ValueError(f"mask_threshold must be in [0, 1], got {mask_threshold}")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+        if onnx_variant not in VARIANTS:
+            raise ValueError(f"unknown onnx_variant {onnx_variant!r}; choose from "
+                             f"{', '.join(VARIANTS)}")
+        if compile and backend != "torch":
+            raise ValueError("compile=True applies to the torch backend only; the onnxruntime "
+                             "backend runs the exported graph (drop compile)")
+        self.backend = backend
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
         self.half = bool(half)
         self.autocast_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         self.mask_threshold = float(mask_threshold)
         self.peak_component = peak_component
         self.compiled = bool(compile)
+        self._engine: OnnxRuntimeEngine | None = None
+        if backend == "onnxruntime":
+            self.model = model.eval()
+            self._engine = OnnxRuntimeEngine(model, self.device, half=half,
+                                             cache_dir=onnx_cache_dir, variant=onnx_variant,
+                                             providers=onnx_providers)
+            self._tensor_device = torch.device("cpu")
+        else:
+            self.model = model.to(self.device).eval()
+            self._tensor_device = self.device
         self._extract = (torch.compile(model.extract, dynamic=False) if compile
                          else model.extract)
-        self._features: Features | None = None
+        self._features: Features | tuple[np.ndarray, ...] | None = None
         self._size: tuple[int, int] | None = None
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
                         half: bool = False, weights_dir: str | os.PathLike | None = None,
                         mask_threshold: float = 0.5, allow_download: bool = False,
-                        compile: bool = False, **overrides) -> "AffordancePredictor":
-        """Load ``RUN_DIR/model.pt`` (see :func:`affordance_core.checkpoint.load_model`)."""
+                        compile: bool = False, backend: str = "torch",
+                        onnx_cache_dir: str | os.PathLike | None = None,
+                        onnx_variant: str = "fp32", **overrides) -> "AffordancePredictor":
+        """Load ``RUN_DIR/model.pt`` (see :func:`affordance_core.checkpoint.load_model`).
+
+        ``backend``, ``onnx_cache_dir`` and ``onnx_variant`` are as in the constructor; the
+        ONNX cache key covers this checkpoint's heads and the backbones loaded with it.
+        """
         from .checkpoint import load_model
         model = load_model(path, device="cpu", weights_dir=weights_dir,
                            allow_download=allow_download, **overrides)
-        return cls(model, device, half, mask_threshold, compile=compile)
+        return cls(model, device, half, mask_threshold, compile=compile, backend=backend,
+                   onnx_cache_dir=onnx_cache_dir, onnx_variant=onnx_variant)
+
+    @property
+    def providers(self) -> list[str]:
+        """ONNX Runtime execution providers in use, best first (empty for the torch backend)."""
+        return [] if self._engine is None else self._engine.providers
 
     def to(self, device: str | torch.device) -> "AffordancePredictor":
         """Move the model to ``device`` and drop the cached image features (frees them there).
@@ -167,15 +223,18 @@ class AffordancePredictor:
         size = self.model.image_size
         resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA
                              if min(image.shape[:2]) > size else cv2.INTER_LINEAR)
-        tensor = torch.from_numpy(np.ascontiguousarray(resized)).to(self.device)
+        tensor = torch.from_numpy(np.ascontiguousarray(resized)).to(self._tensor_device)
         return tensor.permute(2, 0, 1)[None].float().div_(255.0)
 
     @torch.inference_mode()
     def set_image(self, image: np.ndarray) -> None:
         """Embed one RGB frame (HxWx3 uint8); following :meth:`predict` calls reuse it."""
         tensor = self.image_tensor(image)
-        with self._autocast():
-            self._features = self._extract(tensor)
+        if self._engine is not None:
+            self._features = self._engine.extract(tensor)
+        else:
+            with self._autocast():
+                self._features = self._extract(tensor)
         self._size = (int(image.shape[0]), int(image.shape[1]))
 
     @torch.inference_mode()
@@ -183,13 +242,18 @@ class AffordancePredictor:
         """Heatmaps and scores on the device for the current image.
 
         Returns:
-            heatmaps (A, H, W) float32 in [0, 1] and scores (A,) in [0, 1].
+            heatmaps (A, H, W) float32 in [0, 1] and scores (A,) in [0, 1], on the predictor's
+            device (the CPU with the onnxruntime backend).
         """
         if self._features is None or self._size is None:
             raise RuntimeError("call set_image() before predict()")
-        ids = torch.tensor(self.class_ids(actions), device=self.device)
-        with self._autocast():
-            maps, scores = self.model.infer(self._features, ids[None])           # (1, A, h, w)
+        ids = self.class_ids(actions)
+        if self._engine is not None:
+            maps, scores = self._engine.maps_and_scores(self._features, ids)  # (1, A, h, w)
+        else:
+            ids_t = torch.tensor(ids, device=self.device)
+            with self._autocast():
+                maps, scores = self.model.infer(self._features, ids_t[None])  # (1, A, h, w)
         maps = F.interpolate(maps.float(), size=self._size, mode="bilinear",
                              align_corners=False)[0]
         return minmax(maps), scores[0].float()

@@ -137,6 +137,7 @@ def load_predictor(settings: NodeSettings) -> Any:
         predictor = AffordancePredictor.from_checkpoint(
             ckpt, device=settings.device, half=settings.half, weights_dir=weights_dir,
             mask_threshold=settings.mask_threshold, compile=settings.compile,
+            backend=settings.backend, onnx_variant=settings.onnx_variant,
         )
     except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear message
         raise StartupError(

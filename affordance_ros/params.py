@@ -75,6 +75,15 @@ SPECS: tuple[ParamSpec, ...] = (
               "torch.compile the backbone pass (slow first frame, faster after on GPU)."),
     ParamSpec("cpu_threads", 0, "Torch intra-op CPU threads; 0 = torch's default (all cores).",
               low=0, high=1024),
+    ParamSpec("backend", "torch",
+              "Inference backend: 'torch' (eager) or 'onnxruntime' (the exported graph; "
+              "TensorRT > CUDA > CPU provider; exported on first use into "
+              "$AFFORDANCE_ONNX_CACHE or ~/.cache/affordance_ros/onnx).",
+              choices=("torch", "onnxruntime")),
+    ParamSpec("onnx_variant", "fp32",
+              "onnxruntime backend: 'fp32', or 'int8' (dynamically quantized backbones; "
+              "faster on CPUs, see the README for its measured accuracy).",
+              choices=("fp32", "int8")),
     ParamSpec("transport", "raw",
               "Image input: 'raw' subscribes 'image', 'compressed' subscribes "
               "'image/compressed' (JPEG/PNG). Only the chosen one is subscribed.",
@@ -154,6 +163,8 @@ class NodeSettings:
     half: bool
     compile: bool
     cpu_threads: int
+    backend: str
+    onnx_variant: str
     transport: str
     image_qos: str
     use_depth: bool

@@ -13,8 +13,12 @@ to a temporary folder and measures those (latency does not depend on weight valu
 ``--rate`` below the frame rate the predictor sustains, or frames wait for the busy model and
 the latency measures the wait.
 
+``--device`` and ``--backend`` (torch | onnxruntime) apply to both the predictor measured here
+and the node (its parameters of the same names), so the ratio compares like with like.
+
 Usage: python bench/bench_node.py (--checkpoint RUN/model.pt [--weights-dir W] | --model paper)
-       [--seconds 8] [--rate 5] [--image-size 160] [--cpu-threads N]
+       [--seconds 8] [--rate 5] [--image-size 160] [--cpu-threads N] [--device cpu|cuda]
+       [--backend torch|onnxruntime]
 Last line: one JSON object.
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -71,6 +76,8 @@ def main() -> None:
     parser.add_argument("--cpu-threads", type=int, default=0,
                         help="torch threads, here and in the node (node parameter cpu_threads); "
                              "0 = torch's default")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
     args = parser.parse_args()
     if args.cpu_threads > 0:
         torch.set_num_threads(args.cpu_threads)
@@ -82,7 +89,11 @@ def main() -> None:
         ckpt_path, weights_path = write_random_paper_model(Path(tmp.name))
         checkpoint, weights_dir = str(ckpt_path), str(weights_path)
 
-    predictor = AffordancePredictor.from_checkpoint(checkpoint, weights_dir=weights_dir)
+    onnx_cache = tempfile.TemporaryDirectory(prefix="bench_node_onnx_")
+    os.environ["AFFORDANCE_ONNX_CACHE"] = onnx_cache.name        # shared with the node
+    predictor = AffordancePredictor.from_checkpoint(checkpoint, weights_dir=weights_dir,
+                                                    device=args.device, backend=args.backend)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     rng = np.random.default_rng(0)
     frames = [render_scene(rng, obj, size=args.image_size, view="ego").image for obj in OBJECTS]
     action = predictor.vocabulary[0]
@@ -90,12 +101,14 @@ def main() -> None:
     start = time.perf_counter()
     for frame in frames:
         predictor(frame, action)
+    sync()
     predictor_ms = (time.perf_counter() - start) / len(frames) * 1000.0
     del predictor
 
     node = run_node_selftest(checkpoint, seconds=args.seconds, rate=args.rate,
                              weights_dir=weights_dir, image_size=args.image_size,
-                             node_params={"cpu_threads": args.cpu_threads})
+                             node_params={"cpu_threads": args.cpu_threads,
+                                          "device": args.device, "backend": args.backend})
     e2e = node.get("latency_ms", {}).get("median", float("nan"))
     in_node = float(node.get("diagnostics", {}).get("predictor_ms_mean") or "nan")
     print(json.dumps({
@@ -108,10 +121,12 @@ def main() -> None:
         "ratio_e2e_over_node_predictor": round(e2e / in_node, 3),
         "frames_sent": node.get("frames_sent"), "heatmaps": node["received"]["heatmap"],
         "dropped": node.get("diagnostics", {}).get("frames_dropped"),
-        "rate_hz": args.rate, "image_size": args.image_size,
+        "rate_hz": args.rate, "image_size": args.image_size, "device": args.device,
+        "backend": args.backend,
         "cpu_threads": args.cpu_threads or torch.get_num_threads()}))
     if tmp is not None:
         tmp.cleanup()
+    onnx_cache.cleanup()
 
 
 if __name__ == "__main__":

@@ -157,6 +157,26 @@ def test_predict_several_actions_in_one_image(assets, tmp_path):
         assert (tmp_path / f"two_{action}_mask.png").is_file()
 
 
+def test_predict_onnxruntime_backend_matches_torch(assets, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    heat, reports = {}, {}
+    for backend in ("torch", "onnxruntime"):
+        npy = tmp_path / f"{backend}.npy"
+        status = predict.main(["--checkpoint", str(assets["checkpoint"]), "--image",
+                               str(assets["image"]), "--action", "hold,sit_on", "--out",
+                               str(tmp_path / f"{backend}.png"), "--weights-dir",
+                               str(assets["weights"]), "--heatmap-npy", str(npy),
+                               "--backend", backend, "--onnx-cache", str(tmp_path / "cache")])
+        assert status == 0
+        heat[backend] = np.load(npy)
+        reports[backend] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert reports["onnxruntime"]["backend"] == "onnxruntime"
+    assert list((tmp_path / "cache").glob("*-fp32/meta.json"))
+    assert np.abs(heat["torch"] - heat["onnxruntime"]).max() <= 1e-3
+    assert ([a["peak_xy"] for a in reports["torch"]["actions"]]
+            == [a["peak_xy"] for a in reports["onnxruntime"]["actions"]])
+
+
 def test_predict_unknown_action_lists_the_vocabulary(assets, tmp_path, capsys):
     out = tmp_path / "x.png"
     status = predict.main(["--checkpoint", str(assets["checkpoint"]), "--image",

@@ -116,3 +116,42 @@ def test_cli_writes_file_and_reports_diff(tmp_path: Path, capsys) -> None:
     assert status == 1
     err = capsys.readouterr().err
     assert "unknown export format 'tflite'" in err and "onnx, torchscript" in err
+
+
+@pytest.fixture(scope="module")
+def paper_model():
+    """The paper tier (DINO ViT-S/16 + CLIP ViT-B/16 at 224 px) with random weights: the real
+    architectures, built offline (``pretrained=False`` downloads nothing)."""
+    torch.manual_seed(0)
+    return create_model("paper", vocabulary=VOCAB, method="selectivecl",
+                        pretrained=False).eval()
+
+
+@pytest.mark.slow
+def test_paper_tier_onnx_export_matches_eager(paper_model, tmp_path: Path) -> None:
+    """open_clip's ViT-B/16 takes nn.MultiheadAttention's fused fast path under tracing
+    (aten::_native_multi_head_attention, no ONNX symbolic); the export switches it off."""
+    pytest.importorskip("onnxruntime")
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    path = export_onnx(paper_model, tmp_path / "paper.onnx")
+    assert torch.backends.mha.get_fastpath_enabled() == fastpath          # restored
+    result = compare_with_eager(paper_model, path, "onnx", batch_sizes=(1, 2))
+    assert result["map_range"] > 0
+    assert result["max_abs_diff"] <= REL_TOL * result["map_range"]
+
+
+@pytest.mark.slow
+def test_paper_tier_onnxruntime_backend_matches_torch(paper_model, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+
+    from affordance_core.predictor import AffordancePredictor
+
+    frame = (np.random.default_rng(0).random((120, 160, 3)) * 255).astype(np.uint8)
+    ref = AffordancePredictor(paper_model)(frame, VOCAB)
+    got = AffordancePredictor(paper_model, backend="onnxruntime",
+                              onnx_cache_dir=tmp_path)(frame, VOCAB)
+    for r, g in zip(ref, got):
+        assert np.abs(r.heatmap - g.heatmap).max() <= 1e-3
+        assert r.peak_xy == g.peak_xy
+        np.testing.assert_array_equal(r.mask, g.mask)
