@@ -22,9 +22,10 @@ PLANNER = ("peak_hit", "mask_iou", "action_sensitivity", "absence_auroc", "empty
 
 def test_demo_trains_both_splits_in_two_processes_and_reports(tmp_path):
     from affordance_core import load_model
+    from affordance_core.backbones import minmax
     from affordance_core.data import AffordanceTestDataset
-    from training.demo import evaluate_baselines
-    from training.evaluate import evaluate_model
+    from affordance_core.metrics import MetricAccumulator
+    from training.evaluate import evaluate_model, feature_batches
 
     results = run_demo(tmp_path, budget=TINY_BUDGET, jobs=2)
     for split in SPLITS:
@@ -75,9 +76,12 @@ def test_demo_trains_both_splits_in_two_processes_and_reports(tmp_path):
         assert rows["uniform map"]["NSS"] == 0.0
         assert 0.0 < rows["uniform map"]["SIM"] < 1.0
         model = load_model(tmp_path / "runs" / split / "selectivecl" / "model.pt").eval()
+        record = json.loads((tmp_path / "runs" / split / "selectivecl" / "validation.json")
+                            .read_text())
+        chosen = (f"{record['step']}/{record['inference_branch']}/"
+                  f"{record['calibration']}")
         for root, figures in ((tmp_path / "data", rows["selectivecl"]),
-                              (tmp_path / "data_val", choice["validation"][
-                                  f"{chosen['inference_branch']}/{chosen['calibration']}"])):
+                              (tmp_path / "data_val", record["scores"][chosen])):
             data = AffordanceTestDataset(root, split, model.image_size,
                                          vocabulary=model.vocabulary)
             again = evaluate_model(model, data, device=torch.device("cpu"), progress=False)
@@ -85,8 +89,14 @@ def test_demo_trains_both_splits_in_two_processes_and_reports(tmp_path):
                 assert figures[key] == pytest.approx(again[key], abs=1e-3), (root, key)
         data = AffordanceTestDataset(tmp_path / "data", split, model.image_size,
                                      vocabulary=model.vocabulary)
-        affinity = evaluate_baselines(model, data)["object affinity alone"]
-        assert rows["object affinity alone"]["KLD"] == pytest.approx(affinity["KLD"], abs=1e-3)
+        affinity = MetricAccumulator()
+        with torch.inference_mode():
+            for feats, labels, gt, _ in feature_batches(model, data,
+                                                        device=torch.device("cpu")):
+                affinity.update(minmax(model.affinity(feats.clip, labels, "ego")), gt)
+        for key in ("KLD", "SIM", "NSS"):
+            assert rows["object affinity alone"][key] == pytest.approx(
+                affinity.compute()[key], abs=1e-3)
         assert (tmp_path / "runs" / split / "demo.log").is_file()
     # the validation corpus holds the training categories only, from another seed
     val = json.loads((tmp_path / "data_val" / "corpus.json").read_text())
