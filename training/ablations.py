@@ -48,7 +48,7 @@ VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 #: The demo's validation choice for SelectiveCL on corpus seed 0 (README).
-DEFAULT_EVAL_FLAGS = ("--inference-branch", "ego+exo", "--calibration", "continuous")
+DEFAULT_EVAL_FLAGS = ("--inference-branch", "ego+exo", "--calibration", "product")
 
 
 def _slug(name: str) -> str:
