@@ -37,7 +37,7 @@ def msg_prefix() -> Path:
 
 @pytest.fixture(scope="session")
 def ros_isolation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """Environment variables isolating this session's ROS graph; also set in os.environ."""
+    """Environment variables isolating the test run's ROS graph; also set in os.environ."""
     with contextlib.ExitStack() as stack:
         try:
             from domain_coordinator import domain_id
