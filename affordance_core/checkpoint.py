@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .config import AffordanceConfig
+from .files import atomic_write
 from .weights import WeightsError
 
 __all__ = ["atomic_save", "save_model", "load_model", "read_checkpoint", "update_checkpoint_config",
@@ -19,24 +19,13 @@ CHECKPOINT_FORMAT = "affordance_ros/model/v1"
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``.
+    """``torch.save`` through :func:`~affordance_core.files.atomic_write`.
 
     A crash mid-write leaves the previous file intact.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
 
 
 def save_model(path: str | os.PathLike, model, extra: dict[str, Any] | None = None) -> Path:

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from .data.datasets import AffordanceTrainDataset
 from .data.transforms import center_resize, load_rgb, to_tensor
+from .files import atomic_write
 from .model import AffordanceModel
 
 __all__ = ["BACKBONE_FIELDS", "FeatureCache", "CachedTrainDataset", "backbone_fingerprint"]
@@ -115,44 +116,42 @@ class FeatureCache:
         dims = (probe.keys.shape[1], probe.cls_attention.shape[1],
                 0 if probe.clip is None else probe.clip.shape[1])
         grid = probe.keys.shape[-2:]
-        tmp_path = array_path.with_suffix(f".{os.getpid()}.tmp.npy")  # runs may share a dir
-        array = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.float16,
-                                          shape=(len(paths), views, sum(dims), *grid))
-        index: dict[str, int] = {}
-        row = 0
-        bar = tqdm(total=len(paths), desc="caching backbone features", unit="img",
-                   disable=not progress)
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start:start + batch_size]
-            images, names = [], []
-            for path in chunk:
-                image = load_rgb(path)
-                if image is None:
-                    logger.warning("unreadable image %s left out of the feature cache", path)
+        with atomic_write(array_path) as tmp_path:
+            array = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.float16,
+                                              shape=(len(paths), views, sum(dims), *grid))
+            index: dict[str, int] = {}
+            row = 0
+            bar = tqdm(total=len(paths), desc="caching backbone features", unit="img",
+                       disable=not progress)
+            for start in range(0, len(paths), batch_size):
+                chunk = paths[start:start + batch_size]
+                images, names = [], []
+                for path in chunk:
+                    image = load_rgb(path)
+                    if image is None:
+                        logger.warning("unreadable image %s left out of the feature cache", path)
+                        continue
+                    images.append(to_tensor(center_resize(image, size)))
+                    names.append(str(path))
+                bar.update(len(chunk))
+                if not images:
                     continue
-                images.append(to_tensor(center_resize(image, size)))
-                names.append(str(path))
-            bar.update(len(chunk))
-            if not images:
-                continue
-            batch = torch.stack(images).to(device)
-            for view in range(views):
-                feats = model.extract(batch.flip(-1) if view else batch)
-                parts = [feats.keys, feats.cls_attention]
-                if feats.clip is not None:
-                    parts.append(feats.clip)
-                packed = torch.cat(parts, 1).half().cpu().numpy()
-                array[row:row + len(names), view] = packed
-            for offset, name in enumerate(names):
-                index[name] = row + offset
-            row += len(names)
-        bar.close()
-        array.flush()
-        del array
-        os.replace(tmp_path, array_path)
-        tmp_index = index_path.with_suffix(f".{os.getpid()}.tmp.json")
-        tmp_index.write_text(json.dumps({"index": index, "dims": list(dims), "views": views}))
-        os.replace(tmp_index, index_path)
+                batch = torch.stack(images).to(device)
+                for view in range(views):
+                    feats = model.extract(batch.flip(-1) if view else batch)
+                    parts = [feats.keys, feats.cls_attention]
+                    if feats.clip is not None:
+                        parts.append(feats.clip)
+                    packed = torch.cat(parts, 1).half().cpu().numpy()
+                    array[row:row + len(names), view] = packed
+                for offset, name in enumerate(names):
+                    index[name] = row + offset
+                row += len(names)
+            bar.close()
+            array.flush()
+            del array
+        with atomic_write(index_path) as tmp_index:
+            tmp_index.write_text(json.dumps({"index": index, "dims": list(dims), "views": views}))
         return cls(np.load(array_path, mmap_mode="r"), index, dims, views)
 
     def get(self, path: Path | str, view: int) -> torch.Tensor:

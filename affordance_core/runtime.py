@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .files import atomic_write
 from .model import AffordanceModel, Features
 
 __all__ = [
@@ -320,22 +321,13 @@ def prepare_onnx_cache(model: AffordanceModel, cache_dir: str | os.PathLike | No
                     folder)
         status = "exported"
     if status != "hit":
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=root))
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)                   # mkdtemp makes it private (0700)
         try:
-            _write_entry(model, tmp, key, opset)
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
+            with atomic_write(folder, directory=True) as tmp:
+                _write_entry(model, tmp, key, opset)
         except OSError:
             # Another process may have published the same entry meanwhile; use it if valid.
             if _check_entry(folder, key) is not None:
                 raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return OnnxCacheEntry(folder, folder / "backbone.onnx", folder / "heads.onnx", key, status)
 
 

@@ -26,6 +26,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import Tensor
 
 from .backbones import clearclip_head as _clearclip_head
+from .files import atomic_write
 from .backbones import clip_trunk, keys_to_grid, vit_last_block_qk
 
 __all__ = [
@@ -215,7 +216,7 @@ def encode_text_normalized(clip: open_clip.model.CLIP, tokens: Tensor) -> Tensor
 def save_state_dict_fp16(model: torch.nn.Module, path: str | os.PathLike[str]) -> Path:
     """Save ``model.state_dict()`` with floating tensors cast to float16, atomically.
 
-    Writes ``<path>.tmp`` then ``os.replace``, so readers never see a partial file.
+    Readers never see a partial file (:func:`~affordance_core.files.atomic_write`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -223,9 +224,8 @@ def save_state_dict_fp16(model: torch.nn.Module, path: str | os.PathLike[str]) -
         k: (v.detach().to(torch.float16) if v.is_floating_point() else v.detach()).cpu()
         for k, v in model.state_dict().items()
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 

@@ -318,20 +318,3 @@ def rgb_to_compressed(rgb: np.ndarray, fmt: str = "jpeg", header: Any = None) ->
     msg.format = "jpeg" if ext == ".jpg" else "png"
     msg.data = buf.tobytes()
     return msg
-
-
-def heatmap_overlay(rgb: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend a heatmap, colour-mapped with the JET map, onto an RGB image.
-
-    Args:
-        rgb: (H, W, 3) uint8 RGB.
-        heatmap: (H, W) float in [0, 1].
-        alpha: Heatmap weight in [0, 1].
-
-    Returns:
-        (H, W, 3) uint8 RGB.
-    """
-    heat8 = np.clip(np.round(heatmap * 255.0), 0, 255).astype(np.uint8)
-    colour = cv2.applyColorMap(heat8, cv2.COLORMAP_JET)[:, :, ::-1]
-    blend = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colour.astype(np.float32)
-    return np.clip(np.round(blend), 0, 255).astype(np.uint8)

@@ -83,9 +83,9 @@ from rclpy.qos_overriding_options import (QoSOverridingOptions,  # noqa: E402
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
+from affordance_core.visualize import heatmap_overlay  # noqa: E402
 from affordance_ros.conversions import (ImageConversionError, array_to_image,  # noqa: E402
-                                        compressed_to_rgb, depth_to_metres, heatmap_overlay,
-                                        image_to_rgb)
+                                        compressed_to_rgb, depth_to_metres, image_to_rgb)
 from affordance_ros.depth_sync import DepthSync  # noqa: E402
 from affordance_ros.geometry import backproject_pixel, scale_pixel, transform_point  # noqa: E402
 from affordance_ros.params import (SPECS, NodeSettings, ParamSpec, StartupError,  # noqa: E402

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import yaml
 
+from affordance_core.files import atomic_write
+
 __all__ = [
     "CLIError",
     "STRICT_SECTIONS",
@@ -97,10 +99,8 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 def write_yaml(data: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Writes a mapping as YAML, atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(dict(data), sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(yaml.safe_dump(dict(data), sort_keys=False), encoding="utf-8")
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

@@ -327,7 +327,7 @@ def write_report(out: Path, results: dict[str, Any]) -> str:
 
 def write_figure(out: Path, split: str, models: dict[str, Any], dataset, count: int = 6) -> Path:
     """Rows: test images; columns: image, GT, then each method's heatmap overlay."""
-    from training.evaluate import heatmap_overlay
+    from affordance_core.visualize import heatmap_overlay
 
     picks = np.linspace(0, len(dataset) - 1, num=min(count, len(dataset))).astype(int)
     rows = []

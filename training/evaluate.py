@@ -37,34 +37,15 @@ from affordance_core.metrics import (
     MetricAccumulator,
     prepare_prediction,
 )
+from affordance_core.visualize import heatmap_overlay
 from training.common import choose_device, run_cli, setup_logging
 
 __all__ = ["ExtractedTestSet", "background_scores", "choose_on_validation", "evaluate_model", "extract_background",
-           "extract_test_set", "feature_batches", "heatmap_overlay", "inference_key", "main",
+           "extract_test_set", "feature_batches", "inference_key", "main",
            "score_batch", "select_inference", "viz_panel"]
 
 PROG = "affordance-eval"
 logger = logging.getLogger(__name__)
-
-
-def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blends a heat map, coloured with OpenCV's JET map, over an image.
-
-    Args:
-        image: (H, W, 3) uint8 RGB.
-        heatmap: (h, w) float in [0, 1]; resized to (H, W) when needed.
-        alpha: weight of the coloured heat map.
-
-    Returns:
-        (H, W, 3) uint8 RGB.
-    """
-    h, w = image.shape[:2]
-    heat = np.asarray(heatmap, dtype=np.float32)
-    if heat.shape != (h, w):
-        heat = cv2.resize(heat, (w, h), interpolation=cv2.INTER_LINEAR)
-    heat8 = np.clip(np.nan_to_num(heat) * 255.0, 0, 255).astype(np.uint8)
-    colour = cv2.cvtColor(cv2.applyColorMap(heat8, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-    return cv2.addWeighted(image, 1.0 - alpha, colour, alpha, 0.0)
 
 
 def viz_panel(image: torch.Tensor, gt: torch.Tensor, pred: torch.Tensor,

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from training.common import CLIError, choose_device, run_cli, setup_logging
-from training.evaluate import heatmap_overlay
+from affordance_core.visualize import heatmap_overlay
 
 __all__ = ["build_parser", "main"]
 

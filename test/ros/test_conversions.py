@@ -5,12 +5,13 @@ import cv2
 import numpy as np
 import pytest
 
+from affordance_core.visualize import heatmap_overlay
+
 from affordance_ros.conversions import (
     ImageConversionError,
     array_to_image,
     compressed_to_rgb,
     depth_to_metres,
-    heatmap_overlay,
     image_to_array,
     image_to_rgb,
     rgb_to_compressed,
