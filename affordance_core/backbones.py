@@ -25,6 +25,7 @@ __all__ = [
     "DinoFeatures",
     "clearclip_head",
     "clip_trunk",
+    "cls_patch_attention",
     "cls_saliency",
     "keys_to_grid",
     "minmax",
@@ -115,9 +116,8 @@ class DinoBackbone(nn.Module):
         """Args: images (N, 3, S, S) float RGB in [0, 1]. Returns: DinoFeatures."""
         q, k = vit_last_block_qk(self.vit, self.normalize(images))           # (N, H, T, dh)
         sel = self.saliency_heads
-        scale = self.vit.blocks[-1].attn.scale
-        logits = (q[:, sel, :1] * scale) @ k[:, sel].transpose(-1, -2)        # (N, K, 1, T)
-        cls_attn = logits.softmax(-1)[:, :, 0, self.num_prefix:]
+        cls_attn = cls_patch_attention(q[:, sel], k[:, sel], self.vit.blocks[-1].attn.scale,
+                                       self.num_prefix)
         keys = keys_to_grid(k, self.num_prefix)
         n, _, h, w = keys.shape
         return DinoFeatures(keys=keys, cls_attention=cls_attn.reshape(n, len(sel), h, w))
@@ -142,6 +142,22 @@ def vit_last_block_qk(vit: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
     qkv = attn.qkv(last.norm1(x)).reshape(n, tokens, 3, attn.num_heads, attn.head_dim)
     qkv = qkv.permute(2, 0, 3, 1, 4)
     return attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+
+
+def cls_patch_attention(q: Tensor, k: Tensor, scale: float, num_prefix: int) -> Tensor:
+    """Attention of the class token to the patch tokens, per head.
+
+    Args:
+        q, k: (N, H, T, dh) queries and keys, the class token first.
+        scale: the attention's logit scale (1 / sqrt(dh)).
+        num_prefix: prefix tokens (class and register tokens) before the patches.
+
+    Returns:
+        (N, H, T - num_prefix) softmax weights over all T tokens, read at the patches (each
+        row sums to less than 1: the prefix tokens' share is left out).
+    """
+    logits = (q[:, :, :1] * scale) @ k.transpose(-1, -2)                     # (N, H, 1, T)
+    return logits.softmax(-1)[:, :, 0, num_prefix:]
 
 
 def keys_to_grid(k: Tensor, num_prefix: int) -> Tensor:

@@ -9,8 +9,10 @@ from typing import Any
 import torch
 
 from .config import AffordanceConfig
+from .factory import build_backbones
 from .files import atomic_write
-from .weights import WeightsError
+from .methods import method_spec
+from .model import AffordanceModel
 
 __all__ = ["atomic_save", "save_model", "load_model", "read_checkpoint", "update_checkpoint_config",
            "CHECKPOINT_FORMAT"]
@@ -28,7 +30,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def save_model(path: str | os.PathLike, model, extra: dict[str, Any] | None = None) -> Path:
+def save_model(path: str | os.PathLike, model: AffordanceModel, extra: dict[str, Any] | None = None) -> Path:
     """Write the model's config, vocabulary and trainable heads (not the frozen backbones)."""
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -95,15 +97,25 @@ def update_checkpoint_config(path: str | os.PathLike, **fields: Any) -> Path:
     if not changes:
         return Path(path)
     _check_branch_switch(payload["config"], fields)
-    AffordanceConfig.from_dict({**payload["config"], **fields})  # validates the new values
+    AffordanceConfig.from_dict({**_saved_config(payload), **fields})  # validates the values
     payload["config"] = {**payload["config"], **fields}
     payload.setdefault("extra", {}).setdefault("config_changes", []).append(changes)
     return atomic_save(payload, path)
 
 
+def _saved_config(payload: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's config as current :class:`AffordanceConfig` fields: checkpoints
+    written before ``contrast_heads`` existed take it from their method's spec, and their
+    unused ``extra`` field is dropped."""
+    saved = {k: v for k, v in payload["config"].items() if k != "extra"}
+    if "contrast_heads" not in saved:
+        saved["contrast_heads"] = method_spec(saved.get("method", "selectivecl")).contrast_heads
+    return saved
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
                weights_dir: str | os.PathLike | None = None, pretrained: bool = True,
-               allow_download: bool = False, **overrides: Any):
+               allow_download: bool = False, **overrides: Any) -> AffordanceModel:
     """Rebuild a trained model: preset backbones (from their weights) + the saved heads.
 
     Args:
@@ -115,12 +127,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
             saved heads do not fit the preset's backbones (the message names the file).
         WeightsError: backbone weights missing or mismatched.
     """
-    from .config import build_backbones
-    from .model import AffordanceModel
-
     payload = read_checkpoint(path)
     _check_branch_switch(payload["config"], overrides)
-    cfg = AffordanceConfig.from_dict({**payload["config"], **overrides})
+    cfg = AffordanceConfig.from_dict({**_saved_config(payload), **overrides})
     dino, clip = build_backbones(cfg, weights_dir, pretrained, allow_download)
     model = AffordanceModel(cfg, payload["vocabulary"], dino, clip)
     try:
@@ -129,5 +138,3 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
         raise ValueError(f"checkpoint {path} does not fit the {cfg.name!r} model: {exc}") from None
     return model.to(device).eval()
 
-
-__all__ += ["WeightsError"]

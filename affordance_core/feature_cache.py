@@ -5,7 +5,7 @@ stores, per image and per view (view 0: the image resized to S x S; view 1: its 
 the DINO keys, the CLS attention of the saliency heads and the CLIP patch embeddings, packed
 along the channel axis in one float16 ``.npy`` memory map. ``CachedTrainDataset`` then draws
 items exactly as :class:`AffordanceTrainDataset` does and returns features instead of pixels;
-:class:`affordance_core.methods.Method` accepts either. The trade: random crops are replaced
+:class:`affordance_core.methods.base.Method` accepts either. The trade: random crops are replaced
 by the cached views (flip only).
 """
 

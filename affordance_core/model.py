@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .affinity import prompt_affinity
 from .backbones import ClipBackbone, DinoBackbone, cls_saliency, minmax
 from .config import AffordanceConfig
 from .prompts import HAND_PROMPT, ego_prompt, exo_prompt
@@ -98,7 +99,7 @@ class AffordanceModel(nn.Module):
         self.pixel_proj = (_view_projection(dim, width) if config.inference_branch == "pixel"
                            else None)
         self.classifier = nn.Conv2d(width, self.num_classes + config.num_noise_classes, 1)
-        wants_contrast = config.method.startswith("selectivecl")
+        wants_contrast = config.contrast_heads
         self.proto_head = nn.Conv2d(width, width, 1) if wants_contrast else None
         self.pixel_head = nn.Conv2d(width, width, 1) if wants_contrast else None
         self.register_buffer("ego_text", torch.empty(0), persistent=False)
@@ -240,7 +241,7 @@ class AffordanceModel(nn.Module):
             text = self.hand_text.expand(class_ids.shape[0], -1)                  # (N, Dc)
         else:
             text = (self.ego_text if prompt == "ego" else self.exo_text)[class_ids]
-        return torch.einsum("ndhw,nd->nhw", clip_dense, text.to(clip_dense.dtype))
+        return prompt_affinity(clip_dense, text)
 
     def inference_branch(self) -> str:
         """The branch whose CAM maps an ego image at inference (``config.inference_branch``)."""
@@ -296,8 +297,7 @@ class AffordanceModel(nn.Module):
         picked = cams.gather(1, class_ids[:, :, None, None].expand(-1, -1, *cams.shape[2:]))
         aff = None
         if self.clip is not None and self.config.calibration != "none":
-            text = self.ego_text[class_ids].to(feats.clip.dtype)                # (N, A, Dc)
-            aff = torch.einsum("ndhw,nad->nahw", feats.clip, text).float()
+            aff = prompt_affinity(feats.clip, self.ego_text[class_ids]).float()   # (N, A, h, w)
         maps = self.calibrate(picked.flatten(0, 1),
                               None if aff is None else aff.flatten(0, 1))
         return maps.view(n, a, *maps.shape[1:]), scores

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .backbones import minmax
+from .checkpoint import load_model
 from .model import AffordanceModel, Features
 
 __all__ = ["AffordancePredictor", "AffordancePrediction", "UnknownActionError", "grasp_masks"]
@@ -163,7 +164,6 @@ class AffordancePredictor:
         ``backend``, ``onnx_cache_dir`` and ``onnx_variant`` are as in the constructor; the
         ONNX cache key covers this checkpoint's heads and the backbones loaded with it.
         """
-        from .checkpoint import load_model
         model = load_model(path, device="cpu", weights_dir=weights_dir,
                            allow_download=allow_download, **overrides)
         return cls(model, device, half, mask_threshold, compile=compile, backend=backend,

@@ -22,27 +22,20 @@ import open_clip
 import timm.models.vision_transformer as tvit
 import torch
 import torch.nn.functional as F
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import Tensor
 
-from .backbones import clearclip_head as _clearclip_head
+from .backbones import (CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, clearclip_head,
+                        clip_trunk, cls_patch_attention, keys_to_grid, vit_last_block_qk)
 from .files import atomic_write
-from .backbones import clip_trunk, keys_to_grid, vit_last_block_qk
 
 __all__ = [
-    "CLIP_MEAN",
-    "CLIP_STD",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "TINY_CLIP_FILE",
     "TINY_DINO_FILE",
     "TINY_GRID",
     "TINY_IMAGE_SIZE",
     "build_tiny_clip",
     "build_tiny_dino",
-    "clearclip_head",
     "clearclip_patch_embeddings",
-    "clip_visual_trunk",
     "default_tiny_weights_dir",
     "dino_keys_and_saliency",
     "dino_last_block_qk",
@@ -62,10 +55,6 @@ TINY_GRID = 14
 TINY_CONTEXT_LENGTH = 16
 WEIGHTS_ENV = "AFFORDANCE_WEIGHTS_DIR"
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CLIP_MEAN = tuple(OPENAI_DATASET_MEAN)
-CLIP_STD = tuple(OPENAI_DATASET_STD)
 
 
 def default_tiny_weights_dir() -> Path:
@@ -158,8 +147,7 @@ def dino_keys_and_saliency(vit: tvit.VisionTransformer, images: Tensor) -> tuple
     """
     q, k = vit_last_block_qk(vit, images)                                 # (N, H, T, dh)
     n_prefix = k.shape[2] - vit.patch_embed.num_patches
-    logits = (q[:, :, :1] * vit.blocks[-1].attn.scale) @ k.transpose(-1, -2)  # (N, H, 1, T)
-    sal = logits.softmax(dim=-1)[:, :, 0, n_prefix:].mean(dim=1)
+    sal = cls_patch_attention(q, k, vit.blocks[-1].attn.scale, n_prefix).mean(dim=1)
     keys = keys_to_grid(k, n_prefix)
     return keys, sal.reshape(keys.shape[0], *keys.shape[-2:])
 
@@ -182,30 +170,7 @@ def clearclip_patch_embeddings(
         (N, E, h, w) float patch embeddings (E = joint embedding width); unit norm over E
         when ``normalize``.
     """
-    x = clip_visual_trunk(clip, images)
-    return clearclip_head(clip, x, normalize=normalize)
-
-
-def clip_visual_trunk(clip: open_clip.model.CLIP, images: Tensor) -> Tensor:
-    """Tokens entering the last vision block: embeddings, ``ln_pre`` and blocks[:-1].
-
-    Args:
-        clip: open_clip ``CLIP`` with a ViT vision tower.
-        images: (N, 3, H, W) float, already normalised.
-
-    Returns:
-        (N, T, width) float tokens, batch first, class token first.
-    """
-    return clip_trunk(clip.visual, images)
-
-
-def clearclip_head(clip: open_clip.model.CLIP, x: Tensor, normalize: bool = True) -> Tensor:
-    """ClearCLIP last block + ``ln_post`` + ``proj`` on trunk tokens (N, T, width).
-
-    Returns:
-        (N, E, h, w) float patch embeddings, unit norm over E when ``normalize``.
-    """
-    return _clearclip_head(clip.visual, x, normalize=normalize)
+    return clearclip_head(clip.visual, clip_trunk(clip.visual, images), normalize=normalize)
 
 
 def encode_text_normalized(clip: open_clip.model.CLIP, tokens: Tensor) -> Tensor:

@@ -177,7 +177,7 @@ def main() -> None:
     for n in (1, 4, 8):
         ms = _timed(predict(VOCAB[:n]), frames, sync)
         results[f"fps_{n}_actions"] = round(1000.0 / ms, 2)
-    del predictor
+    predictor = None  # frees the torch predictor before the ONNX backends load
 
     spec = args.backends or (DEFAULT_CUDA if args.device.startswith("cuda") else DEFAULT_CPU)
     names = [] if spec == "none" else [n.strip() for n in spec.split(",") if n.strip()]

@@ -12,7 +12,8 @@ from affordance_core import create_model, list_models, load_model, save_model
 from affordance_core.discovery import discover_parts, masked_kmeans, piou
 from affordance_core.losses import (concentration_loss, pixel_contrast_loss,
                                     prototype_contrast_loss, prototype_distillation_loss)
-from affordance_core.methods import METHODS, build_method, exo_object_affinity
+from affordance_core.affinity import exo_object_affinity
+from affordance_core.methods import METHODS, build_method
 from affordance_core.predictor import AffordancePredictor, UnknownActionError
 from affordance_core.prompts import ego_prompt, exo_prompt
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from affordance_core import tiny
+from affordance_core.backbones import clip_trunk
 from training import backbone_probe, pretrain
 
 pytestmark = pytest.mark.timeout(120)
@@ -52,7 +53,7 @@ def test_clip_grid_and_trunk_matches_encode_image():
     assert pe.shape == (2, 128, 14, 14)
     assert torch.allclose(pe.norm(dim=1), torch.ones(2, 14, 14), atol=1e-4)
     vis = clip.visual
-    pooled, _ = vis._pool(vis.transformer.resblocks[-1](tiny.clip_visual_trunk(clip, x)))
+    pooled, _ = vis._pool(vis.transformer.resblocks[-1](clip_trunk(vis, x)))
     assert torch.allclose(pooled @ vis.proj, clip.encode_image(x), atol=1e-5)
     tok = tiny.tiny_tokenizer()(["a photo of a knife", "an item to cut with"])
     assert tok.shape == (2, 16)

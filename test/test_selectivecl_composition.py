@@ -10,14 +10,17 @@ import torch
 import torch.nn.functional as F
 
 from affordance_core import create_model
-from affordance_core import methods as methods_module
+from affordance_core.methods import locate as locate_module
+from affordance_core.methods import selectivecl as methods_module
 from affordance_core.backbones import minmax
 from affordance_core.discovery import PartDiscovery, masked_kmeans
 from affordance_core.losses import pixel_contrast_loss
-from affordance_core.methods import (anchor_weights, background_weights, build_method,
-                                     exo_object_affinity, interaction_map, part_relevance,
-                                     pixel_labels, pixel_threshold, reference_exo_rows,
-                                     select_part_maps)
+from affordance_core.affinity import exo_object_affinity
+from affordance_core.methods import build_method
+from affordance_core.methods.selectivecl import (anchor_weights, background_weights,
+                                                 interaction_map, part_relevance, pixel_labels,
+                                                 pixel_threshold, reference_exo_rows,
+                                                 select_part_maps)
 
 VOCAB = ["hold", "cut_with", "pour", "sit_on"]
 
@@ -88,6 +91,7 @@ def test_kmeans_iters_reach_discovery_and_change_the_prototype_term_only(terms, 
         seen.append(kwargs["iters"])
         return real(*args, **kwargs)
     monkeypatch.setattr(methods_module, "discover_parts", spy)
+    monkeypatch.setattr(locate_module, "discover_parts", spy)
     with torch.no_grad():
         build_method("selectivecl", model, kmeans_iters=300)(batch, 0.5)
         build_method("locate", model, kmeans_iters=42)(batch, 0.5)

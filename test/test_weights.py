@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from affordance_core.config import build_backbones, get_config
+from affordance_core.factory import build_backbones
+from affordance_core.registry import get_config
 from affordance_core.weights import WeightsError
 
 

@@ -43,7 +43,7 @@ from affordance_core.backbones import minmax
 from affordance_core.data import AffordanceTestDataset, AffordanceTrainDataset
 from affordance_core.data.transforms import center_resize, load_rgb, to_tensor
 from affordance_core.discovery import discover_parts
-from affordance_core.methods import exo_object_affinity
+from affordance_core.affinity import exo_object_affinity
 from affordance_core.metrics import MetricAccumulator
 from affordance_core.model import Features
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from affordance_core.prompts import HAND_PROMPT, ego_prompt, exo_prompt
+from affordance_core.backbones import clearclip_head, clip_trunk
 from affordance_core.tiny import (
     TINY_CLIP_FILE,
     TINY_DINO_FILE,
@@ -43,8 +44,6 @@ from affordance_core.tiny import (
     TINY_IMAGE_SIZE,
     build_tiny_clip,
     build_tiny_dino,
-    clearclip_head,
-    clip_visual_trunk,
     dino_last_block_qk,
     load_tiny_clip,
     load_tiny_dino,
@@ -364,8 +363,8 @@ def clip_dense_losses(
     """
     x = normalize_clip(images)
     text = F.normalize(clip.encode_text(text_tokens), dim=-1)  # (T, E)
-    trunk = clip_visual_trunk(clip, x)
-    patches = clearclip_head(clip, trunk)  # (B, E, h, w)
+    trunk = clip_trunk(clip.visual, x)
+    patches = clearclip_head(clip.visual, trunk)  # (B, E, h, w)
     cos = torch.einsum("behw,te->bthw", patches, text)
     logits = cos * dense_scale.exp() + dense_bias
     target = positives[obj_index][:, :, None, None] * obj_frac[:, None]

@@ -14,13 +14,13 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
-from .clustering import Clusterer, KMeansClusterer
-from .discovery import piou
-from .losses.locate import concentration_loss
-from .losses.looptrans import (correlation_loss, denoising_distillation_loss, pseudo_mask_loss,
-                               select_pseudo_masks)
-from .methods import METHODS, Method, StepInputs, _pick
-from .model import AffordanceModel
+from ..clustering import Clusterer, KMeansClusterer
+from ..discovery import piou
+from ..losses.locate import concentration_loss
+from ..losses.looptrans import (correlation_loss, denoising_distillation_loss, pseudo_mask_loss,
+                                select_pseudo_masks)
+from ..model import AffordanceModel
+from .base import Method, MethodSpec, StepInputs, pick_action_maps
 
 __all__ = ["LoopTransInputs", "LoopTransMethod", "GatedLoopTransMethod"]
 
@@ -60,6 +60,8 @@ class LoopTransMethod(Method):
     """
 
     name = "looptrans"
+    spec = MethodSpec(proj_residual=True, calibration="none", num_noise_classes=15,
+                      inference_branch="pixel")
 
     def __init__(self, model: AffordanceModel, warmup: float = 0.0, seed: int = 0,
                  ego_pixel_ce: bool = True, gate: bool = False, piou_threshold: float = 0.6,
@@ -107,11 +109,11 @@ class LoopTransMethod(Method):
         terms = self.ce_terms(s)
         b, e = s.labels.shape[0], s.num_exo
         c_all, h, w = s.ego_cam.shape[1:]
-        pixel_gt = _pick(s.ego_cam, s.labels)                                       # (B, h, w)
+        pixel_gt = pick_action_maps(s.ego_cam, s.labels)                                       # (B, h, w)
         exo_cams = s.exo_cam.view(b, e, c_all, h, w)
 
         clusters = self.clusterer(s.ego.keys, self.generator)                       # (B, h, w)
-        found = select_pseudo_masks(clusters, _pick(s.cross_cam, s.labels).detach(),
+        found = select_pseudo_masks(clusters, pick_action_maps(s.cross_cam, s.labels).detach(),
                                     s.ego.saliency(binarize_heads=False),
                                     self.clusterer.num_clusters, self.cam_threshold)
         sal = s.ego.saliency()
@@ -149,5 +151,3 @@ class GatedLoopTransMethod(LoopTransMethod):
     def __init__(self, model: AffordanceModel, gate: bool = True, **options: Any) -> None:
         super().__init__(model, gate=gate, **options)
 
-
-METHODS.update(looptrans=LoopTransMethod, looptrans_gated=GatedLoopTransMethod)

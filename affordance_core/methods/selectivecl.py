@@ -1,83 +1,30 @@
-"""Training methods: which losses a step computes from a batch, and with which weights.
+"""Selective Contrastive Learning (SelectiveCL, ICCV 2025).
 
-``build_method(name, model, **options)`` returns an ``nn.Module``; calling it on a batch gives a
-dict of scalar tensors: ``loss`` (to back-propagate) plus every named term and statistic.
+The composition of the paper's losses is written as one pure function per step (interaction
+map, part relevance, part selection, background and anchor weights, pixel labels) so that each
+can be checked on hand-made tensors; :class:`SelectiveCLMethod` chains them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from .backbones import minmax
-from .discovery import discover_parts
-from .losses import (concentration_loss, pixel_contrast_loss, prototype_contrast_loss,
-                     prototype_distillation_loss, weighted_prototypes)
-from .model import AffordanceModel, Features
+from ..affinity import exo_object_affinity
+from ..backbones import minmax
+from ..discovery import discover_parts
+from ..losses import (pixel_contrast_loss, prototype_contrast_loss, weighted_prototypes)
+from ..model import AffordanceModel
+from .base import Method, MethodSpec, StepInputs, check_kmeans_iters, pick_action_maps
 
-__all__ = ["METHODS", "build_method", "Method", "StepInputs", "exo_object_affinity",
-           "interaction_map", "reference_exo_rows", "part_relevance", "select_part_maps",
-           "background_weights", "anchor_weights", "pixel_threshold", "pixel_labels"]
-
-
-@dataclass
-class StepInputs:
-    """Backbone features and head outputs shared by every method for one batch.
-
-    Shapes: B samples, E exo images each, C' classifier channels, D descriptor width.
-    """
-
-    labels: Tensor          # (B,)
-    ego: Features           # B images
-    exo: Features           # B*E images, sample-major
-    ego_feat: Tensor        # (B, D, h, w) ego view projection
-    ego_cam: Tensor         # (B, C', h, w)
-    exo_feat: Tensor        # (B*E, D, h, w)
-    exo_cam: Tensor         # (B*E, C', h, w)
-    num_exo: int
-
-    @property
-    def exo_labels(self) -> Tensor:
-        return self.labels.repeat_interleave(self.num_exo)
+__all__ = ["SelectiveCLMethod", "interaction_map", "reference_exo_rows", "part_relevance",
+           "select_part_maps", "background_weights", "anchor_weights", "pixel_threshold",
+           "pixel_labels"]
 
 
-def exo_object_affinity(model: AffordanceModel, exo_clip: Tensor, exo_labels: Tensor,
-                        exo_to_ego: Tensor | None = None) -> Tensor:
-    """SelectiveCL's exo affinity A_exo: the 3x3 local mean (border-clipped) of the
-    interaction cue's cosine times the ego-prompt cosine.
-
-    The cue is the exo action prompt (the paper) or, with ``model.config.exo_cue == "hand"``,
-    the hand prompt: object patches next to the hand then score highest.
-
-    Args:
-        model: the model whose cached prompt embeddings and ``exo_cue`` are used.
-        exo_clip: (N, Dc, h, w) normalised CLIP patch embeddings of N exo images.
-        exo_labels: (N,) int64 class ids.
-        exo_to_ego: (N, h, w) the ego-prompt cosine when the caller already has it.
-
-    Returns:
-        (N, h, w) raw (unnormalised) affinities.
-    """
-    cue = model.affinity(exo_clip, exo_labels, "hand" if model.config.exo_cue == "hand" else "exo")
-    if exo_to_ego is None:
-        exo_to_ego = model.affinity(exo_clip, exo_labels, "ego")
-    local = F.avg_pool2d(cue[:, None], 3, 1, 1, count_include_pad=False)[:, 0]
-    return local * exo_to_ego
-
-
-def _pick(cams: Tensor, labels: Tensor) -> Tensor:
-    """(N, C, h, w), (N,) -> (N, h, w) the labelled channel."""
-    return cams.gather(1, labels.view(-1, 1, 1, 1).expand(-1, 1, *cams.shape[2:]))[:, 0]
-
-
-# ------------------------------------------------------------------ SelectiveCL composition
-# Pure functions of SelectiveCLMethod.losses, one per step of the paper's composition, so that
-# each can be checked on hand-made tensors. Shapes: B samples, E exo images each, h x w grid,
-# D descriptor width; every tensor is float32 unless said otherwise.
+# Shapes: B samples, E exo images each, h x w grid, D descriptor width; every tensor is
+# float32 unless said otherwise.
 
 def interaction_map(a_exo: Tensor, cam_exo: Tensor, warm: bool) -> Tensor:
     """The exo interaction map M_exo that part discovery thresholds.
@@ -233,121 +180,6 @@ def pixel_labels(a_ego: Tensor, rho: Tensor, object_threshold: float
     return positive, fallback, object_mask
 
 
-class Method(nn.Module):
-    """Base: runs the backbones once for ego + exo images and the view heads.
-
-    Args:
-        model: the affordance model being trained.
-        warmup: fraction of training during which CAM-dependent terms stay off (the
-            references' "epoch 0").
-        seed: seed of the K-means initialisation RNG.
-        aff_norm_lr_mult: learning-rate multiplier of the LayerNorm weight inside ``aff_proj``
-            (its bias gets twice that). 10 (default) trains it with the rest of the token MLP;
-            1 is the reference code, whose "fc" name rule misses ``aff_proj.norm``. Stored on
-            the model, which :meth:`AffordanceModel.param_groups` reads when the trainer builds
-            the optimizer (``--set method.aff_norm_lr_mult=1``).
-    """
-
-    name = "ce"
-
-    def __init__(self, model: AffordanceModel, warmup: float = 0.1, seed: int = 0,
-                 aff_norm_lr_mult: float = 10.0) -> None:
-        super().__init__()
-        if isinstance(aff_norm_lr_mult, bool) or not isinstance(aff_norm_lr_mult, (int, float)) \
-                or not aff_norm_lr_mult > 0:
-            raise ValueError(f"aff_norm_lr_mult must be a positive number (10: with the token "
-                             f"MLP, 1: the reference code), not {aff_norm_lr_mult!r}")
-        self.model = model
-        self.warmup = warmup
-        self.generator = torch.Generator().manual_seed(seed)
-        model.aff_norm_lr_mult = float(aff_norm_lr_mult)
-
-    def features(self, batch: dict[str, Tensor]) -> tuple[Features, Features]:
-        """Backbone features of ego and exo images (precomputed ones are used when present)."""
-        if "ego_keys" in batch:
-            def make(prefix: str) -> Features:
-                keys = batch[f"{prefix}_keys"]
-                attn = batch[f"{prefix}_attn"]
-                clip = batch.get(f"{prefix}_clip")
-                if prefix == "exo":
-                    keys, attn = keys.flatten(0, 1), attn.flatten(0, 1)
-                    clip = clip.flatten(0, 1) if clip is not None else None
-                return Features(keys.float(), attn.float(),
-                                None if clip is None else clip.float())
-            return make("ego"), make("exo")
-        ego, exo = batch["ego"], batch["exo"]
-        feats = self.model.extract(torch.cat([ego, exo.flatten(0, 1)]))
-        b = ego.shape[0]
-        return feats.index(slice(0, b)), feats.index(slice(b, None))
-
-    def prepare(self, batch: dict[str, Tensor]) -> StepInputs:
-        ego, exo = self.features(batch)
-        labels = batch["label"]
-        ego_feat, ego_cam = self.model.cam(ego.keys, "ego")
-        exo_feat, exo_cam = self.model.cam(exo.keys, "exo")
-        return StepInputs(labels, ego, exo, ego_feat, ego_cam, exo_feat, exo_cam,
-                          exo.keys.shape[0] // labels.shape[0])
-
-    def ce_terms(self, s: StepInputs) -> dict[str, Tensor]:
-        ce_ego = F.cross_entropy(s.ego_cam.mean((-1, -2)), s.labels)
-        ce_exo = F.cross_entropy(s.exo_cam.mean((-1, -2)), s.exo_labels)
-        return {"ce_ego": ce_ego, "ce_exo": ce_exo}
-
-    def losses(self, s: StepInputs, progress: float) -> dict[str, Tensor]:
-        return self.ce_terms(s)
-
-    def forward(self, batch: dict[str, Tensor], progress: float = 1.0) -> dict[str, Tensor]:
-        """Args: batch (see the datasets), progress in [0, 1]. Returns: named scalars."""
-        s = self.prepare(batch)
-        terms = self.losses(s, progress)
-        loss_terms = [v for k, v in terms.items() if not k.startswith("stat_")]
-        terms["loss"] = torch.stack(loss_terms).sum()
-        return terms
-
-
-class LocateMethod(Method):
-    """LOCATE: CE + part-prototype distillation (after warm-up) + concentration loss.
-
-    Args (beyond :class:`Method`'s):
-        region_threshold: gamma_1; piou_threshold: alpha; margin: distillation margin.
-        concentration_weight: weight of the concentration loss.
-        kmeans_iters: the most K-means iterations of part discovery (10; the reference 300).
-    """
-
-    name = "locate"
-
-    def __init__(self, model: AffordanceModel, warmup: float = 0.1, seed: int = 0,
-                 region_threshold: float = 0.6, piou_threshold: float = 0.6,
-                 margin: float = 0.5, concentration_weight: float = 0.07,
-                 kmeans_iters: int = 10, aff_norm_lr_mult: float = 10.0) -> None:
-        super().__init__(model, warmup, seed, aff_norm_lr_mult)
-        self.kmeans_iters = _check_iters(kmeans_iters)
-        self.region_threshold = region_threshold
-        self.piou_threshold = piou_threshold
-        self.margin = margin
-        self.concentration_weight = concentration_weight
-
-    def losses(self, s: StepInputs, progress: float) -> dict[str, Tensor]:
-        terms = self.ce_terms(s)
-        c = self.model.num_classes
-        terms["concentration"] = self.concentration_weight * concentration_loss(s.ego_cam[:, :c])
-        b = s.labels.shape[0]
-        h, w = s.ego_cam.shape[-2:]
-        exo_map = _pick(s.exo_cam, s.exo_labels).detach().view(b, s.num_exo, h, w)
-        sal = s.ego.saliency()
-        found = discover_parts(s.exo.keys.view(b, s.num_exo, -1, h, w), exo_map, s.ego.keys,
-                               sal > sal.flatten(1).mean(1)[:, None, None],
-                               self.region_threshold, self.piou_threshold,
-                               iters=self.kmeans_iters, generator=self.generator)
-        weight = minmax(_pick(s.ego_cam, s.labels))                          # (B, h, w)
-        ego_embedding = (s.ego.keys * weight[:, None]).sum((-1, -2)) / (
-            weight.sum((-1, -2))[:, None] + 1e-6)
-        active = found.reliable & (progress >= self.warmup)
-        terms["proto"] = prototype_distillation_loss(ego_embedding, found.centroid, active,
-                                                     self.margin)
-        terms["stat_reliable_rate"] = found.reliable.float().mean()
-        return terms
-
 
 class SelectiveCLMethod(Method):
     """Selective Contrastive Learning (SelectiveCL, ICCV 2025).
@@ -376,6 +208,7 @@ class SelectiveCLMethod(Method):
     """
 
     name = "selectivecl"
+    spec = MethodSpec(proj_residual=False, calibration="binary", contrast_heads=True)
 
     def __init__(self, model: AffordanceModel, warmup: float = 0.1, seed: int = 0,
                  proto: str = "part", pixel: bool = True, exo_indexing: str = "paper",
@@ -414,7 +247,7 @@ class SelectiveCLMethod(Method):
         self.pixel_weight = pixel_weight
         self.pixel_anchors = pixel_anchors
         self.pixel_bg_positives = pixel_bg_positives
-        self.kmeans_iters = _check_iters(kmeans_iters)
+        self.kmeans_iters = check_kmeans_iters(kmeans_iters)
 
     def losses(self, s: StepInputs, progress: float) -> dict[str, Tensor]:
         """CE terms, the selective prototypical contrast ``proto`` and the selective pixel
@@ -427,8 +260,8 @@ class SelectiveCLMethod(Method):
         a_ego = model.affinity(s.ego.clip, s.labels, "ego")                     # (B, h, w)
         exo_to_ego = model.affinity(s.exo.clip, s.exo_labels, "ego")
         a_exo = exo_object_affinity(model, s.exo.clip, s.exo_labels, exo_to_ego).view(b, e, h, w)
-        cam_ego = _pick(s.ego_cam, s.labels)
-        cam_exo = _pick(s.exo_cam, s.exo_labels).view(b, e, h, w)
+        cam_ego = pick_action_maps(s.ego_cam, s.labels)
+        cam_exo = pick_action_maps(s.exo_cam, s.exo_labels).view(b, e, h, w)
         interaction = interaction_map(a_exo, cam_exo, warm)
 
         exo_keys = s.exo.keys.view(b, e, -1, h, w)
@@ -478,34 +311,3 @@ class SelectiveCLMethod(Method):
         terms.update(stats)
         return terms
 
-
-def _check_iters(iters: Any) -> int:
-    """Validate a K-means iteration count (a positive int; ValueError otherwise)."""
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-        raise ValueError(f"kmeans_iters must be a positive integer (10 here, 300 in the "
-                         f"reference), not {iters!r}")
-    return iters
-
-
-METHODS: dict[str, type[Method]] = {
-    "ce": Method,
-    "locate": LocateMethod,
-    "selectivecl": SelectiveCLMethod,
-}
-
-
-def build_method(name: str, model: AffordanceModel, **options: Any) -> Method:
-    """Build a training method by name.
-
-    Raises:
-        ValueError: unknown method (message lists the valid ones) or bad options.
-    """
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
-    try:
-        return METHODS[name](model, **options)
-    except TypeError as exc:
-        raise ValueError(f"bad options for method {name!r}: {exc}") from None
-
-
-from . import methods_looptrans as _looptrans  # noqa: E402,F401 - registers looptrans(_gated)
