@@ -18,7 +18,7 @@ ROS_BUILD_WHEELS := ros-jazzy-ament-cmake ros-jazzy-ament-cmake-include-director
 	colcon-core colcon-ros colcon-cmake colcon-library-path colcon-bash colcon-output \
 	colcon-package-selection colcon-parallel-executor
 
-.PHONY: venv msgs test demo demo-quick benchmark pretrain bench clean node
+.PHONY: venv msgs test lint demo demo-quick benchmark pretrain bench clean node
 
 venv: $(STAMP)
 
@@ -33,6 +33,11 @@ msgs: $(STAMP)
 
 test: msgs
 	$(PY) -m pytest test -q -rs --durations=15 --basetemp=build/pytest
+
+# Style: ruff's lint rules (pyproject.toml) and its formatter, checked, never rewritten here.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 demo: msgs
 	$(VENV)/bin/affordance-demo --out outputs/demo

@@ -30,7 +30,7 @@ setup(
                 "ros-jazzy-geometry-msgs", "ros-jazzy-diagnostic-msgs",
                 "ros-jazzy-visualization-msgs", "ros-jazzy-lifecycle-msgs", "rosbags"],
         "export": ["onnx", "onnxruntime"],
-        "test": ["pytest", "pytest-timeout"],
+        "test": ["pytest", "pytest-timeout", "ruff==0.17.6"],
     },
     entry_points={
         "console_scripts": [
