@@ -55,8 +55,7 @@ class AffordanceConfig:
         exo_cue: what SelectiveCL's exo affinity A_exo takes its 3x3 interaction
             neighbourhood from: ``prompt`` (the exo action prompt, the paper) or ``hand``
             (the action-agnostic hand prompt; the tiny tier, whose CLIP role learns object
-            masks and hand masks but no person-object interaction; README, "Where we follow
-            the paper rather than the reference code").
+            masks and hand masks but no person-object interaction; docs/deviations.md).
         contrast_heads: build SelectiveCL's two 1x1 contrast heads (``proto_head``,
             ``pixel_head``); set from the method's
             :class:`~affordance_core.methods.MethodSpec` by

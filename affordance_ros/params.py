@@ -82,7 +82,7 @@ SPECS: tuple[ParamSpec, ...] = (
               choices=("torch", "onnxruntime")),
     ParamSpec("onnx_variant", "fp32",
               "onnxruntime backend: 'fp32', or 'int8' (dynamically quantized backbones; "
-              "faster on CPUs, see the README for its measured accuracy).",
+              "faster on CPUs; docs/benchmarks.md has its measured accuracy).",
               choices=("fp32", "int8")),
     ParamSpec("transport", "raw",
               "Image input: 'raw' subscribes 'image', 'compressed' subscribes "

@@ -47,7 +47,7 @@ VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("default, training seed 1", ("train.seed=1",)),   # run-to-run spread of the default
 )
 
-#: The demo's validation choice for SelectiveCL on corpus seed 0 (README).
+#: The demo's validation choice for SelectiveCL on corpus seed 0 (docs/results.md).
 DEFAULT_EVAL_FLAGS = ("--inference-branch", "ego+exo", "--calibration", "product")
 
 

@@ -56,7 +56,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", 
 LAYOUT_HELP = (
     "expected the AGD20K layout <root>/<split>/trainset/{egocentric,exocentric}/<aff>/<obj>/*.jpg"
     " and <root>/<split>/testset/{egocentric/<aff>/<obj>/*.jpg, GT/<aff>/<obj>/<stem>.png}"
-    " (HICO-IIF: the same tree without the <split> level; see README)"
+    " (HICO-IIF: the same tree without the <split> level; see README, \"Data\")"
 )
 
 
