@@ -12,7 +12,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["affordance_core*", "affordance_ros*", "training*"]),
-    package_data={"affordance_core": ["py.typed", "configs/*.yaml"]},
+    package_data={"affordance_core": ["py.typed"], "training": ["configs/*.yaml"]},
     install_requires=[
         "torch>=2.1",
         "torchvision",

@@ -2,9 +2,9 @@
 
 Config layering for ``affordance-train`` (later layers win)::
 
-    affordance_core/configs/default.yaml
-      < affordance_core/configs/<method>.yaml
-      < affordance_core/configs/<method>.<model>.yaml   (e.g. selectivecl.tiny.yaml)
+    training/configs/default.yaml
+      < training/configs/<method>.yaml
+      < training/configs/<method>.<model>.yaml   (e.g. selectivecl.tiny.yaml)
       < --config YAML
       < explicit CLI flags and --set KEY=VALUE overrides
 
@@ -16,7 +16,6 @@ Keys of ``train`` and ``data`` must exist in ``default.yaml`` (a typo is an erro
 from __future__ import annotations
 
 import copy
-import importlib.util
 import logging
 import os
 import random
@@ -61,11 +60,8 @@ class CLIError(Exception):
 
 
 def config_dir() -> Path:
-    """Directory of the packaged training configs (``affordance_core/configs``)."""
-    spec = importlib.util.find_spec("affordance_core")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("package affordance_core is not importable; run `pip install -e .`")
-    return Path(next(iter(spec.submodule_search_locations))) / "configs"
+    """Directory of the packaged training configs (``training/configs``)."""
+    return Path(__file__).resolve().parent / "configs"
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:

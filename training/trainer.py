@@ -111,7 +111,7 @@ class Trainer:
 
     Args:
         config: the resolved nested config (sections ``model``, ``method``, ``data``,
-            ``train``; see ``affordance_core/configs/default.yaml``).
+            ``train``; see ``training/configs/default.yaml``).
         run_dir: output directory (created if needed).
         model: the :class:`~affordance_core.model.AffordanceModel`, already on ``device``.
         method: the training method module from ``build_method``; ``method(batch, progress)``
