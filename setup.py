@@ -38,7 +38,7 @@ setup(
             "affordance-eval = training.evaluate:main",
             "affordance-predict = training.predict:main",
             "affordance-demo = training.demo:main",
-            "affordance-pretrain = training.pretrain:main",
+            "affordance-pretrain = training.pretrain.cli:main",
             "affordance_node = affordance_ros.node:main",
             "affordance_lifecycle_node = affordance_ros.lifecycle_node:main",
         ]

@@ -63,7 +63,7 @@ __all__ = ["PROBE_SEED_SALT", "batched_kmeans", "main", "part_transfer_iou", "pr
 PROBE_SEED_SALT = 7919
 
 
-from training.pretrain import build_pretrain_data, load_world, object_captions, patch_targets
+from training.pretrain.data import build_pretrain_data, load_world, object_captions, patch_targets
 
 
 def _world(world: Any | None) -> Any:
