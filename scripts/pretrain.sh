@@ -27,4 +27,4 @@ dino=$!
     --w-hand 1.0 --steps 1000 2>&1 | tee "$OUT/pretrain_clip_stage4.log"
 rm -rf "$STAGES"
 wait "$dino" || { echo "DINO-role pretraining failed; see $OUT/pretrain_dino.log" >&2; exit 1; }
-"$PY" -m training.backbone_probe --weights-dir "$OUT" --out "$OUT/probe.json"
+"$PY" -m training.probes.backbone --weights-dir "$OUT" --out "$OUT/probe.json"

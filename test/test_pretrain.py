@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from affordance_core import tiny
-from training import backbone_probe, pretrain
+from training import pretrain
+from training.probes import backbone as backbone_probe
 
 pytestmark = pytest.mark.timeout(120)
 

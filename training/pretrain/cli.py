@@ -1,7 +1,7 @@
 """Pretrain the project's ``tiny`` backbones with dense supervision (``affordance-pretrain``).
 
 Trains them (:func:`training.pretrain.loop.pretrain`), then probes them
-(:func:`training.backbone_probe.probe_backbones`) into ``OUT/probe.json``.
+(:func:`training.probes.backbone.probe_backbones`) into ``OUT/probe.json``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from affordance_core.tiny import tiny_tokenizer
-from training.backbone_probe import probe_backbones
 from training.pretrain.loop import MODELS, PretrainConfig, pretrain
+from training.probes.backbone import probe_backbones
 
 __all__ = ["main"]
 
@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_probe and (res["dino"] is None or res["clip"] is None):
         # A file left in --out by an earlier run may not belong with the model just trained.
         print("probe skipped: it needs both backbones trained in this run; run "
-              "`python -m training.backbone_probe --weights-dir OUT` once both are written",
+              "`python -m training.probes.backbone --weights-dir OUT` once both are written",
               flush=True)
     elif not args.no_probe:
         probe = probe_backbones(res["dino"], res["clip"], tiny_tokenizer(), seed=cfg.seed)
