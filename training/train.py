@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from affordance_core.config import list_models
+from affordance_core.methods import METHODS
 from training import distributed
 from training.common import (
     CLIError,
@@ -58,19 +60,8 @@ METHOD_CHOICES = ("ce", "locate", "selectivecl", "looptrans")
 logger = logging.getLogger(__name__)
 
 
-def _model_choices() -> list[str]:
-    try:
-        from affordance_core.config import list_models
-        return list_models()
-    except ImportError:  # pragma: no cover - the core is part of this repository
-        return ["paper", "tiny"]
-
-
 def _method_choices() -> list[str]:
-    try:
-        from affordance_core.methods import METHODS
-    except ImportError:  # pragma: no cover - the core is part of this repository
-        return list(METHOD_CHOICES)
+    """The documented methods first, then any further method of the core."""
     return [*METHOD_CHOICES, *(m for m in METHODS if m not in METHOD_CHOICES)]
 
 
@@ -83,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", help="Seen, Unseen, HICO-IIF or the name of your own "
                         "split folder under the root")
     parser.add_argument("--method", choices=_method_choices(), help="training method")
-    parser.add_argument("--model", choices=_model_choices(), help="model tier (default tiny)")
+    parser.add_argument("--model", choices=list_models(), help="model tier (default tiny)")
     parser.add_argument("--out", required=True, metavar="RUN_DIR",
                         help="run directory (config.yaml, last.pt, model.pt, log.jsonl, tb/)")
     parser.add_argument("--iters", type=int, help="optimisation steps")
