@@ -170,7 +170,7 @@ def train_and_evaluate_split(split: str, data_root: Path, out: Path, budget: dic
         ``n_background``, ``per_image`` and, for methods, ``train_seconds``,
         ``reliable_rate`` and ``inference`` (the validation choice, None for
         ``selectivecl_paper``); SelectiveCL's row also has ``gaps`` to the object affinity
-        and to CE (:func:`paired_gaps`).
+        and to CE (:func:`training.stats.paired_gaps`).
     """
     from affordance_core import load_model
     from affordance_core.data import AffordanceTestDataset, BackgroundFrames

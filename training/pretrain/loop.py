@@ -105,6 +105,9 @@ def _param_groups(model: nn.Module, wd: float) -> list[dict[str, Any]]:
 
 MODELS = ("dino", "clip")
 
+#: A model being pretrained: the module, every parameter it optimises, its optimiser.
+TrainedModel = tuple[nn.Module, list[nn.Parameter], torch.optim.Optimizer]
+
 
 def _initial_model(name: str, init_from: str | None) -> nn.Module:
     """A freshly initialised backbone, or the checkpoint of an earlier stage, in train mode."""
@@ -128,7 +131,7 @@ def learning_rate(cfg: PretrainConfig, step: int) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * prog))
 
 
-def _save_checkpoints(trained: dict[str, tuple[nn.Module, Any, Any]],
+def _save_checkpoints(trained: dict[str, TrainedModel],
                       out_dir: str | Path | None) -> dict[str, str]:
     """Writes the fp16 checkpoint of every trained model into ``out_dir`` (none when None)."""
     if out_dir is None:
@@ -184,7 +187,7 @@ def pretrain(
     n_parts = len(data.part_types)
 
     dino = clip = None
-    trained: dict[str, tuple[nn.Module, list[nn.Parameter], torch.optim.Optimizer]] = {}
+    trained: dict[str, TrainedModel] = {}
     if "dino" in cfg.models:
         torch.manual_seed(cfg.seed * 7 + 1)
         dino = _initial_model("dino", cfg.init_from)
