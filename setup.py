@@ -12,7 +12,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["affordance_core*", "affordance_ros*", "training*"]),
-    package_data={"affordance_core": ["py.typed", "configs/*.yaml"]},
+    package_data={"affordance_core": ["py.typed"], "training": ["configs/*.yaml"]},
     install_requires=[
         "torch>=2.1",
         "torchvision",
@@ -38,7 +38,7 @@ setup(
             "affordance-eval = training.evaluate:main",
             "affordance-predict = training.predict:main",
             "affordance-demo = training.demo:main",
-            "affordance-pretrain = training.pretrain:main",
+            "affordance-pretrain = training.pretrain.cli:main",
             "affordance_node = affordance_ros.node:main",
             "affordance_lifecycle_node = affordance_ros.lifecycle_node:main",
         ]

@@ -1,7 +1,7 @@
 """The project's own ``tiny`` backbones: a small timm ViT (DINO role) and a small open_clip CLIP.
 
 Both take 112x112 RGB images with patch 8, giving the same 14x14 patch grid as the paper tier
-(224 px, patch 16). Their weights come from ``training/pretrain.py`` (dense supervision from
+(224 px, patch 16). Their weights come from ``training/pretrain/`` (dense supervision from
 object and part masks of a synthetic pretraining corpus) and live in ``weights/tiny``.
 
 The dense feature functions here are differentiable reference implementations of what the

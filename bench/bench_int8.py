@@ -83,7 +83,7 @@ def score(predictors: dict[str, AffordancePredictor], dataset) -> dict[str, Any]
 
 
 def main() -> None:
-    from training.demo import _budget, make_corpus, make_validation_corpus, train_method
+    from training.demo import demo_budget, make_corpus, make_validation_corpus, train_method
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", help="folder for corpus, run and cache (default: temporary)")
@@ -95,7 +95,7 @@ def main() -> None:
 
     tmp = None if args.work else tempfile.TemporaryDirectory(prefix="bench_int8_")
     work = Path(args.work or tmp.name)
-    budget = _budget(quick=not args.full)
+    budget = demo_budget(quick=not args.full)
     if args.iters:
         budget["iters"] = args.iters
     start = time.perf_counter()

@@ -136,7 +136,7 @@ stage tests "$TEST_CAP" "$PY" -m pytest test -m cuda -q -p no:cacheprovider
 WORK="$OUT/work"
 mkdir -p "$WORK"
 stage train "$TRAIN_CAP" bash -c "
-  '$PY' -c \"from pathlib import Path; from training.demo import _budget, make_corpus; b = _budget(True); b['corpus'] = $CORPUS; make_corpus(Path('$WORK/data'), b, 0)\" >/dev/null 2>&1 &&
+  '$PY' -c \"from pathlib import Path; from training.demo import demo_budget, make_corpus; b = demo_budget(True); b['corpus'] = $CORPUS; make_corpus(Path('$WORK/data'), b, 0)\" >/dev/null 2>&1 &&
   rm -rf '$WORK/run' &&
   '$PY' -m training.train --data-root '$WORK/data' --split Seen --method selectivecl --model tiny \
     --out '$WORK/run' --iters $ITERS --batch-size 8 --device $DEVICE --cache-features \

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Rebuild the tiny backbones (weights/tiny). The DINO role and the CLIP role train in two
-# processes (same batches and seeds as one joint run, see training/pretrain.py). The CLIP role
-# has three more stages, each from the previous stage's weights on 6000 newly rendered scenes:
-# stages 2 and 3 (seeds 1, 2) a new cosine cycle at half the peak rate with the soft-threshold
-# term; stage 4 (seed 3, 1000 steps at lr 5e-4) adds the hand prompt. Then the probe writes
-# probe.json.
+# processes (same batches and seeds as one joint run, see training/pretrain/loop.py).
+# The CLIP role has three more stages, each from the previous stage's weights on 6000 newly
+# rendered scenes: stages 2 and 3 (seeds 1, 2) a new cosine cycle at half the peak rate with
+# the soft-threshold term; stage 4 (seed 3, 1000 steps at lr 5e-4) adds the hand prompt. Then the
+# probe writes probe.json.
 # Usage: scripts/pretrain.sh [OUT_DIR] (default weights/tiny).
 set -euo pipefail
 PY=${PYTHON:-python}
@@ -27,4 +27,4 @@ dino=$!
     --w-hand 1.0 --steps 1000 2>&1 | tee "$OUT/pretrain_clip_stage4.log"
 rm -rf "$STAGES"
 wait "$dino" || { echo "DINO-role pretraining failed; see $OUT/pretrain_dino.log" >&2; exit 1; }
-"$PY" -m training.backbone_probe --weights-dir "$OUT" --out "$OUT/probe.json"
+"$PY" -m training.probes.backbone --weights-dir "$OUT" --out "$OUT/probe.json"

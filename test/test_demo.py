@@ -135,8 +135,9 @@ def test_paired_gap_of_a_row_to_itself_is_zero_and_to_the_affinity_matches_by_ha
     from affordance_core import create_model
     from affordance_core.data import AffordanceTestDataset
     from training.baselines import baselines_of
-    from training.demo import paired_gaps, score_rows
+    from training.demo import score_rows
     from training.evaluate import extract_test_set
+    from training.stats import paired_gaps
 
     torch.manual_seed(0)
     model = create_model("tiny", vocabulary=["hold", "cut_with", "sit_on"], pretrained=False,

@@ -1,4 +1,4 @@
-"""SelectiveCL part-discovery probe (training.discovery_probe) and PartDiscovery's extras."""
+"""SelectiveCL part-discovery probe (training.probes.discovery) and PartDiscovery's extras."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from affordance_core import create_model
 from affordance_core.data import AffordanceTestDataset, AffordanceTrainDataset
 from affordance_core.discovery import discover_parts
-from training.discovery_probe import main, probe_discovery
+from training.probes.discovery import main, probe_discovery
 
 VOCAB = ["hold", "cut_with", "sit_on"]
 

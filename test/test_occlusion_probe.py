@@ -9,7 +9,7 @@ import torch
 from affordance_core import create_model
 from affordance_core.data.transforms import load_rgb
 from affordance_core.synthetic.corpus import write_agd_corpus
-from training.occlusion_probe import rebuild_exo_truth, score_exo_branch
+from training.probes.occlusion import rebuild_exo_truth, score_exo_branch
 
 
 def test_rebuilt_scenes_match_the_corpus_and_score(tmp_path) -> None:

@@ -10,7 +10,8 @@ import torch
 
 from affordance_core import tiny
 from affordance_core.backbones import clip_trunk
-from training import backbone_probe, pretrain
+from training import pretrain
+from training.probes import backbone as backbone_probe
 
 pytestmark = pytest.mark.timeout(120)
 

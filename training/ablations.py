@@ -100,14 +100,14 @@ def run_ablations(out: Path, splits: Sequence[str] = ("Seen", "Unseen"),
     """Train and score every variant on every split (variant by variant); each run writes
     ``summary.json`` in its run folder, so several calls with other variants can share one
     ``out``. Returns (and writes) the results of every finished run under ``out``."""
-    from training.demo import _budget, make_corpus, make_validation_corpus
+    from training.demo import demo_budget, make_corpus, make_validation_corpus
 
     unknown = set(variants or ()) - {name for name, _ in VARIANTS}
     if unknown:
         raise ValueError(f"unknown variants {sorted(unknown)}; choose from "
                          f"{', '.join(name for name, _ in VARIANTS)}")
     chosen = [v for v in VARIANTS if variants is None or v[0] in variants]
-    budget = _budget(False)
+    budget = demo_budget(False)
     out.mkdir(parents=True, exist_ok=True)
     make_corpus(out / "data", budget, 0)
     make_validation_corpus(out / "data_val", budget, 0)

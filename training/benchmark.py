@@ -37,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from training.demo import DEFAULT_METHODS, METHOD_ORDER, ROW_METRICS, SHORT, SPLITS, _budget
+from training.demo import METHOD_ORDER, ROW_METRICS, SHORT, SPLITS, demo_budget
+from training.demo.cli import add_run_arguments
 
 __all__ = ["aggregate", "main", "run_benchmark"]
 
@@ -170,7 +171,7 @@ def run_benchmark(out: Path, corpus_seeds: Sequence[int], train_seeds: Sequence[
         "seconds"}``, also written to ``out/benchmark.json`` with ``out/benchmark.md``.
     """
     start = time.perf_counter()
-    budget = dict(budget if budget is not None else _budget(quick))
+    budget = dict(budget if budget is not None else demo_budget(quick))
     if methods:
         budget["methods"] = tuple(m for m in METHOD_ORDER if m in methods)
     out.mkdir(parents=True, exist_ok=True)
@@ -196,13 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m training.benchmark",
         description="The demo's methods over several training seeds on corpus seeds no choice "
                     "looked at, with intervals over (action, object) pairs.")
-    parser.add_argument("--out", default="outputs/benchmark", help="output folder (reused)")
+    add_run_arguments(parser, "outputs/benchmark")
     parser.add_argument("--corpus-seeds", type=int, nargs="+", default=[21])
     parser.add_argument("--train-seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--quick", action="store_true", help="the demo's quick budget")
-    parser.add_argument("--jobs", type=int, default=None, help="processes (one per split)")
-    parser.add_argument("--methods", nargs="+", choices=METHOD_ORDER, default=None,
-                        help=f"default: {' '.join(DEFAULT_METHODS)}")
     args = parser.parse_args(argv)
     from training.common import run_cli
 

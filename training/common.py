@@ -2,9 +2,9 @@
 
 Config layering for ``affordance-train`` (later layers win)::
 
-    affordance_core/configs/default.yaml
-      < affordance_core/configs/<method>.yaml
-      < affordance_core/configs/<method>.<model>.yaml   (e.g. selectivecl.tiny.yaml)
+    training/configs/default.yaml
+      < training/configs/<method>.yaml
+      < training/configs/<method>.<model>.yaml   (e.g. selectivecl.tiny.yaml)
       < --config YAML
       < explicit CLI flags and --set KEY=VALUE overrides
 
@@ -16,7 +16,7 @@ Keys of ``train`` and ``data`` must exist in ``default.yaml`` (a typo is an erro
 from __future__ import annotations
 
 import copy
-import importlib.util
+import json
 import logging
 import os
 import random
@@ -32,8 +32,8 @@ import yaml
 from affordance_core.files import atomic_write
 
 __all__ = [
-    "CLIError",
     "STRICT_SECTIONS",
+    "CLIError",
     "apply_overrides",
     "choose_device",
     "config_dir",
@@ -42,6 +42,7 @@ __all__ = [
     "layered_config",
     "load_yaml",
     "parse_set_items",
+    "print_json_result",
     "resolve_num_workers",
     "run_cli",
     "seed_everything",
@@ -61,11 +62,8 @@ class CLIError(Exception):
 
 
 def config_dir() -> Path:
-    """Directory of the packaged training configs (``affordance_core/configs``)."""
-    spec = importlib.util.find_spec("affordance_core")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("package affordance_core is not importable; run `pip install -e .`")
-    return Path(next(iter(spec.submodule_search_locations))) / "configs"
+    """Directory of the packaged training configs (``training/configs``)."""
+    return Path(__file__).resolve().parent / "configs"
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -101,6 +99,22 @@ def write_yaml(data: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Writes a mapping as YAML, atomically (temporary file, then rename)."""
     with atomic_write(path) as tmp:
         tmp.write_text(yaml.safe_dump(dict(data), sort_keys=False), encoding="utf-8")
+
+
+def print_json_result(result: Mapping[str, Any], out: str | os.PathLike | None = None,
+                      line: Mapping[str, Any] | None = None) -> None:
+    """Prints a CLI's result as one JSON line; also writes it, indented, to ``out`` if given.
+
+    Args:
+        result: the result.
+        out: file that receives ``result`` as indented JSON, or None.
+        line: what the printed line holds instead of ``result`` (e.g. ``result`` and its
+            inputs), or None.
+    """
+    text = json.dumps(result if line is None else line)
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    print(text)
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

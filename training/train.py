@@ -5,7 +5,7 @@ Usage::
     affordance-train --data-root DATA --split Seen --method selectivecl --model tiny \
         --out runs/selcl [--iters 2000] [--config my.yaml] [--set train.lr=2e-3] [--resume]
 
-Config layering (later wins): ``affordance_core/configs/default.yaml`` < ``<method>.yaml`` <
+Config layering (later wins): ``training/configs/default.yaml`` < ``<method>.yaml`` <
 ``--config`` < explicit flags and ``--set KEY=VALUE``. The resolved config is written to
 ``RUN_DIR/config.yaml``. The model kept is the one of the final step (``RUN_DIR/model.pt``);
 ``--select-on-test`` additionally keeps the best test-KLD step in ``best.pt``, which is model
@@ -62,6 +62,7 @@ logger = logging.getLogger(__name__)
 
 
 def _method_choices() -> list[str]:
+    """The documented methods first, then any further method of the core."""
     return [*METHOD_CHOICES, *(m for m in METHODS if m not in METHOD_CHOICES)]
 
 

@@ -36,6 +36,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import cv2
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -64,11 +65,7 @@ def move_to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, 
 def _worker_init(_: int) -> None:
     # One thread per loader process: the workers already run in parallel.
     torch.set_num_threads(1)
-    try:
-        import cv2
-        cv2.setNumThreads(1)
-    except ImportError:  # pragma: no cover - cv2 is a dependency of the datasets
-        pass
+    cv2.setNumThreads(1)
 
 
 def _scalar(value: Any) -> torch.Tensor | None:
@@ -111,7 +108,7 @@ class Trainer:
 
     Args:
         config: the resolved nested config (sections ``model``, ``method``, ``data``,
-            ``train``; see ``affordance_core/configs/default.yaml``).
+            ``train``; see ``training/configs/default.yaml``).
         run_dir: output directory (created if needed).
         model: the :class:`~affordance_core.model.AffordanceModel`, already on ``device``.
         method: the training method module from ``build_method``; ``method(batch, progress)``

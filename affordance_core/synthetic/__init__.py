@@ -7,6 +7,7 @@ space (``iter_pretrain_scenes``).
 from .corpus import (
     DEFAULT_SPLIT_OBJECTS,
     CorpusStats,
+    corpus_image_rng,
     corpus_pairs,
     iter_pretrain_scenes,
     write_agd_corpus,
@@ -28,7 +29,7 @@ from .world import (
 
 __all__ = [
     "AFFORDANCES", "DEFAULT_SPLIT_OBJECTS", "OBJECTS", "PART_TYPES", "CorpusStats", "ObjectSpec",
-    "Part", "Scene", "affordance_heatmap", "afforded_parts", "corpus_pairs",
+    "Part", "Scene", "affordance_heatmap", "afforded_parts", "corpus_image_rng", "corpus_pairs",
     "iter_pretrain_scenes", "list_actions", "make_contact_sheet", "object_caption",
     "render_scene", "write_agd_corpus",
 ]

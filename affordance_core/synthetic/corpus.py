@@ -34,6 +34,7 @@ from .world import (AFFORDANCES, EXO_SCALE_BENCHMARK, OBJECTS, Scene, afforded_p
 __all__ = [
     "DEFAULT_SPLIT_OBJECTS",
     "CorpusStats",
+    "corpus_image_rng",
     "corpus_pairs",
     "iter_pretrain_scenes",
     "write_agd_corpus",
@@ -88,6 +89,26 @@ class CorpusStats:
 def _key(*names: str | int) -> list[int]:
     """Stable integer entropy for ``np.random.default_rng`` from names (not Python's hash)."""
     return [n if isinstance(n, int) else zlib.crc32(n.encode()) for n in names]
+
+
+def corpus_image_rng(seed: int, split: str, kind: str, aff: str, obj: str,
+                     index: int) -> np.random.Generator:
+    """The generator ``write_agd_corpus(seed=seed)`` draws one image from.
+
+    Args:
+        seed: the corpus seed.
+        split: ``Seen`` or ``Unseen``.
+        kind: ``exo``, ``ego``, ``test`` or ``background`` (the latter with ``aff = obj = ""``).
+        aff: the image's action.
+        obj: the image's object.
+        index: the image's index (the ``<index>`` of ``<obj>_<index>.jpg``).
+
+    Returns:
+        A fresh generator in the state the writer started that image from: replaying the same
+        draws re-renders the same scene (for an exo image: first the occlusion draw, then
+        ``render_scene``), e.g. to rebuild annotations the corpus does not store.
+    """
+    return np.random.default_rng(_key(seed, _BENCH_SALT, split, kind, aff, obj, index))
 
 
 def corpus_pairs(train_objects: Sequence[str], test_objects: Sequence[str],
@@ -178,7 +199,7 @@ def write_agd_corpus(root: Path | str, *, seed: int,
     parts = {s: Counter() for s in split_objects}
     for split, kind, aff, obj, i in tqdm(jobs, desc="synthetic corpus", unit="img",
                                          disable=not progress):
-        rng = np.random.default_rng(_key(seed, _BENCH_SALT, split, kind, aff, obj, i))
+        rng = corpus_image_rng(seed, split, kind, aff, obj, i)
         stem = f"{obj}_{i:06d}"
         if kind == "exo":
             occluded = bool(rng.random() < occlusion_rate)

@@ -1,77 +1,49 @@
-"""``affordance-demo``: the embedded default, end to end on a CPU.
+"""The demo's stages: corpora, training runs (one process per split), scoring, the node run.
 
-Stages (each cached under ``--out``, so a second run reuses what it can):
-
-1. write the synthetic affordance corpus (AGD20K layout, Seen and Unseen splits);
-2. check the tiny backbones (``weights/tiny``) and copy their probe numbers;
-3. train every method on each split with the same seed and budget (``affordance-train``,
-   frozen features cached once per split); each method's training budget (a snapshot),
-   inference branch and calibration are chosen on the validation corpus (new images of the
-   training categories, another corpus seed), never on the test split;
-4. evaluate them and the trivial baselines (uniform, centre Gaussian, object affinity alone)
-   once on the test split: KLD, SIM, NSS and the planner metrics;
-5. write ``results.md``, ``results.json`` and heatmap overlay figures;
-6. run the ROS 2 node on synthetic camera frames for a few seconds and print what it
-   published (skipped with a note when the ROS messages are not built).
+:func:`run_demo` runs them all and hands the results to :mod:`training.demo.report`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
-logger = logging.getLogger("affordance.demo")
+from training.demo.report import write_figure, write_report
+from training.demo.settings import (
+    CORPUS_VERSION,
+    METHOD_ORDER,
+    ROW_METRICS,
+    SPLITS,
+    VALIDATION_SEED_OFFSET,
+    VARIANTS,
+    budget_snapshots,
+    demo_budget,
+)
+from training.stats import paired_gaps
 
-METHOD_ORDER = ("ce", "locate", "selectivecl", "selectivecl_paper", "looptrans",
-                "looptrans_gated")
-DEFAULT_METHODS = ("ce", "locate", "selectivecl", "selectivecl_paper", "looptrans")
-SPLITS = ("Seen", "Unseen")
-
-#: SelectiveCL exactly as the paper sets it: ego branch, binary calibration, lambda = 1, no
-#: residual token MLP, exo action prompt; trained to the end of the budget, nothing chosen.
-PAPER_SETTINGS = ("model.proj_residual=false", "method.contrast_scale=1.0",
-                  "model.exo_cue=prompt", "model.inference_branch=ego",
-                  "model.calibration=binary")
-
-#: Row name -> (affordance-train --method, extra --set items, choose on validation).
-VARIANTS: dict[str, tuple[str, tuple[str, ...], bool]] = {
-    "ce": ("ce", (), True),
-    "locate": ("locate", (), True),
-    "selectivecl": ("selectivecl", (), True),
-    "selectivecl_paper": ("selectivecl", PAPER_SETTINGS, False),
-    "looptrans": ("looptrans", (), True),
-    "looptrans_gated": ("looptrans_gated", (), True),
-}
-
-
-def _budget(quick: bool) -> dict[str, Any]:
-    if quick:
-        return {"corpus": {"n_exo_per_pair": 5, "n_ego_per_pair": 2, "n_test_per_pair": 2,
-                           "n_background": 6},
-                "iters": 12, "batch_size": 8, "methods": ("ce", "selectivecl", "looptrans"),
-                "node_seconds": 3.0}
-    return {"corpus": {"n_exo_per_pair": 10, "n_ego_per_pair": 3, "n_test_per_pair": 10,
-                       "n_background": 20},
-            "iters": 100, "batch_size": 8, "methods": DEFAULT_METHODS, "node_seconds": 6.0}
+__all__ = [
+    "available_cpus",
+    "make_corpus",
+    "make_validation_corpus",
+    "run_demo",
+    "run_node_stage",
+    "score_rows",
+    "train_and_evaluate_split",
+    "train_method",
+]
 
 
 def _stage(name: str) -> None:
     print(f"\n== {name}", flush=True)
-
-
-#: Bumped whenever the generator's output changes, so that a cached corpus is rebuilt.
-CORPUS_VERSION = 3
 
 
 def make_corpus(root: Path, budget: dict[str, Any], seed: int,
@@ -91,9 +63,6 @@ def make_corpus(root: Path, budget: dict[str, Any], seed: int,
     record = {"params": params, "stats": stats.to_dict()}
     stamp.write_text(json.dumps(record, indent=1))
     return record
-
-
-VALIDATION_SEED_OFFSET = 1000
 
 
 def make_validation_corpus(root: Path, budget: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -121,12 +90,6 @@ def _mean_stat(log_file: Path, key: str) -> float | None:
             if key in record:
                 values.append(float(record[key]))
     return round(float(np.mean(values)), 3) if values else None
-
-
-def budget_snapshots(iters: int) -> list[int]:
-    """Training budgets a method chooses from on validation: a quarter, half and all of
-    ``iters`` (the last is ``model.pt`` itself)."""
-    return sorted({s for s in (iters // 4, iters // 2) if 1 <= s < iters})
 
 
 def train_method(name: str, data_root: Path, split: str, run_dir: Path, budget: dict,
@@ -163,11 +126,6 @@ def train_method(name: str, data_root: Path, split: str, run_dir: Path, budget: 
     return model_path
 
 
-ROW_METRICS = ("KLD", "SIM", "NSS", "peak_hit", "mask_iou", "action_sensitivity",
-               "absence_auroc", "empty_on_background")
-LOWER_IS_BETTER = {"KLD"}
-
-
 def score_rows(models: dict[str, Any], test_set) -> dict[str, dict[str, Any]]:
     """Every metric of each model or baseline on one extracted test set, with per-image values
     kept for the intervals (``per_image``)."""
@@ -179,179 +137,6 @@ def score_rows(models: dict[str, Any], test_set) -> dict[str, dict[str, Any]]:
         rows[name] = {**{k: metrics[k] for k in (*ROW_METRICS, "n", "n_background")},
                       "per_image": metrics["per_image"]}
     return rows
-
-
-def paired_gaps(rows: dict[str, dict[str, Any]], ours: str, theirs: str,
-                resamples: int = 2000, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Per-image gap ``ours - theirs`` on the same test images, with a 95 % interval from a
-    bootstrap over (action, object) pairs (:func:`training.stats.pair_bootstrap`).
-
-    Returns:
-        {metric: {"mean", "low", "high", "pairs", "n"}} for the per-image metrics (a negative
-        KLD gap and positive gaps elsewhere favour ``ours``).
-    """
-    from training.evaluate import PER_IMAGE_NAMES
-    from training.stats import pair_bootstrap, pair_groups
-
-    a, b = rows[ours]["per_image"], rows[theirs]["per_image"]
-    if a["key"] != b["key"]:
-        raise ValueError(f"{ours} and {theirs} were scored on different test images")
-    groups, _ = pair_groups(a["key"])
-    return {k: pair_bootstrap(np.asarray(a[k]) - np.asarray(b[k]), groups, resamples, seed)
-            for k in PER_IMAGE_NAMES}
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "–" if math.isnan(value) else f"{value:.3f}"
-    return "–" if value is None else str(value)
-
-
-def selectivecl_check(rows: dict[str, dict[str, Any]]) -> str:
-    """One sentence: does SelectiveCL beat every other row on KLD, SIM and NSS?"""
-    scl = rows["selectivecl"]
-    rivals = [name for name in rows if name != "selectivecl"]
-    lost = [f"{metric} vs {name} ({_fmt(scl[metric])} vs {_fmt(rows[name][metric])})"
-            for name in rivals for metric in ("KLD", "SIM", "NSS")
-            if (scl[metric] >= rows[name][metric] if metric == "KLD"
-                else scl[metric] <= rows[name][metric])]
-    if not lost:
-        return f"SelectiveCL beats {', '.join(rivals)} on KLD, SIM and NSS."
-    return "SelectiveCL does not beat: " + "; ".join(lost) + "."
-
-
-PROBE_ROWS = (
-    ("CLIP object-caption affinity IoU", "clip_object_iou", "centre_affinity_iou", ">= 0.5"),
-    ("CLIP action-prompt affinity IoU", "clip_action_iou", "centre_affinity_iou",
-     "> centre prior"),
-    ("CLIP hand prompt pointing (exo interaction cue)", "clip_hand_pointing",
-     "centre_hand_pointing", "> centre prior"),
-    ("DINO part clusters (K-means on keys)", "dino_part_iou", "pixel_part_iou",
-     "> raw-pixel K-means"),
-    ("DINO part transfer across instances", "dino_part_transfer_iou",
-     "pixel_part_transfer_iou", "> raw pixels"),
-    ("DINO CLS saliency IoU", "dino_saliency_iou", "centre_saliency_iou", "> centre prior"),
-)
-
-
-def probe_table(probe: dict[str, Any]) -> list[str]:
-    """Markdown rows: each probe number against random init and its trivial baseline."""
-    lines = ["| number | trained | random init | trivial baseline | target | met |",
-             "|---|---|---|---|---|---|"]
-    base, rand = probe.get("baselines", {}), probe.get("random", {})
-    for label, key, base_key, target in PROBE_ROWS:
-        if key not in probe:
-            continue
-        value, ref = probe[key], base.get(base_key)
-        met = value >= 0.5 if target == ">= 0.5" else (ref is not None and value > ref)
-        lines.append(f"| {label} | {_fmt(value)} | {_fmt(rand.get(key))} | "
-                     f"{_fmt(ref)} ({base_key}) | {target} | {'yes' if met else 'no'} |")
-    return lines
-
-
-SHORT = {"KLD": "KLD", "SIM": "SIM", "NSS": "NSS", "peak_hit": "peak hit",
-         "mask_iou": "mask IoU", "action_sensitivity": "action sens.",
-         "absence_auroc": "absence AUROC", "empty_on_background": "empty on bg"}
-
-
-def _inference_cell(row: dict[str, Any]) -> str:
-    choice = row.get("inference")
-    if not choice:
-        return "–"
-    return f"{choice['inference_branch']}/{choice['calibration']} @ {choice['step']}"
-
-
-def metric_table(rows: dict[str, dict[str, Any]]) -> list[str]:
-    """Markdown table of every row (method or baseline) and every metric."""
-    lines = ["| row | inference @ steps | " + " | ".join(SHORT[m] for m in ROW_METRICS)
-             + " | n | train s |", "|---" * (len(ROW_METRICS) + 4) + "|"]
-    for name, row in rows.items():
-        cells = " | ".join(_fmt(row[m]) for m in ROW_METRICS)
-        lines.append(f"| {name} | {_inference_cell(row)} | {cells} | {row['n']} | "
-                     f"{_fmt(row.get('train_seconds'))} |")
-    return lines
-
-
-def gap_sentence(name: str, gap: dict[str, dict[str, float]]) -> str:
-    return (f"SelectiveCL minus {name}, per test image (mean [95 % interval over (action, "
-            f"object) pairs]): " + "; ".join(
-                f"{k} {g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]"
-                for k, g in gap.items()) + ".")
-
-
-def write_report(out: Path, results: dict[str, Any]) -> str:
-    """results.json + results.md; returns the Markdown text."""
-    def strip(rows: dict[str, Any]) -> dict[str, Any]:
-        return {n: {k: v for k, v in r.items() if k != "per_image"} for n, r in rows.items()}
-
-    public = {**results, "splits": {s: strip(r) for s, r in results["splits"].items()}}
-    (out / "results.json").write_text(json.dumps(public, indent=1))
-    lines = ["# Embedded default: results", "",
-             f"Synthetic corpus (seed {results['seed']}), tiny backbones, batch "
-             f"{results['budget']['batch_size']}, at most {results['budget']['iters']} "
-             "iterations per method and split, training seed "
-             f"{results.get('train_seed', results['seed'])}. Each method's budget (snapshot "
-             "step), inference branch and calibration were chosen on the validation corpus "
-             "(new images of the training categories, corpus seed "
-             f"{results['seed'] + VALIDATION_SEED_OFFSET}); the test split was scored once. "
-             "selectivecl_paper is SelectiveCL with the paper's settings (ego branch, binary "
-             "calibration, lambda = 1, no residual token MLP, exo action prompt), nothing "
-             "chosen. KLD lower is better; every other column higher is better "
-             "(docs/evaluation.md defines them).", ""]
-    for split in SPLITS:
-        rows = results["splits"].get(split)
-        if not rows:
-            continue
-        lines += [f"## {split}", "", *metric_table(rows), ""]
-        ce, scl = rows.get("ce"), rows.get("selectivecl")
-        if ce and scl:
-            gain = (ce["KLD"] - scl["KLD"]) / ce["KLD"] * 100
-            word = "lower" if gain >= 0 else "higher"
-            lines += [f"SelectiveCL vs CE-only (both with their validation-chosen inference): "
-                      f"KLD {abs(gain):.1f}% {word}.", "", selectivecl_check(rows), ""]
-        for rival, gap in (scl or {}).get("gaps", {}).items():
-            lines += [gap_sentence(rival, gap), ""]
-    probe = results.get("backbone_probe")
-    if probe:
-        lines += ["## Tiny backbones against trivial baselines (held-out scenes)", "",
-                  *probe_table(probe), "", "```json", json.dumps(probe, indent=1), "```", ""]
-    node = results.get("node")
-    if node:
-        lines += ["## ROS 2 node on synthetic frames", "", "```json",
-                  json.dumps(node, indent=1), "```", ""]
-    lines += [f"Total wall time: {results['seconds']:.0f} s.", ""]
-    text = "\n".join(lines)
-    (out / "results.md").write_text(text)
-    return text
-
-
-def write_figure(out: Path, split: str, models: dict[str, Any], dataset, count: int = 6) -> Path:
-    """Rows: test images; columns: image, GT, then each method's heatmap overlay."""
-    from affordance_core.visualize import heatmap_overlay
-
-    picks = np.linspace(0, len(dataset) - 1, num=min(count, len(dataset))).astype(int)
-    rows = []
-    for index in picks:
-        item = dataset[int(index)]
-        image = (item["image"].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-        size = image.shape[0]
-        gt = cv2.resize(item["gt"].numpy(), (size, size))
-        tiles = [image, heatmap_overlay(image, gt)]
-        for model in models.values():
-            maps = model.predict_maps(item["image"][None], item["label"][None])
-            heat = cv2.resize(maps[0].numpy(), (size, size), interpolation=cv2.INTER_LINEAR)
-            heat = (heat - heat.min()) / (heat.max() - heat.min() + 1e-10)
-            tiles.append(heatmap_overlay(image, heat))
-        rows.append(np.concatenate(tiles, axis=1))
-    grid = np.concatenate(rows, axis=0)
-    header = np.full((24, grid.shape[1], 3), 255, np.uint8)
-    tile = grid.shape[1] // (2 + len(models))
-    for i, name in enumerate(["image", "GT", *models]):
-        cv2.putText(header, name, (i * tile + 4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                    (0, 0, 0), 1, cv2.LINE_AA)
-    path = out / f"overlays_{split}.png"
-    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate([header, grid]), cv2.COLOR_RGB2BGR))
-    return path
 
 
 def run_node_stage(checkpoint: Path, seconds: float, out: Path) -> dict[str, Any] | None:
@@ -385,7 +170,7 @@ def train_and_evaluate_split(split: str, data_root: Path, out: Path, budget: dic
         ``n_background``, ``per_image`` and, for methods, ``train_seconds``,
         ``reliable_rate`` and ``inference`` (the validation choice, None for
         ``selectivecl_paper``); SelectiveCL's row also has ``gaps`` to the object affinity
-        and to CE (:func:`paired_gaps`).
+        and to CE (:func:`training.stats.paired_gaps`).
     """
     from affordance_core import load_model
     from affordance_core.data import AffordanceTestDataset, BackgroundFrames
@@ -423,10 +208,15 @@ def train_and_evaluate_split(split: str, data_root: Path, out: Path, budget: dic
     if "selectivecl" in rows:
         rivals = [r for r in ("object affinity alone", "ce") if r in rows]
         rows["selectivecl"]["gaps"] = {r: paired_gaps(rows, "selectivecl", r) for r in rivals}
+    _print_rows(split, rows, flush=True)
+    return rows
+
+
+def _print_rows(split: str, rows: dict[str, dict[str, Any]], flush: bool = False) -> None:
+    """One progress line per row: KLD, SIM, NSS and peak hit."""
     for name, row in rows.items():
         print(f"{split:7s} {name:22s} KLD {row['KLD']:.3f} SIM {row['SIM']:.3f} "
-              f"NSS {row['NSS']:.3f} peak {row['peak_hit']:.3f}", flush=True)
-    return rows
+              f"NSS {row['NSS']:.3f} peak {row['peak_hit']:.3f}", flush=flush)
 
 
 def _split_worker(split: str, data_root: Path, out: Path, budget: dict[str, Any], seed: int,
@@ -492,9 +282,7 @@ def _run_splits_in_parallel(data_root: Path, out: Path, budget: dict[str, Any], 
         except Exception as exc:
             raise RuntimeError(f"the {split} split failed ({exc!r}); the end of its log "
                                f"{logs[split]}:\n{_last_lines(logs[split])}") from exc
-        for name, row in rows[split].items():
-            print(f"{split:7s} {name:22s} KLD {row['KLD']:.3f} SIM {row['SIM']:.3f} "
-                  f"NSS {row['NSS']:.3f} peak {row['peak_hit']:.3f}")
+        _print_rows(split, rows[split])
     return rows
 
 
@@ -531,7 +319,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, jobs: int | None = N
     from affordance_core.data import AffordanceTestDataset
 
     start = time.perf_counter()
-    budget = dict(budget if budget is not None else _budget(quick))
+    budget = dict(budget if budget is not None else demo_budget(quick))
     if methods:
         unknown = [m for m in methods if m not in METHOD_ORDER]
         if unknown:
@@ -586,32 +374,3 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, jobs: int | None = N
     text = write_report(out, results)
     print("\n" + text)
     return results
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="affordance-demo",
-        description="Synthetic corpus -> train CE/LOCATE/SelectiveCL/LoopTrans -> evaluate "
-                    "-> results table, figures -> ROS 2 node run.")
-    parser.add_argument("--out", default="outputs/demo", help="output folder (reused)")
-    parser.add_argument("--quick", action="store_true", help="smaller corpus and budget")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--jobs", type=int, default=None,
-                        help="processes training the two splits side by side (default: 2 "
-                             "with at least two CPUs, else 1)")
-    parser.add_argument("--methods", nargs="+", choices=METHOD_ORDER, default=None,
-                        help=f"methods to train (default: {' '.join(DEFAULT_METHODS)}; "
-                             "looptrans_gated is LoopTrans with the pIoU gate)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from training.common import run_cli
-
-    def body(_: Sequence[str] | None) -> int:
-        run_demo(Path(args.out), args.quick, args.seed, args.jobs, methods=args.methods)
-        return 0
-
-    return run_cli("affordance-demo", body, [])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,5 @@
 """Does SelectiveCL's exo -> ego part discovery find the afforded part? (``python -m
-training.discovery_probe``)
+training.probes.discovery``)
 
 For every validation ego image (test layout, with GT) the probe takes ``num_exo`` training exo
 images of the same (action, object) pair and runs SelectiveCL's discovery as training does
@@ -27,7 +27,6 @@ The model is only read; no test image is involved. Last line: one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,8 +45,9 @@ from affordance_core.discovery import discover_parts
 from affordance_core.affinity import exo_object_affinity
 from affordance_core.metrics import MetricAccumulator
 from affordance_core.model import Features
+from training.common import print_json_result
 
-__all__ = ["probe_discovery", "main"]
+__all__ = ["main", "probe_discovery"]
 
 
 def _exo_images(paths: Sequence[Path], j: int, num_exo: int, size: int) -> Tensor:
@@ -189,10 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, m in result["maps"].items():
         print(f"{name:44s} KLD {m['KLD']:.3f}  SIM {m['SIM']:.3f}  NSS {m['NSS']:.3f}  "
               f"n {int(m['n'])}")
-    line = json.dumps({"split": args.split, **result})
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(line)
+    print_json_result(result, args.out, line={"split": args.split, **result})
     return 0
 
 

@@ -25,14 +25,13 @@ benchmark corpus) it reports:
   Baseline ``centre_saliency_iou``: a centre Gaussian above its mean.
 
 Every learned number is also given for randomly initialised models (``random`` block).
-CLI: ``python -m training.backbone_probe [--weights-dir weights/tiny] [--out probe.json]``
+CLI: ``python -m training.probes.backbone [--weights-dir weights/tiny] [--out probe.json]``
 prints one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,8 @@ from torch import Tensor, nn
 
 from affordance_core.prompts import HAND_PROMPT, ego_prompt
 from affordance_core.tiny import (
+    TINY_CLIP_FILE,
+    TINY_DINO_FILE,
     TINY_GRID,
     TINY_IMAGE_SIZE,
     build_tiny_clip,
@@ -56,20 +57,13 @@ from affordance_core.tiny import (
     normalize_dino,
     tiny_tokenizer,
 )
+from training.common import print_json_result
+from training.pretrain.data import build_pretrain_data, load_world, object_captions, patch_targets
 
 __all__ = ["PROBE_SEED_SALT", "batched_kmeans", "main", "part_transfer_iou", "probe_backbones",
            "probe_scenes"]
 
 PROBE_SEED_SALT = 7919
-
-
-from training.pretrain import build_pretrain_data, load_world, object_captions, patch_targets
-
-
-def _world(world: Any | None) -> Any:
-    if world is not None:
-        return world
-    return load_world()
 
 
 def probe_scenes(world: Any, seed: int, n: int) -> dict[str, Any]:
@@ -331,7 +325,7 @@ def probe_backbones(
         Flat dict of floats (see the module docstring) plus ``"random"`` (same keys for random
         init), ``"baselines"`` and ``"n"``; all IoUs and accuracies in [0, 1].
     """
-    world = _world(world)
+    world = world if world is not None else load_world()
     sc = probe_scenes(world, seed, n)
     dino_was, clip_was = dino.training, clip.training
     dino.eval()
@@ -365,15 +359,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="also write the JSON to this file")
     args = ap.parse_args(argv)
     wdir = Path(args.weights_dir) if args.weights_dir else default_tiny_weights_dir()
-    from affordance_core.tiny import TINY_CLIP_FILE, TINY_DINO_FILE
-
     dino = load_tiny_dino(wdir / TINY_DINO_FILE)
     clip = load_tiny_clip(wdir / TINY_CLIP_FILE)
-    res = probe_backbones(dino, clip, tiny_tokenizer(), seed=args.seed, n=args.n)
-    line = json.dumps(res)
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
-    print(line)
+    print_json_result(probe_backbones(dino, clip, tiny_tokenizer(), seed=args.seed, n=args.n),
+                      args.out)
     return 0
 
 

@@ -7,7 +7,7 @@ part(s) (the part's full extent, under the hand too), blurred like the test GT, 
 model's exocentric CAM of the labelled action with the protocol's KLD/SIM/NSS, separately for
 images whose part is occluded by the hand and for the others.
 
-Usage: python -m training.occlusion_probe --data-root outputs/demo/data --split Seen \
+Usage: python -m training.probes.occlusion --data-root outputs/demo/data --split Seen \
            --checkpoint RUN/model.pt [--checkpoint RUN2/model.pt ...] [--max-items 300]
 Last line: one JSON object {checkpoint: {occluded: {...}, visible: {...}}}.
 """
@@ -17,8 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,8 +27,10 @@ import torch
 from affordance_core import load_model
 from affordance_core.data.transforms import center_resize, load_rgb, to_tensor
 from affordance_core.metrics import MetricAccumulator
-from affordance_core.synthetic.corpus import _BENCH_SALT, _key
+from affordance_core.synthetic.corpus import corpus_image_rng
 from affordance_core.synthetic.world import affordance_heatmap, afforded_parts, render_scene
+
+__all__ = ["main", "rebuild_exo_truth", "score_exo_branch"]
 
 
 def rebuild_exo_truth(data_root: Path, split: str, seed: int, size: int,
@@ -39,7 +42,7 @@ def rebuild_exo_truth(data_root: Path, split: str, seed: int, size: int,
     for rel, info in sorted(meta.items())[: max_items or None]:
         _, aff, obj, name = Path(rel).parts
         index = int(Path(name).stem.rsplit("_", 1)[1])
-        rng = np.random.default_rng(_key(seed, _BENCH_SALT, split, "exo", aff, obj, index))
+        rng = corpus_image_rng(seed, split, "exo", aff, obj, index)
         occluded = bool(rng.random() < occlusion_rate)
         if occluded != bool(info["occluded"]):
             raise ValueError(f"{rel}: re-rendering does not reproduce the corpus; pass the "
@@ -48,13 +51,13 @@ def rebuild_exo_truth(data_root: Path, split: str, seed: int, size: int,
         mask = np.zeros((size, size), bool)
         for part in afforded_parts(obj, aff):
             mask |= scene.amodal_part_masks.get(part, np.zeros_like(mask))
-        items.append((data_root / split / "trainset" / rel, aff, affordance_heatmap(mask, max(1.0, 0.02 * size)),
-                      occluded))
+        heatmap = affordance_heatmap(mask, max(1.0, 0.02 * size))
+        items.append((data_root / split / "trainset" / rel, aff, heatmap, occluded))
     return items
 
 
 @torch.no_grad()
-def score_exo_branch(model, items: Sequence[tuple[Path, str, np.ndarray, bool]],
+def score_exo_branch(model: torch.nn.Module, items: Sequence[tuple[Path, str, np.ndarray, bool]],
                      batch_size: int = 32) -> dict[str, dict[str, float]]:
     """Protocol metrics of the exo CAM against the amodal part GT, by occlusion."""
     groups = {True: MetricAccumulator(), False: MetricAccumulator()}
@@ -75,6 +78,7 @@ def score_exo_branch(model, items: Sequence[tuple[Path, str, np.ndarray, bool]],
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: score each ``--checkpoint``; prints one JSON line per checkpoint, then all."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", required=True, type=Path)
     parser.add_argument("--split", default="Seen")

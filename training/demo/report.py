@@ -1,0 +1,153 @@
+"""The demo's report: ``results.json``, ``results.md`` (tables and numbers) and the heatmap
+overlay figures."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from training.demo.settings import ROW_METRICS, SPLITS, VALIDATION_SEED_OFFSET
+
+__all__ = ["SHORT", "metric_table", "probe_table", "write_figure", "write_report"]
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.3f}"
+    return "–" if value is None else str(value)
+
+
+#: Probe table rows: label, probe key, key of its trivial baseline.
+PROBE_ROWS = (
+    ("CLIP object-caption affinity IoU", "clip_object_iou", "centre_affinity_iou"),
+    ("CLIP action-prompt affinity IoU", "clip_action_iou", "centre_affinity_iou"),
+    ("CLIP hand prompt pointing (exo interaction cue)", "clip_hand_pointing",
+     "centre_hand_pointing"),
+    ("DINO part clusters (K-means on keys)", "dino_part_iou", "pixel_part_iou"),
+    ("DINO part transfer across instances", "dino_part_transfer_iou",
+     "pixel_part_transfer_iou"),
+    ("DINO CLS saliency IoU", "dino_saliency_iou", "centre_saliency_iou"),
+)
+
+
+def probe_table(probe: dict[str, Any]) -> list[str]:
+    """Markdown rows: each probe number, at random init and of its trivial baseline."""
+    lines = ["| number | trained | random init | trivial baseline |", "|---|---|---|---|"]
+    base, rand = probe.get("baselines", {}), probe.get("random", {})
+    for label, key, base_key in PROBE_ROWS:
+        if key in probe:
+            lines.append(f"| {label} | {_fmt(probe[key])} | {_fmt(rand.get(key))} | "
+                         f"{_fmt(base.get(base_key))} ({base_key}) |")
+    return lines
+
+
+#: Column labels of the row metrics.
+SHORT = {"KLD": "KLD", "SIM": "SIM", "NSS": "NSS", "peak_hit": "peak hit",
+         "mask_iou": "mask IoU", "action_sensitivity": "action sens.",
+         "absence_auroc": "absence AUROC", "empty_on_background": "empty on bg"}
+
+
+def _inference_cell(row: dict[str, Any]) -> str:
+    choice = row.get("inference")
+    if not choice:
+        return "–"
+    return f"{choice['inference_branch']}/{choice['calibration']} @ {choice['step']}"
+
+
+def metric_table(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown table of every row (method or baseline) and every metric."""
+    lines = ["| row | inference @ steps | " + " | ".join(SHORT[m] for m in ROW_METRICS)
+             + " | n | train s |", "|---" * (len(ROW_METRICS) + 4) + "|"]
+    for name, row in rows.items():
+        cells = " | ".join(_fmt(row[m]) for m in ROW_METRICS)
+        lines.append(f"| {name} | {_inference_cell(row)} | {cells} | {row['n']} | "
+                     f"{_fmt(row.get('train_seconds'))} |")
+    return lines
+
+
+def gap_sentence(name: str, gap: dict[str, dict[str, float]]) -> str:
+    """One line: SelectiveCL minus ``name`` per metric, mean and 95 % interval."""
+    return (f"SelectiveCL minus {name}, per test image (mean [95 % interval over (action, "
+            f"object) pairs]): " + "; ".join(
+                f"{k} {g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]"
+                for k, g in gap.items()) + ".")
+
+
+def write_report(out: Path, results: dict[str, Any]) -> str:
+    """results.json + results.md; returns the Markdown text."""
+    def strip(rows: dict[str, Any]) -> dict[str, Any]:
+        return {n: {k: v for k, v in r.items() if k != "per_image"} for n, r in rows.items()}
+
+    public = {**results, "splits": {s: strip(r) for s, r in results["splits"].items()}}
+    (out / "results.json").write_text(json.dumps(public, indent=1))
+    lines = ["# Embedded default: results", "",
+             f"Synthetic corpus (seed {results['seed']}), tiny backbones, batch "
+             f"{results['budget']['batch_size']}, at most {results['budget']['iters']} "
+             "iterations per method and split, training seed "
+             f"{results.get('train_seed', results['seed'])}. Each method's budget (snapshot "
+             "step), inference branch and calibration were chosen on the validation corpus "
+             "(new images of the training categories, corpus seed "
+             f"{results['seed'] + VALIDATION_SEED_OFFSET}); the test split was scored once. "
+             "selectivecl_paper is SelectiveCL with the paper's settings (ego branch, binary "
+             "calibration, lambda = 1, no residual token MLP, exo action prompt), nothing "
+             "chosen. KLD lower is better; every other column higher is better "
+             "(docs/evaluation.md defines them).", ""]
+    for split in SPLITS:
+        rows = results["splits"].get(split)
+        if not rows:
+            continue
+        lines += [f"## {split}", "", *metric_table(rows), ""]
+        ce, scl = rows.get("ce"), rows.get("selectivecl")
+        if ce and scl:
+            gain = (ce["KLD"] - scl["KLD"]) / ce["KLD"] * 100
+            word = "lower" if gain >= 0 else "higher"
+            lines += [f"SelectiveCL vs CE-only (both with their validation-chosen inference): "
+                      f"KLD {abs(gain):.1f}% {word}.", ""]
+        for rival, gap in (scl or {}).get("gaps", {}).items():
+            lines += [gap_sentence(rival, gap), ""]
+    probe = results.get("backbone_probe")
+    if probe:
+        lines += ["## Tiny backbones against trivial baselines (held-out scenes)", "",
+                  *probe_table(probe), "", "```json", json.dumps(probe, indent=1), "```", ""]
+    node = results.get("node")
+    if node:
+        lines += ["## ROS 2 node on synthetic frames", "", "```json",
+                  json.dumps(node, indent=1), "```", ""]
+    lines += [f"Total wall time: {results['seconds']:.0f} s.", ""]
+    text = "\n".join(lines)
+    (out / "results.md").write_text(text)
+    return text
+
+
+def write_figure(out: Path, split: str, models: dict[str, Any], dataset, count: int = 6) -> Path:
+    """Rows: test images; columns: image, GT, then each method's heatmap overlay."""
+    from affordance_core.visualize import heatmap_overlay
+
+    picks = np.linspace(0, len(dataset) - 1, num=min(count, len(dataset))).astype(int)
+    rows = []
+    for index in picks:
+        item = dataset[int(index)]
+        image = (item["image"].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        size = image.shape[0]
+        gt = cv2.resize(item["gt"].numpy(), (size, size))
+        tiles = [image, heatmap_overlay(image, gt)]
+        for model in models.values():
+            maps = model.predict_maps(item["image"][None], item["label"][None])
+            heat = cv2.resize(maps[0].numpy(), (size, size), interpolation=cv2.INTER_LINEAR)
+            heat = (heat - heat.min()) / (heat.max() - heat.min() + 1e-10)
+            tiles.append(heatmap_overlay(image, heat))
+        rows.append(np.concatenate(tiles, axis=1))
+    grid = np.concatenate(rows, axis=0)
+    header = np.full((24, grid.shape[1], 3), 255, np.uint8)
+    tile = grid.shape[1] // (2 + len(models))
+    for i, name in enumerate(["image", "GT", *models]):
+        cv2.putText(header, name, (i * tile + 4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                    (0, 0, 0), 1, cv2.LINE_AA)
+    path = out / f"overlays_{split}.png"
+    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate([header, grid]), cv2.COLOR_RGB2BGR))
+    return path
