@@ -3,6 +3,7 @@
 `colcon build` uses CMakeLists.txt (ament_cmake) instead; this file serves `pip install -e .`
 for users who train offline, and for the test suite.
 """
+
 from setuptools import find_packages, setup
 
 setup(
@@ -26,9 +27,16 @@ setup(
         "pyyaml",
     ],
     extras_require={
-        "ros": ["ros-jazzy-rclpy[fastrtps]", "ros-jazzy-sensor-msgs", "ros-jazzy-std-msgs",
-                "ros-jazzy-geometry-msgs", "ros-jazzy-diagnostic-msgs",
-                "ros-jazzy-visualization-msgs", "ros-jazzy-lifecycle-msgs", "rosbags"],
+        "ros": [
+            "ros-jazzy-rclpy[fastrtps]",
+            "ros-jazzy-sensor-msgs",
+            "ros-jazzy-std-msgs",
+            "ros-jazzy-geometry-msgs",
+            "ros-jazzy-diagnostic-msgs",
+            "ros-jazzy-visualization-msgs",
+            "ros-jazzy-lifecycle-msgs",
+            "rosbags",
+        ],
         "export": ["onnx", "onnxruntime"],
         "test": ["pytest", "pytest-timeout", "ruff==0.17.6"],
     },

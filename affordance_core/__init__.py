@@ -20,6 +20,16 @@ from .registry import list_models as list_models
 from .registry import register_model as register_model
 from .weights import WeightsError as WeightsError
 
-__all__ = ["AffordanceConfig", "AffordanceModel", "AffordancePrediction", "AffordancePredictor",
-           "WeightsError", "create_model", "get_config", "list_models", "load_model",
-           "register_model", "save_model"]
+__all__ = [
+    "AffordanceConfig",
+    "AffordanceModel",
+    "AffordancePrediction",
+    "AffordancePredictor",
+    "WeightsError",
+    "create_model",
+    "get_config",
+    "list_models",
+    "load_model",
+    "register_model",
+    "save_model",
+]

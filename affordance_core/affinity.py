@@ -34,8 +34,9 @@ def prompt_affinity(clip_dense: Tensor, text: Tensor) -> Tensor:
     return torch.einsum("ndhw,nad->nahw", clip_dense, text)
 
 
-def exo_object_affinity(model: AffordanceModel, exo_clip: Tensor, exo_labels: Tensor,
-                        exo_to_ego: Tensor | None = None) -> Tensor:
+def exo_object_affinity(
+    model: AffordanceModel, exo_clip: Tensor, exo_labels: Tensor, exo_to_ego: Tensor | None = None
+) -> Tensor:
     """SelectiveCL's exo affinity A_exo: the 3x3 local mean (border-clipped) of the
     interaction cue's cosine times the ego-prompt cosine.
 
@@ -56,4 +57,3 @@ def exo_object_affinity(model: AffordanceModel, exo_clip: Tensor, exo_labels: Te
         exo_to_ego = model.affinity(exo_clip, exo_labels, "ego")
     local = F.avg_pool2d(cue[:, None], 3, 1, 1, count_include_pad=False)[:, 0]
     return local * exo_to_ego
-

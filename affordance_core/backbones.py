@@ -99,25 +99,34 @@ class DinoBackbone(nn.Module):
         mean, std: input normalisation.
     """
 
-    def __init__(self, vit: nn.Module, saliency_heads: Sequence[int] | None = None,
-                 mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD) -> None:
+    def __init__(
+        self,
+        vit: nn.Module,
+        saliency_heads: Sequence[int] | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
         super().__init__()
         self.vit = vit
         self.normalize = _Normalize(mean, std)
         heads = vit.blocks[-1].attn.num_heads
-        self.saliency_heads = list(range(heads)) if saliency_heads is None else list(saliency_heads)
+        self.saliency_heads = (
+            list(range(heads)) if saliency_heads is None else list(saliency_heads)
+        )
         if max(self.saliency_heads) >= heads:
-            raise ValueError(f"saliency_heads {self.saliency_heads} out of range for {heads} heads")
+            raise ValueError(
+                f"saliency_heads {self.saliency_heads} out of range for {heads} heads"
+            )
         self.num_prefix = int(getattr(vit, "num_prefix_tokens", 1))
         self.dim = int(vit.embed_dim)
 
     def forward(self, images: Tensor) -> DinoFeatures:
         """Args: images (N, 3, S, S) float RGB in [0, 1]. Returns: DinoFeatures."""
-        q, k = vit_last_block_qk(self.vit, self.normalize(images))           # (N, H, T, dh)
+        q, k = vit_last_block_qk(self.vit, self.normalize(images))  # (N, H, T, dh)
         sel = self.saliency_heads
-        cls_attn = cls_patch_attention(q[:, sel], k[:, sel], self.vit.blocks[-1].attn.scale,
-                                       self.num_prefix)
+        cls_attn = cls_patch_attention(
+            q[:, sel], k[:, sel], self.vit.blocks[-1].attn.scale, self.num_prefix
+        )
         keys = keys_to_grid(k, self.num_prefix)
         n, _, h, w = keys.shape
         return DinoFeatures(keys=keys, cls_attention=cls_attn.reshape(n, len(sel), h, w))
@@ -156,7 +165,7 @@ def cls_patch_attention(q: Tensor, k: Tensor, scale: float, num_prefix: int) -> 
         (N, H, T - num_prefix) softmax weights over all T tokens, read at the patches (each
         row sums to less than 1: the prefix tokens' share is left out).
     """
-    logits = (q[:, :, :1] * scale) @ k.transpose(-1, -2)                     # (N, H, 1, T)
+    logits = (q[:, :, :1] * scale) @ k.transpose(-1, -2)  # (N, H, 1, T)
     return logits.softmax(-1)[:, :, 0, num_prefix:]
 
 
@@ -210,7 +219,7 @@ def clearclip_head(visual: nn.Module, tokens: Tensor, normalize: bool = True) ->
     q, _, v = F.linear(y, mha.in_proj_weight, mha.in_proj_bias).chunk(3, dim=-1)
     q = q.view(n, count, heads, head_dim).transpose(1, 2)
     v = v.view(n, count, heads, head_dim).transpose(1, 2)
-    out = F.scaled_dot_product_attention(q, q, v)                           # (N, H, T, dh)
+    out = F.scaled_dot_product_attention(q, q, v)  # (N, H, T, dh)
     out = visual.ln_post(mha.out_proj(out.transpose(1, 2).reshape(n, count, width))[:, 1:])
     if visual.proj is not None:
         out = out @ visual.proj
@@ -234,8 +243,13 @@ class ClipBackbone(nn.Module):
         tokenizer: callable mapping a list of strings to a (T, L) int64 token tensor.
     """
 
-    def __init__(self, clip: nn.Module, tokenizer: Callable[[list[str]], Tensor],
-                 mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> None:
+    def __init__(
+        self,
+        clip: nn.Module,
+        tokenizer: Callable[[list[str]], Tensor],
+        mean: Sequence[float] = CLIP_MEAN,
+        std: Sequence[float] = CLIP_STD,
+    ) -> None:
         super().__init__()
         self.clip = clip
         self.tokenizer = tokenizer

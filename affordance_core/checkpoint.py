@@ -14,8 +14,14 @@ from .files import atomic_write
 from .methods import method_spec
 from .model import AffordanceModel
 
-__all__ = ["atomic_save", "save_model", "load_model", "read_checkpoint", "update_checkpoint_config",
-           "CHECKPOINT_FORMAT"]
+__all__ = [
+    "atomic_save",
+    "save_model",
+    "load_model",
+    "read_checkpoint",
+    "update_checkpoint_config",
+    "CHECKPOINT_FORMAT",
+]
 
 CHECKPOINT_FORMAT = "affordance_ros/model/v1"
 
@@ -30,7 +36,9 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def save_model(path: str | os.PathLike, model: AffordanceModel, extra: dict[str, Any] | None = None) -> Path:
+def save_model(
+    path: str | os.PathLike, model: AffordanceModel, extra: dict[str, Any] | None = None
+) -> Path:
     """Write the model's config, vocabulary and trainable heads (not the frozen backbones)."""
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -52,18 +60,23 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; train one with "
-                                f"affordance-train (it writes RUN_DIR/model.pt)")
+        raise FileNotFoundError(
+            f"checkpoint {path} does not exist; train one with "
+            f"affordance-train (it writes RUN_DIR/model.pt)"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); "
-                         f"is it truncated?") from None
+        raise ValueError(
+            f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); is it truncated?"
+        ) from None
     if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
         payload = payload["model"]
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an affordance model checkpoint (expected format "
-                         f"{CHECKPOINT_FORMAT!r}); pass RUN_DIR/model.pt from affordance-train")
+        raise ValueError(
+            f"{path} is not an affordance model checkpoint (expected format "
+            f"{CHECKPOINT_FORMAT!r}); pass RUN_DIR/model.pt from affordance-train"
+        )
     return payload
 
 
@@ -72,9 +85,11 @@ def _check_branch_switch(saved: dict[str, Any], fields: dict[str, Any]) -> None:
     a model trained with LoopTrans' pixel decoder has the ``pixel`` branch (and keeps it)."""
     old, new = saved.get("inference_branch", "ego"), fields.get("inference_branch")
     if new is not None and new != old and "pixel" in (old, new):
-        raise ValueError(f"inference_branch {old!r} cannot become {new!r} after training: "
-                         f"the pixel decoder's weights exist only in a model trained with "
-                         f"inference_branch 'pixel'; choose 'ego', 'exo' or 'ego+exo' instead")
+        raise ValueError(
+            f"inference_branch {old!r} cannot become {new!r} after training: "
+            f"the pixel decoder's weights exist only in a model trained with "
+            f"inference_branch 'pixel'; choose 'ego', 'exo' or 'ego+exo' instead"
+        )
 
 
 def update_checkpoint_config(path: str | os.PathLike, **fields: Any) -> Path:
@@ -92,8 +107,11 @@ def update_checkpoint_config(path: str | os.PathLike, **fields: Any) -> Path:
     unknown = set(fields) - set(AffordanceConfig().to_dict())
     if unknown:
         raise ValueError(f"not AffordanceConfig fields: {sorted(unknown)}")
-    changes = {k: [payload["config"].get(k), v] for k, v in fields.items()
-               if payload["config"].get(k) != v}
+    changes = {
+        k: [payload["config"].get(k), v]
+        for k, v in fields.items()
+        if payload["config"].get(k) != v
+    }
     if not changes:
         return Path(path)
     _check_branch_switch(payload["config"], fields)
@@ -113,9 +131,14 @@ def _saved_config(payload: dict[str, Any]) -> dict[str, Any]:
     return saved
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
-               weights_dir: str | os.PathLike | None = None, pretrained: bool = True,
-               allow_download: bool = False, **overrides: Any) -> AffordanceModel:
+def load_model(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    weights_dir: str | os.PathLike | None = None,
+    pretrained: bool = True,
+    allow_download: bool = False,
+    **overrides: Any,
+) -> AffordanceModel:
     """Rebuild a trained model: preset backbones (from their weights) + the saved heads.
 
     Args:
@@ -137,4 +160,3 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     except ValueError as exc:
         raise ValueError(f"checkpoint {path} does not fit the {cfg.name!r} model: {exc}") from None
     return model.to(device).eval()
-

@@ -25,8 +25,13 @@ from torch import Tensor, nn
 
 from .discovery import masked_kmeans
 
-__all__ = ["Clusterer", "KMeansClusterer", "PrototypeClusterer", "modularity_loss",
-           "fit_prototype_clusterer"]
+__all__ = [
+    "Clusterer",
+    "KMeansClusterer",
+    "PrototypeClusterer",
+    "modularity_loss",
+    "fit_prototype_clusterer",
+]
 
 
 class Clusterer(Protocol):
@@ -34,8 +39,7 @@ class Clusterer(Protocol):
 
     num_clusters: int
 
-    def __call__(self, keys: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        ...
+    def __call__(self, keys: Tensor, generator: torch.Generator | None = None) -> Tensor: ...
 
 
 class KMeansClusterer(nn.Module):
@@ -60,7 +64,7 @@ class KMeansClusterer(nn.Module):
             K non-empty clusters at initialisation; Lloyd updates may still empty one.
         """
         b, _, h, w = keys.shape
-        points = F.normalize(keys.flatten(2).transpose(1, 2).float(), dim=-1)      # (B, P, D)
+        points = F.normalize(keys.flatten(2).transpose(1, 2).float(), dim=-1)  # (B, P, D)
         valid = torch.ones(points.shape[:2], dtype=torch.bool, device=keys.device)
         centroids, _ = masked_kmeans(points, valid, self.num_clusters, self.iters, generator)
         return torch.cdist(points, centroids).argmin(-1).view(b, h, w)
@@ -81,9 +85,9 @@ def modularity_loss(scores: Tensor, descriptors: Tensor) -> Tensor:
         scalar, -Q averaged over images (in [-1, 0.5]).
     """
     x = F.normalize(descriptors, dim=1)
-    adj = (x.transpose(1, 2) @ x).clamp_min(0)                                     # (B, P, P)
-    degree = adj.sum(-1)                                                            # (B, P)
-    total = degree.sum(-1)                                                          # (B,) = 2m
+    adj = (x.transpose(1, 2) @ x).clamp_min(0)  # (B, P, P)
+    degree = adj.sum(-1)  # (B, P)
+    total = degree.sum(-1)  # (B,) = 2m
     within = ((scores @ adj) * scores).sum((1, 2))
     expected = (scores @ degree[..., None]).pow(2).sum((1, 2)) / total
     return -((within - expected) / total).mean()
@@ -94,8 +98,9 @@ class _TokenLayer(nn.Module):
         super().__init__()
         self.cross = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.mix = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.ffn = nn.Sequential(nn.Linear(dim, dim * mlp_ratio), nn.GELU(),
-                                 nn.Linear(dim * mlp_ratio, dim))
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, dim * mlp_ratio), nn.GELU(), nn.Linear(dim * mlp_ratio, dim)
+        )
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, tokens: Tensor, queries: Tensor, patches: Tensor) -> Tensor:
@@ -123,9 +128,16 @@ class PrototypeClusterer(nn.Module):
         temperature: softmax temperature of the soft assignments used for training.
     """
 
-    def __init__(self, dim: int, num_clusters: int = 4, depth: int = 2, heads: int = 8,
-                 mlp_ratio: int = 4, freeze_queries: bool = False,
-                 temperature: float = 0.1) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_clusters: int = 4,
+        depth: int = 2,
+        heads: int = 8,
+        mlp_ratio: int = 4,
+        freeze_queries: bool = False,
+        temperature: float = 0.1,
+    ) -> None:
         super().__init__()
         self.num_clusters = num_clusters
         self.freeze_queries = freeze_queries
@@ -136,7 +148,7 @@ class PrototypeClusterer(nn.Module):
 
     def scores(self, keys: Tensor) -> Tensor:
         """Args: keys (B, D, h, w). Returns: (B, K, h*w) cos(descriptor, token) + 1 in [0, 2]."""
-        patches = keys.flatten(2).transpose(1, 2)                                   # (B, P, D)
+        patches = keys.flatten(2).transpose(1, 2)  # (B, P, D)
         init = self.tokens[None].expand(keys.shape[0], -1, -1)
         tokens = init
         memory = self.input_norm(patches)
@@ -157,8 +169,9 @@ class PrototypeClusterer(nn.Module):
         return self.scores(keys.float()).argmax(1).view(b, h, w)
 
 
-def fit_prototype_clusterer(clusterer: PrototypeClusterer, batches: Iterable[Tensor],
-                            lr: float = 1e-3) -> list[float]:
+def fit_prototype_clusterer(
+    clusterer: PrototypeClusterer, batches: Iterable[Tensor], lr: float = 1e-3
+) -> list[float]:
     """Train a :class:`PrototypeClusterer` unsupervised, one Adam step per batch of keys.
 
     Args:

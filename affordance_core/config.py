@@ -87,13 +87,16 @@ class AffordanceConfig:
     def __post_init__(self) -> None:
         self.calibration = CALIBRATION_ALIASES.get(self.calibration, self.calibration)
         if self.calibration not in CALIBRATIONS:
-            raise ValueError(f"calibration must be one of {CALIBRATIONS}, got "
-                             f"{self.calibration!r}")
+            raise ValueError(
+                f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}"
+            )
         if not 0.0 <= float(self.object_threshold) <= 1.0:
             raise ValueError(f"object_threshold must be in [0, 1], got {self.object_threshold}")
         if self.inference_branch not in INFERENCE_BRANCHES:
-            raise ValueError(f"inference_branch must be one of {INFERENCE_BRANCHES}, got "
-                             f"{self.inference_branch!r}")
+            raise ValueError(
+                f"inference_branch must be one of {INFERENCE_BRANCHES}, got "
+                f"{self.inference_branch!r}"
+            )
         if self.exo_cue not in ("prompt", "hand"):
             raise ValueError(f"exo_cue must be 'prompt' or 'hand', got {self.exo_cue!r}")
 
@@ -104,7 +107,7 @@ class AffordanceConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "AffordanceConfig":
+    def from_dict(cls, data: dict[str, Any]) -> AffordanceConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

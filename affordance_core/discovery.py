@@ -17,8 +17,13 @@ from .backbones import minmax
 __all__ = ["masked_kmeans", "piou", "PartDiscovery", "discover_parts"]
 
 
-def masked_kmeans(points: Tensor, valid: Tensor, k: int = 3, iters: int = 10,
-                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def masked_kmeans(
+    points: Tensor,
+    valid: Tensor,
+    k: int = 3,
+    iters: int = 10,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
     """Lloyd's K-means run independently per batch row on the valid points only.
 
     Args:
@@ -39,7 +44,7 @@ def masked_kmeans(points: Tensor, valid: Tensor, k: int = 3, iters: int = 10,
     gen_device = generator.device if generator is not None else points.device
     noise = torch.rand(b, n, generator=generator, device=gen_device).to(points.device)
     noise = noise.masked_fill(~valid, -1.0)
-    init = noise.topk(k, dim=1).indices                                      # (B, k)
+    init = noise.topk(k, dim=1).indices  # (B, k)
     centroids = points.gather(1, init[..., None].expand(-1, -1, points.shape[-1]))
     if iters < 1:
         raise ValueError(f"iters must be a positive number of Lloyd iterations, got {iters}")
@@ -48,15 +53,16 @@ def masked_kmeans(points: Tensor, valid: Tensor, k: int = 3, iters: int = 10,
     for _ in range(iters):
         # squared distances up to the per-point constant |x|^2, which argmin ignores
         dist = (centroids * centroids).sum(-1)[:, None] - 2 * points @ centroids.transpose(1, 2)
-        assign = dist.argmin(-1)                                             # (B, N)
+        assign = dist.argmin(-1)  # (B, N)
         if previous is not None and torch.equal(assign, previous):
-            break                    # same assignments give the same centroids from here on
+            break  # same assignments give the same centroids from here on
         previous = assign
-        onehot = F.one_hot(assign, k).to(points.dtype) * weight[..., None]    # (B, N, k)
-        counts = onehot.sum(1)                                               # (B, k)
-        sums = onehot.transpose(1, 2) @ points                               # (B, k, D)
-        centroids = torch.where(counts[..., None] > 0,
-                                sums / counts.clamp_min(1.0)[..., None], centroids)
+        onehot = F.one_hot(assign, k).to(points.dtype) * weight[..., None]  # (B, N, k)
+        counts = onehot.sum(1)  # (B, k)
+        sums = onehot.transpose(1, 2) @ points  # (B, k, D)
+        centroids = torch.where(
+            counts[..., None] > 0, sums / counts.clamp_min(1.0)[..., None], centroids
+        )
     return centroids, ok
 
 
@@ -100,9 +106,17 @@ class PartDiscovery:
     scores: Tensor
 
 
-def discover_parts(exo_keys: Tensor, exo_maps: Tensor, ego_keys: Tensor, ego_saliency: Tensor,
-                   region_threshold: float = 0.6, piou_threshold: float = 0.6, k: int = 3,
-                   iters: int = 10, generator: torch.Generator | None = None) -> PartDiscovery:
+def discover_parts(
+    exo_keys: Tensor,
+    exo_maps: Tensor,
+    ego_keys: Tensor,
+    ego_saliency: Tensor,
+    region_threshold: float = 0.6,
+    piou_threshold: float = 0.6,
+    k: int = 3,
+    iters: int = 10,
+    generator: torch.Generator | None = None,
+) -> PartDiscovery:
     """Find the affordance part prototype from exocentric interaction regions.
 
     Steps (per sample, batched): min-max normalise each exo map and keep the descriptors above
@@ -122,16 +136,17 @@ def discover_parts(exo_keys: Tensor, exo_maps: Tensor, ego_keys: Tensor, ego_sal
         generator: RNG of the K-means initialisation.
     """
     b, e, d, h, w = exo_keys.shape
-    region = minmax(exo_maps) > region_threshold                             # (B, E, h, w)
+    region = minmax(exo_maps) > region_threshold  # (B, E, h, w)
     points = exo_keys.permute(0, 1, 3, 4, 2).reshape(b, e * h * w, d)
     centroids, enough = masked_kmeans(points, region.reshape(b, -1), k, iters, generator)
-    centroids = F.normalize(centroids, dim=-1)                                # (B, K, D)
-    ego = F.normalize(ego_keys.flatten(2), dim=1)                             # (B, D, P)
+    centroids = F.normalize(centroids, dim=-1)  # (B, K, D)
+    ego = F.normalize(ego_keys.flatten(2), dim=1)  # (B, D, P)
     sim = minmax(torch.einsum("bkd,bdp->bkp", centroids, ego)[..., None])[..., 0]
     parts = sim > sim.mean(-1, keepdim=True)
-    scores = piou(parts, ego_saliency.reshape(b, -1))                         # (B, K)
+    scores = piou(parts, ego_saliency.reshape(b, -1))  # (B, K)
     best, idx = scores.max(1)
     best = torch.where(enough, best, torch.zeros_like(best))
     centroid = centroids.gather(1, idx.view(b, 1, 1).expand(-1, 1, d))[:, 0]
-    return PartDiscovery(centroid, enough & (best >= piou_threshold), enough, best, centroids,
-                         scores)
+    return PartDiscovery(
+        centroid, enough & (best >= piou_threshold), enough, best, centroids, scores
+    )

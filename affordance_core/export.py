@@ -86,8 +86,9 @@ class InferenceGraph(nn.Module):
         return self.model.maps_from_features(self.model.extract(images), class_ids)
 
 
-def _example_inputs(model: AffordanceModel, batch: int = 2, seed: int = 0
-                    ) -> tuple[Tensor, Tensor]:
+def _example_inputs(
+    model: AffordanceModel, batch: int = 2, seed: int = 0
+) -> tuple[Tensor, Tensor]:
     generator = torch.Generator().manual_seed(seed)
     size = model.image_size
     images = torch.rand(batch, 3, size, size, generator=generator)
@@ -119,10 +120,15 @@ def mha_fastpath_disabled() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(previous)
 
 
-def export_onnx_module(module: nn.Module, inputs: tuple[Tensor, ...], path: str | os.PathLike,
-                       input_names: Sequence[str], output_names: Sequence[str],
-                       dynamic_axes: dict[str, dict[int, str]] | None = None,
-                       opset: int = 17) -> Path:
+def export_onnx_module(
+    module: nn.Module,
+    inputs: tuple[Tensor, ...],
+    path: str | os.PathLike,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
+    opset: int = 17,
+) -> Path:
     """Export one eval-mode module with the TorchScript-based ONNX exporter.
 
     Runs under :func:`mha_fastpath_disabled` and ``torch.no_grad``, with the exporter's
@@ -151,19 +157,27 @@ def export_onnx_module(module: nn.Module, inputs: tuple[Tensor, ...], path: str 
     context = _quiet_export_warnings()
     try:
         with torch.no_grad(), mha_fastpath_disabled():
-            torch.onnx.export(module, inputs, str(path), dynamo=False, opset_version=opset,
-                              input_names=list(input_names), output_names=list(output_names),
-                              dynamic_axes=dynamic_axes, do_constant_folding=True)
+            torch.onnx.export(
+                module,
+                inputs,
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=list(input_names),
+                output_names=list(output_names),
+                dynamic_axes=dynamic_axes,
+                do_constant_folding=True,
+            )
     except Exception as exc:
-        raise RuntimeError(f"ONNX export to {path} failed: {type(exc).__name__}: "
-                           f"{exc}") from exc
+        raise RuntimeError(f"ONNX export to {path} failed: {type(exc).__name__}: {exc}") from exc
     finally:
         context.__exit__(None, None, None)
     return path
 
 
-def export_torchscript(model: AffordanceModel, path: str | os.PathLike,
-                       example_batch: int = 2) -> Path:
+def export_torchscript(
+    model: AffordanceModel, path: str | os.PathLike, example_batch: int = 2
+) -> Path:
     """Trace the inference graph with ``torch.jit.trace`` and save it.
 
     The traced graph keeps the batch dimension dynamic; the image size is fixed to the
@@ -191,8 +205,13 @@ def export_torchscript(model: AffordanceModel, path: str | os.PathLike,
     return path
 
 
-def export_onnx(model: AffordanceModel, path: str | os.PathLike, opset: int = 17,
-                dynamic_batch: bool = True, example_batch: int = 2) -> Path:
+def export_onnx(
+    model: AffordanceModel,
+    path: str | os.PathLike,
+    opset: int = 17,
+    dynamic_batch: bool = True,
+    example_batch: int = 2,
+) -> Path:
     """Export the inference graph to ONNX (TorchScript-based exporter, ``dynamo=False``).
 
     Args:
@@ -211,8 +230,7 @@ def export_onnx(model: AffordanceModel, path: str | os.PathLike, opset: int = 17
     """
     graph = InferenceGraph(model.float().cpu())
     inputs = _example_inputs(model, example_batch)
-    axes = ({"images": {0: "N"}, "class_ids": {0: "N"}, "maps": {0: "N"}}
-            if dynamic_batch else None)
+    axes = {"images": {0: "N"}, "class_ids": {0: "N"}, "maps": {0: "N"}} if dynamic_batch else None
     return export_onnx_module(graph, inputs, path, INPUT_NAMES, OUTPUT_NAMES, axes, opset)
 
 
@@ -221,14 +239,18 @@ def _runner(fmt: str, path: Path):
         try:
             import onnxruntime as ort
         except ImportError:
-            raise RuntimeError("checking an ONNX file needs onnxruntime: "
-                               "pip install onnxruntime") from None
+            raise RuntimeError(
+                "checking an ONNX file needs onnxruntime: pip install onnxruntime"
+            ) from None
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
         def run(images: Tensor, class_ids: Tensor) -> Tensor:
-            out = session.run(OUTPUT_NAMES, {"images": images.cpu().numpy(),
-                                             "class_ids": class_ids.cpu().numpy()})[0]
+            out = session.run(
+                OUTPUT_NAMES,
+                {"images": images.cpu().numpy(), "class_ids": class_ids.cpu().numpy()},
+            )[0]
             return torch.from_numpy(out)
+
         return run
     if fmt == "torchscript":
         graph = torch.jit.load(str(path), map_location="cpu")
@@ -236,12 +258,18 @@ def _runner(fmt: str, path: Path):
         def run(images: Tensor, class_ids: Tensor) -> Tensor:
             with torch.no_grad():
                 return graph(images, class_ids).cpu()
+
         return run
     raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
 
 
-def compare_with_eager(model: AffordanceModel, path: str | os.PathLike, fmt: str,
-                       batch_sizes: Sequence[int] = (1, 2), seed: int = 1) -> dict[str, float]:
+def compare_with_eager(
+    model: AffordanceModel,
+    path: str | os.PathLike,
+    fmt: str,
+    batch_sizes: Sequence[int] = (1, 2),
+    seed: int = 1,
+) -> dict[str, float]:
     """Run an exported file (onnxruntime CPU / TorchScript) and eager PyTorch on random inputs.
 
     Args:
@@ -266,15 +294,22 @@ def compare_with_eager(model: AffordanceModel, path: str | os.PathLike, fmt: str
         expected = model.predict_maps(images, class_ids)
         got = run(images, class_ids)
         if got.shape != expected.shape:
-            raise RuntimeError(f"exported graph returned shape {tuple(got.shape)} for batch "
-                               f"{batch}; eager gives {tuple(expected.shape)}")
+            raise RuntimeError(
+                f"exported graph returned shape {tuple(got.shape)} for batch "
+                f"{batch}; eager gives {tuple(expected.shape)}"
+            )
         worst = max(worst, float((got - expected).abs().max()))
         span = max(span, float(expected.max() - expected.min()))
     return {"max_abs_diff": worst, "map_range": span}
 
 
-def export(model: AffordanceModel, path: str | os.PathLike, fmt: str, opset: int = 17,
-           dynamic_batch: bool = True) -> Path:
+def export(
+    model: AffordanceModel,
+    path: str | os.PathLike,
+    fmt: str,
+    opset: int = 17,
+    dynamic_batch: bool = True,
+) -> Path:
     """Dispatch to :func:`export_onnx` or :func:`export_torchscript` by format name.
 
     Raises:
@@ -291,15 +326,18 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m affordance_core.export",
         description="Export a trained affordance model (backbones + heads + calibration) to "
-                    "ONNX or TorchScript and check it against eager PyTorch.")
+        "ONNX or TorchScript and check it against eager PyTorch.",
+    )
     parser.add_argument("--checkpoint", required=True, help="RUN_DIR/model.pt")
-    parser.add_argument("--format", required=True, dest="fmt",
-                        help=f"one of {', '.join(FORMATS)}")
+    parser.add_argument("--format", required=True, dest="fmt", help=f"one of {', '.join(FORMATS)}")
     parser.add_argument("--out", required=True, help="output file")
     parser.add_argument("--weights-dir", help="directory with the backbone weights")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    parser.add_argument("--static-batch", action="store_true",
-                        help="ONNX: fix the batch size to 2 instead of a symbolic N")
+    parser.add_argument(
+        "--static-batch",
+        action="store_true",
+        help="ONNX: fix the batch size to 2 instead of a symbolic N",
+    )
     return parser
 
 
@@ -308,22 +346,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
         if args.fmt not in FORMATS:
-            raise ValueError(f"unknown export format {args.fmt!r}; choose from "
-                             f"{', '.join(FORMATS)}")
+            raise ValueError(
+                f"unknown export format {args.fmt!r}; choose from {', '.join(FORMATS)}"
+            )
         from .checkpoint import load_model
 
         model = load_model(args.checkpoint, device="cpu", weights_dir=args.weights_dir)
-        path = export(model, args.out, args.fmt, opset=args.opset,
-                      dynamic_batch=not args.static_batch)
+        path = export(
+            model, args.out, args.fmt, opset=args.opset, dynamic_batch=not args.static_batch
+        )
         batches = (2,) if args.static_batch and args.fmt == "onnx" else (1, 2)
         check = compare_with_eager(model, path, args.fmt, batch_sizes=batches)
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
         message = " ".join(str(exc).split())
         print(f"affordance-export: error: {message}", file=sys.stderr, flush=True)
         return 1
-    print(json.dumps({"file": str(path), "format": args.fmt,
-                      "size_bytes": path.stat().st_size, **check,
-                      "batch_sizes": list(batches)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "file": str(path),
+                "format": args.fmt,
+                "size_bytes": path.stat().st_size,
+                **check,
+                "batch_sizes": list(batches),
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 

@@ -5,7 +5,8 @@ plus the trainable heads a method needs.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -19,13 +20,20 @@ __all__ = ["build_backbones", "create_model"]
 
 
 def _how_to_get(cfg_file: str, url: str) -> str:
-    return (f"Get {cfg_file} from {url} and pass its folder with --weights-dir "
-            f"(node parameter weights_dir), or set AFFORDANCE_WEIGHTS_DIR.")
+    return (
+        f"Get {cfg_file} from {url} and pass its folder with --weights-dir "
+        f"(node parameter weights_dir), or set AFFORDANCE_WEIGHTS_DIR."
+    )
 
 
-def _load_backbone_state(module: torch.nn.Module, file_name: str, url: str,
-                         weights_dir: str | os.PathLike | None, ignore: tuple[str, ...] = (),
-                         what: str = "") -> bool:
+def _load_backbone_state(
+    module: torch.nn.Module,
+    file_name: str,
+    url: str,
+    weights_dir: str | os.PathLike | None,
+    ignore: tuple[str, ...] = (),
+    what: str = "",
+) -> bool:
     path = find_weights(file_name, weights_dir)
     if path is None:
         return False
@@ -35,14 +43,18 @@ def _load_backbone_state(module: torch.nn.Module, file_name: str, url: str,
         state.pop(key, None)
     if what == "dino":
         from timm.models.vision_transformer import checkpoint_filter_fn
+
         state = checkpoint_filter_fn(state, module)
     load_strict(module, state, path, how, ignore=ignore)
     return True
 
 
-def build_backbones(cfg: AffordanceConfig, weights_dir: str | os.PathLike | None = None,
-                    pretrained: bool = True, allow_download: bool = False
-                    ) -> tuple[DinoBackbone, ClipBackbone | None]:
+def build_backbones(
+    cfg: AffordanceConfig,
+    weights_dir: str | os.PathLike | None = None,
+    pretrained: bool = True,
+    allow_download: bool = False,
+) -> tuple[DinoBackbone, ClipBackbone | None]:
     """Build the frozen DINO- and CLIP-role backbones for a config.
 
     Args:
@@ -56,28 +68,40 @@ def build_backbones(cfg: AffordanceConfig, weights_dir: str | os.PathLike | None
     """
     if cfg.dino == "tiny" or cfg.clip == "tiny":
         from . import tiny as tiny_arch
+
         if weights_dir is None:
             weights_dir = tiny_arch.default_tiny_weights_dir()
     if cfg.dino == "tiny":
         vit = tiny_arch.build_tiny_dino()
     else:
         import timm
-        vit = timm.create_model(cfg.dino, pretrained=False, num_classes=0,
-                                img_size=cfg.image_size)
-    if pretrained and not _load_backbone_state(vit, cfg.dino_file, cfg.dino_url, weights_dir,
-                                               ignore=("head.weight", "head.bias"), what="dino"):
+
+        vit = timm.create_model(cfg.dino, pretrained=False, num_classes=0, img_size=cfg.image_size)
+    if pretrained and not _load_backbone_state(
+        vit,
+        cfg.dino_file,
+        cfg.dino_url,
+        weights_dir,
+        ignore=("head.weight", "head.bias"),
+        what="dino",
+    ):
         if allow_download and cfg.dino_hub:
             import timm
+
             try:
                 vit = timm.create_model(cfg.dino_hub, pretrained=True, num_classes=0)
             except Exception as exc:  # noqa: BLE001 - offline hub: report the local fix
-                raise WeightsError(f"DINO weights {cfg.dino_file} not found locally and the "
-                                   f"download failed ({exc}). "
-                                   f"{_how_to_get(cfg.dino_file, cfg.dino_url)}") from None
+                raise WeightsError(
+                    f"DINO weights {cfg.dino_file} not found locally and the "
+                    f"download failed ({exc}). "
+                    f"{_how_to_get(cfg.dino_file, cfg.dino_url)}"
+                ) from None
         else:
-            raise WeightsError(f"DINO weights {cfg.dino_file} not found in {weights_dir or '-'}"
-                               f" or the torch hub cache. "
-                               f"{_how_to_get(cfg.dino_file, cfg.dino_url)}")
+            raise WeightsError(
+                f"DINO weights {cfg.dino_file} not found in {weights_dir or '-'}"
+                f" or the torch hub cache. "
+                f"{_how_to_get(cfg.dino_file, cfg.dino_url)}"
+            )
     dino = DinoBackbone(vit, cfg.saliency_heads, IMAGENET_MEAN, IMAGENET_STD)
 
     clip_backbone = None
@@ -87,22 +111,27 @@ def build_backbones(cfg: AffordanceConfig, weights_dir: str | os.PathLike | None
             tokenizer = tiny_arch.tiny_tokenizer()
         else:
             import open_clip
+
             clip = open_clip.create_model(cfg.clip, pretrained=None, force_quick_gelu=True)
             tokenizer = open_clip.get_tokenizer(cfg.clip)
-        if pretrained and not _load_backbone_state(clip, cfg.clip_file, cfg.clip_url,
-                                                   weights_dir):
+        if pretrained and not _load_backbone_state(clip, cfg.clip_file, cfg.clip_url, weights_dir):
             if allow_download and cfg.clip_hub_tag:
                 import open_clip
+
                 try:
                     clip = open_clip.create_model(cfg.clip, pretrained=cfg.clip_hub_tag)
                 except Exception as exc:  # noqa: BLE001
-                    raise WeightsError(f"CLIP weights {cfg.clip_file} not found locally and the "
-                                       f"download failed ({exc}). "
-                                       f"{_how_to_get(cfg.clip_file, cfg.clip_url)}") from None
+                    raise WeightsError(
+                        f"CLIP weights {cfg.clip_file} not found locally and the "
+                        f"download failed ({exc}). "
+                        f"{_how_to_get(cfg.clip_file, cfg.clip_url)}"
+                    ) from None
             else:
-                raise WeightsError(f"CLIP weights {cfg.clip_file} not found in "
-                                   f"{weights_dir or '-'} or the torch hub cache. "
-                                   f"{_how_to_get(cfg.clip_file, cfg.clip_url)}")
+                raise WeightsError(
+                    f"CLIP weights {cfg.clip_file} not found in "
+                    f"{weights_dir or '-'} or the torch hub cache. "
+                    f"{_how_to_get(cfg.clip_file, cfg.clip_url)}"
+                )
         clip_backbone = ClipBackbone(clip, tokenizer, CLIP_MEAN, CLIP_STD)
     for module in (dino, clip_backbone):
         if module is not None:
@@ -110,9 +139,16 @@ def build_backbones(cfg: AffordanceConfig, weights_dir: str | os.PathLike | None
     return dino, clip_backbone
 
 
-def create_model(name: str = "tiny", *, vocabulary: Sequence[str], method: str = "selectivecl",
-                 weights_dir: str | os.PathLike | None = None, pretrained: bool = True,
-                 allow_download: bool = False, **overrides: Any) -> AffordanceModel:
+def create_model(
+    name: str = "tiny",
+    *,
+    vocabulary: Sequence[str],
+    method: str = "selectivecl",
+    weights_dir: str | os.PathLike | None = None,
+    pretrained: bool = True,
+    allow_download: bool = False,
+    **overrides: Any,
+) -> AffordanceModel:
     """Build an :class:`~affordance_core.model.AffordanceModel` from a preset.
 
     Args:

@@ -15,8 +15,8 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -32,8 +32,16 @@ __all__ = ["BACKBONE_FIELDS", "FeatureCache", "CachedTrainDataset", "backbone_fi
 logger = logging.getLogger(__name__)
 
 #: ``AffordanceConfig`` fields that change what ``AffordanceModel.extract`` returns.
-BACKBONE_FIELDS = ("image_size", "dino", "dino_file", "dino_hub", "saliency_heads", "clip",
-                   "clip_file", "clip_hub_tag")
+BACKBONE_FIELDS = (
+    "image_size",
+    "dino",
+    "dino_file",
+    "dino_hub",
+    "saliency_heads",
+    "clip",
+    "clip_file",
+    "clip_hub_tag",
+)
 
 
 def backbone_fingerprint(model: AffordanceModel) -> str:
@@ -44,8 +52,9 @@ def backbone_fingerprint(model: AffordanceModel) -> str:
     """
     config = model.config.to_dict()
     digest = hashlib.sha1()
-    digest.update(json.dumps({k: config[k] for k in BACKBONE_FIELDS}, sort_keys=True,
-                             default=str).encode())
+    digest.update(
+        json.dumps({k: config[k] for k in BACKBONE_FIELDS}, sort_keys=True, default=str).encode()
+    )
     for role, backbone in (("dino", model.dino), ("clip", model.clip)):
         if backbone is None:
             continue
@@ -64,9 +73,10 @@ class FeatureCache:
         views: cached views per image (1 = plain, 2 = plain + mirrored).
     """
 
-    def __init__(self, array: np.ndarray, index: dict[str, int], dims: tuple[int, int, int],
-                 views: int) -> None:
-        self.array = array                    # (N, views, sum(dims), h, w) float16
+    def __init__(
+        self, array: np.ndarray, index: dict[str, int], dims: tuple[int, int, int], views: int
+    ) -> None:
+        self.array = array  # (N, views, sum(dims), h, w) float16
         self.index = index
         self.dims = dims
         self.views = views
@@ -86,9 +96,16 @@ class FeatureCache:
         return digest.hexdigest()[:16]
 
     @classmethod
-    def build(cls, model: AffordanceModel, paths: Sequence[Path], cache_dir: str | os.PathLike,
-              views: int = 2, batch_size: int = 32, device: str | torch.device = "cpu",
-              progress: bool = True) -> "FeatureCache":
+    def build(
+        cls,
+        model: AffordanceModel,
+        paths: Sequence[Path],
+        cache_dir: str | os.PathLike,
+        views: int = 2,
+        batch_size: int = 32,
+        device: str | torch.device = "cpu",
+        progress: bool = True,
+    ) -> FeatureCache:
         """Compute (or reuse, when the fingerprint matches) the features of ``paths``.
 
         Args:
@@ -113,18 +130,26 @@ class FeatureCache:
         model = model.to(device).eval()
         size = model.image_size
         probe = model.extract(torch.zeros(1, 3, size, size, device=device))
-        dims = (probe.keys.shape[1], probe.cls_attention.shape[1],
-                0 if probe.clip is None else probe.clip.shape[1])
+        dims = (
+            probe.keys.shape[1],
+            probe.cls_attention.shape[1],
+            0 if probe.clip is None else probe.clip.shape[1],
+        )
         grid = probe.keys.shape[-2:]
         with atomic_write(array_path) as tmp_path:
-            array = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.float16,
-                                              shape=(len(paths), views, sum(dims), *grid))
+            array = np.lib.format.open_memmap(
+                tmp_path, mode="w+", dtype=np.float16, shape=(len(paths), views, sum(dims), *grid)
+            )
             index: dict[str, int] = {}
             row = 0
-            bar = tqdm(total=len(paths), desc="caching backbone features", unit="img",
-                       disable=not progress)
+            bar = tqdm(
+                total=len(paths),
+                desc="caching backbone features",
+                unit="img",
+                disable=not progress,
+            )
             for start in range(0, len(paths), batch_size):
-                chunk = paths[start:start + batch_size]
+                chunk = paths[start : start + batch_size]
                 images, names = [], []
                 for path in chunk:
                     image = load_rgb(path)
@@ -143,7 +168,7 @@ class FeatureCache:
                     if feats.clip is not None:
                         parts.append(feats.clip)
                     packed = torch.cat(parts, 1).half().cpu().numpy()
-                    array[row:row + len(names), view] = packed
+                    array[row : row + len(names), view] = packed
                 for offset, name in enumerate(names):
                     index[name] = row + offset
                 row += len(names)
@@ -161,9 +186,9 @@ class FeatureCache:
     def unpack(self, packed: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split packed (..., C, h, w) features into keys / attn / clip."""
         k, a, c = self.dims
-        out = {"keys": packed[..., :k, :, :], "attn": packed[..., k:k + a, :, :]}
+        out = {"keys": packed[..., :k, :, :], "attn": packed[..., k : k + a, :, :]}
         if c:
-            out["clip"] = packed[..., k + a:, :, :]
+            out["clip"] = packed[..., k + a :, :, :]
         return out
 
 

@@ -31,6 +31,7 @@ Beside them, what a planner acts on (all vectorised over images; docs/evaluation
   the action is afforded from pairs where it is not;
 * ``empty_on_background``: the share of background-only frames whose grasp mask is empty.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
@@ -61,8 +62,13 @@ EVAL_SIZE = 224
 
 METRIC_NAMES = ("KLD", "SIM", "NSS")
 
-PLANNER_METRIC_NAMES = ("peak_hit", "mask_iou", "action_sensitivity", "absence_auroc",
-                        "empty_on_background")
+PLANNER_METRIC_NAMES = (
+    "peak_hit",
+    "mask_iou",
+    "action_sensitivity",
+    "absence_auroc",
+    "empty_on_background",
+)
 """The planner-facing metrics that ``affordance-eval`` reports beside :data:`METRIC_NAMES`."""
 
 GT_REGION_FRACTION = 0.5
@@ -89,13 +95,15 @@ def _bilinear(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(maps.shape[-2:]) == size:
         return maps
     # Half-pixel centres without antialiasing: the same sampling grid as cv2's INTER_LINEAR.
-    out = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False,
-                        antialias=False)
+    out = F.interpolate(
+        maps[:, None], size=size, mode="bilinear", align_corners=False, antialias=False
+    )
     return out[:, 0]
 
 
-def prepare_prediction(maps: torch.Tensor | np.ndarray,
-                       size: int | tuple[int, int] = EVAL_SIZE) -> torch.Tensor:
+def prepare_prediction(
+    maps: torch.Tensor | np.ndarray, size: int | tuple[int, int] = EVAL_SIZE
+) -> torch.Tensor:
     """Turns raw affordance maps into the protocol's evaluation maps.
 
     Bilinear resize to ``size`` (cv2 ``INTER_LINEAR`` semantics), then per-map min-max
@@ -125,8 +133,9 @@ def prepare_prediction(maps: torch.Tensor | np.ndarray,
     return ((maps - lo) / (hi - lo + _MINMAX_EPS)).to(torch.float32)
 
 
-def prepare_gt(gt: torch.Tensor | np.ndarray,
-               size: int | tuple[int, int] = EVAL_SIZE) -> torch.Tensor:
+def prepare_gt(
+    gt: torch.Tensor | np.ndarray, size: int | tuple[int, int] = EVAL_SIZE
+) -> torch.Tensor:
     """Turns a stored ground-truth heat map into the protocol's evaluation map.
 
     ``GT / 255`` followed by a bilinear resize (cv2 ``INTER_LINEAR`` semantics). Integer input
@@ -181,7 +190,8 @@ def affordance_metrics(pred: torch.Tensor, gt: torch.Tensor) -> dict[str, torch.
     if pred.shape != gt.shape or pred.ndim != 3:
         raise ValueError(
             f"pred and gt must both be (N, H, W) of the same shape, got {tuple(pred.shape)} and "
-            f"{tuple(gt.shape)}; resize with prepare_prediction(maps, size=gt.shape[-2:])")
+            f"{tuple(gt.shape)}; resize with prepare_prediction(maps, size=gt.shape[-2:])"
+        )
     pred = pred.detach().to(torch.float64).flatten(1)  # (N, HW)
     gt = gt.detach().to(device=pred.device, dtype=torch.float64).flatten(1)  # (N, HW)
     if not (bool(torch.isfinite(pred).all()) and bool(torch.isfinite(gt).all())):
@@ -197,14 +207,15 @@ def affordance_metrics(pred: torch.Tensor, gt: torch.Tensor) -> dict[str, torch.
     z = torch.where(std > 0, z, torch.zeros_like(z))
     g_lo = gt.amin(dim=1, keepdim=True)
     g_shift = gt - g_lo
-    fixation = (g_shift / (g_shift.amax(dim=1, keepdim=True) + _EPS) > _FIXATION_THRESHOLD)
+    fixation = g_shift / (g_shift.amax(dim=1, keepdim=True) + _EPS) > _FIXATION_THRESHOLD
     fixation = fixation.to(torch.float64)
     nss = (z * fixation).sum(dim=1) / (fixation + _EPS).sum(dim=1)
     return {"KLD": kld, "SIM": sim, "NSS": nss}
 
 
-def summarize(metrics: Mapping[str, torch.Tensor] | Iterable[Mapping[str, torch.Tensor]]
-              ) -> dict[str, float | int]:
+def summarize(
+    metrics: Mapping[str, torch.Tensor] | Iterable[Mapping[str, torch.Tensor]],
+) -> dict[str, float | int]:
     """Means over images, as the protocol reports them.
 
     Args:
@@ -245,8 +256,12 @@ class MetricAccumulator:
         self._sums.zero_()
         self._n = 0
 
-    def update(self, pred: torch.Tensor | np.ndarray, gt: torch.Tensor | np.ndarray,
-               prepared: bool = False) -> dict[str, torch.Tensor]:
+    def update(
+        self,
+        pred: torch.Tensor | np.ndarray,
+        gt: torch.Tensor | np.ndarray,
+        prepared: bool = False,
+    ) -> dict[str, torch.Tensor]:
         """Adds a batch of images.
 
         Args:
@@ -262,8 +277,9 @@ class MetricAccumulator:
         if gt.ndim == 2:
             gt = gt[None]
         if not prepared:
-            pred = prepare_prediction(torch.as_tensor(pred).detach().cpu(),
-                                      size=tuple(gt.shape[-2:]))
+            pred = prepare_prediction(
+                torch.as_tensor(pred).detach().cpu(), size=tuple(gt.shape[-2:])
+            )
         values = affordance_metrics(pred, gt)
         self._sums += torch.stack([values[k].sum().cpu() for k in METRIC_NAMES])
         self._n += int(values["KLD"].numel())
@@ -299,8 +315,11 @@ def gt_region(gt: torch.Tensor | np.ndarray, fraction: float = GT_REGION_FRACTIO
     return (gt >= fraction * peak) & (gt > 0)
 
 
-def peak_hit(pred: torch.Tensor | np.ndarray, gt: torch.Tensor | np.ndarray,
-             fraction: float = GT_REGION_FRACTION) -> torch.Tensor:
+def peak_hit(
+    pred: torch.Tensor | np.ndarray,
+    gt: torch.Tensor | np.ndarray,
+    fraction: float = GT_REGION_FRACTION,
+) -> torch.Tensor:
     """Pointing game: does each prediction's maximum fall on the GT region?
 
     Every pixel that attains the maximum counts, so a map with tied maxima scores the share of
@@ -317,14 +336,17 @@ def peak_hit(pred: torch.Tensor | np.ndarray, gt: torch.Tensor | np.ndarray,
     """
     pred, gt = _pair(pred, gt)
     flat = pred.flatten(1)
-    is_max = flat == flat.amax(1, keepdim=True)                                  # (N, HW)
+    is_max = flat == flat.amax(1, keepdim=True)  # (N, HW)
     region = gt_region(gt, fraction).flatten(1)
     hits = (is_max & region).sum(1).double() / is_max.sum(1).double()
     return torch.where(region.any(1), hits, torch.full_like(hits, float("nan")))
 
 
-def mask_iou(masks: torch.Tensor | np.ndarray, gt: torch.Tensor | np.ndarray,
-             fraction: float = GT_REGION_FRACTION) -> torch.Tensor:
+def mask_iou(
+    masks: torch.Tensor | np.ndarray,
+    gt: torch.Tensor | np.ndarray,
+    fraction: float = GT_REGION_FRACTION,
+) -> torch.Tensor:
     """IoU of each predicted grasp mask with the GT region.
 
     Args:
@@ -345,8 +367,9 @@ def mask_iou(masks: torch.Tensor | np.ndarray, gt: torch.Tensor | np.ndarray,
     return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
 
 
-def action_sensitivity(label_kld: torch.Tensor, other_kld: torch.Tensor,
-                       valid: torch.Tensor) -> torch.Tensor:
+def action_sensitivity(
+    label_kld: torch.Tensor, other_kld: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
     """Per image, the share of other afforded actions whose map is farther from the GT.
 
     Args:
@@ -363,8 +386,10 @@ def action_sensitivity(label_kld: torch.Tensor, other_kld: torch.Tensor,
     other_kld = torch.as_tensor(other_kld, dtype=torch.float64)
     valid = torch.as_tensor(valid, dtype=torch.bool)
     if other_kld.shape != valid.shape or other_kld.shape[:1] != label_kld.shape:
-        raise ValueError(f"shapes do not match: label_kld {tuple(label_kld.shape)}, other_kld "
-                         f"{tuple(other_kld.shape)}, valid {tuple(valid.shape)}")
+        raise ValueError(
+            f"shapes do not match: label_kld {tuple(label_kld.shape)}, other_kld "
+            f"{tuple(other_kld.shape)}, valid {tuple(valid.shape)}"
+        )
     won = (label_kld[:, None] < other_kld).double() + 0.5 * (label_kld[:, None] == other_kld)
     count = valid.sum(1).double()
     share = (won * valid).sum(1) / count.clamp_min(1)
@@ -395,12 +420,15 @@ def auroc(scores: torch.Tensor | np.ndarray, positive: torch.Tensor | np.ndarray
     return float(roc_auc_score(positive, scores))
 
 
-def _pair(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray
-          ) -> tuple[torch.Tensor, torch.Tensor]:
+def _pair(
+    a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
     a, b = torch.as_tensor(a), torch.as_tensor(b)
     a = a[None] if a.ndim == 2 else a
     b = b[None] if b.ndim == 2 else b
     if a.shape != b.shape or a.ndim != 3:
-        raise ValueError(f"expected two (N, H, W) arrays of one shape, got {tuple(a.shape)} and "
-                         f"{tuple(b.shape)}")
+        raise ValueError(
+            f"expected two (N, H, W) arrays of one shape, got {tuple(a.shape)} and "
+            f"{tuple(b.shape)}"
+        )
     return a, b.to(a.device)

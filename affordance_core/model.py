@@ -36,8 +36,9 @@ class Features:
         return cls_saliency(self.cls_attention, binarize_heads)
 
     def index(self, idx: Tensor | slice) -> Features:
-        return Features(self.keys[idx], self.cls_attention[idx],
-                        None if self.clip is None else self.clip[idx])
+        return Features(
+            self.keys[idx], self.cls_attention[idx], None if self.clip is None else self.clip[idx]
+        )
 
 
 class TokenMLP(nn.Module):
@@ -51,7 +52,7 @@ class TokenMLP(nn.Module):
         self.residual = residual
 
     def forward(self, x: Tensor) -> Tensor:
-        tokens = x.permute(0, 2, 3, 1)                                       # (N, h, w, D)
+        tokens = x.permute(0, 2, 3, 1)  # (N, h, w, D)
         out = self.fc2(F.gelu(self.fc1(self.norm(tokens))))
         if self.residual:
             out = out + tokens
@@ -60,8 +61,13 @@ class TokenMLP(nn.Module):
 
 def _view_projection(dim: int, out: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(dim, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(inplace=True),
-        nn.Conv2d(out, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(inplace=True))
+        nn.Conv2d(dim, out, 3, padding=1),
+        nn.BatchNorm2d(out),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(out, out, 3, padding=1),
+        nn.BatchNorm2d(out),
+        nn.ReLU(inplace=True),
+    )
 
 
 class AffordanceModel(nn.Module):
@@ -79,8 +85,13 @@ class AffordanceModel(nn.Module):
         clip: CLIP-role backbone (frozen) or None.
     """
 
-    def __init__(self, config: AffordanceConfig, vocabulary: Sequence[str], dino: DinoBackbone,
-                 clip: ClipBackbone | None) -> None:
+    def __init__(
+        self,
+        config: AffordanceConfig,
+        vocabulary: Sequence[str],
+        dino: DinoBackbone,
+        clip: ClipBackbone | None,
+    ) -> None:
         super().__init__()
         if not vocabulary:
             raise ValueError("the vocabulary is empty; a model needs at least one action word")
@@ -96,8 +107,9 @@ class AffordanceModel(nn.Module):
         self.aff_proj = TokenMLP(dim, config.mlp_ratio, config.proj_residual)
         self.ego_proj = _view_projection(dim, width)
         self.exo_proj = _view_projection(dim, width)
-        self.pixel_proj = (_view_projection(dim, width) if config.inference_branch == "pixel"
-                           else None)
+        self.pixel_proj = (
+            _view_projection(dim, width) if config.inference_branch == "pixel" else None
+        )
         self.classifier = nn.Conv2d(width, self.num_classes + config.num_noise_classes, 1)
         wants_contrast = config.contrast_heads
         self.proto_head = nn.Conv2d(width, width, 1) if wants_contrast else None
@@ -117,8 +129,9 @@ class AffordanceModel(nn.Module):
         try:
             return self.vocabulary.index(action)
         except ValueError:
-            raise ValueError(f"unknown action {action!r}; this model knows: "
-                             f"{', '.join(self.vocabulary)}") from None
+            raise ValueError(
+                f"unknown action {action!r}; this model knows: {', '.join(self.vocabulary)}"
+            ) from None
 
     @torch.no_grad()
     def refresh_text_embeddings(self) -> None:
@@ -147,8 +160,11 @@ class AffordanceModel(nn.Module):
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """State of the trainable heads only (checkpoints do not repeat the backbones)."""
-        return {f"{name}.{k}": v for name, module in self.head_modules()
-                for k, v in module.state_dict().items()}
+        return {
+            f"{name}.{k}": v
+            for name, module in self.head_modules()
+            for k, v in module.state_dict().items()
+        }
 
     def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
         """Strictly load :meth:`trainable_state_dict` output (ValueError on any mismatch)."""
@@ -157,12 +173,15 @@ class AffordanceModel(nn.Module):
         unexpected = sorted(set(state) - set(own))
         shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
         if missing or unexpected or shapes:
-            raise ValueError(f"head weights do not match this model: missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]}, shape mismatch {shapes[:3]}")
+            raise ValueError(
+                f"head weights do not match this model: missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]}, shape mismatch {shapes[:3]}"
+            )
         for name, module in self.head_modules():
             prefix = f"{name}."
-            module.load_state_dict({k[len(prefix):]: v for k, v in state.items()
-                                    if k.startswith(prefix)})
+            module.load_state_dict(
+                {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            )
 
     def param_groups(self, base_lr: float) -> list[dict]:
         """SGD parameter groups of the LOCATE recipe.
@@ -187,9 +206,15 @@ class AffordanceModel(nn.Module):
                 is_bias = pname.endswith("bias")
                 own = norm_mult if name == "aff_proj" and pname.startswith("norm.") else mult
                 groups.setdefault((own * (2.0 if is_bias else 1.0), is_bias), []).append(param)
-        return [{"params": params, "lr": base_lr * lr_mult, "lr_mult": lr_mult,
-                 "name": f"x{lr_mult:g}{'_bias' if is_bias else ''}"}
-                for (lr_mult, is_bias), params in sorted(groups.items())]
+        return [
+            {
+                "params": params,
+                "lr": base_lr * lr_mult,
+                "lr_mult": lr_mult,
+                "name": f"x{lr_mult:g}{'_bias' if is_bias else ''}",
+            }
+            for (lr_mult, is_bias), params in sorted(groups.items())
+        ]
 
     # ------------------------------------------------------------------ forward pieces
     @torch.no_grad()
@@ -201,8 +226,9 @@ class AffordanceModel(nn.Module):
         """
         dino = self.dino(images)
         clip = self.clip.encode_dense(images) if self.clip is not None else None
-        return Features(dino.keys.float(), dino.cls_attention.float(),
-                        None if clip is None else clip.float())
+        return Features(
+            dino.keys.float(), dino.cls_attention.float(), None if clip is None else clip.float()
+        )
 
     def cam(self, keys: Tensor, branch: str = "ego") -> tuple[Tensor, Tensor]:
         """Projected features and CAMs of one branch.
@@ -213,7 +239,8 @@ class AffordanceModel(nn.Module):
                 CAMs are the mean of theirs) or ``pixel``.
 
         Returns:
-            features (N, W, h, w) (W = config.proj_dim or D) and CAMs (N, C + noise, h, w) (raw, unbounded).
+            features (N, W, h, w) (W = config.proj_dim or D) and CAMs (N, C + noise, h, w)
+            (raw, unbounded).
         """
         tokens = self.aff_proj(keys)
         if branch == "ego+exo":
@@ -238,7 +265,7 @@ class AffordanceModel(nn.Module):
             (N, h, w) cosine similarities in [-1, 1].
         """
         if prompt == "hand":
-            text = self.hand_text.expand(class_ids.shape[0], -1)                  # (N, Dc)
+            text = self.hand_text.expand(class_ids.shape[0], -1)  # (N, Dc)
         else:
             text = (self.ego_text if prompt == "ego" else self.exo_text)[class_ids]
         return prompt_affinity(clip_dense, text)
@@ -290,16 +317,15 @@ class AffordanceModel(nn.Module):
             averaged CAM logits of the inference branch, read at each requested action.
         """
         n, a = class_ids.shape
-        _, cams = self.cam(feats.keys, self.inference_branch())                 # (N, C', h, w)
+        _, cams = self.cam(feats.keys, self.inference_branch())  # (N, C', h, w)
         cams = cams.float()
-        probs = cams.mean((-1, -2))[:, :self.num_classes].softmax(-1)           # (N, C)
+        probs = cams.mean((-1, -2))[:, : self.num_classes].softmax(-1)  # (N, C)
         scores = probs.gather(1, class_ids)
         picked = cams.gather(1, class_ids[:, :, None, None].expand(-1, -1, *cams.shape[2:]))
         aff = None
         if self.clip is not None and self.config.calibration != "none":
-            aff = prompt_affinity(feats.clip, self.ego_text[class_ids]).float()   # (N, A, h, w)
-        maps = self.calibrate(picked.flatten(0, 1),
-                              None if aff is None else aff.flatten(0, 1))
+            aff = prompt_affinity(feats.clip, self.ego_text[class_ids]).float()  # (N, A, h, w)
+        maps = self.calibrate(picked.flatten(0, 1), None if aff is None else aff.flatten(0, 1))
         return maps.view(n, a, *maps.shape[1:]), scores
 
     def maps_from_features(self, feats: Features, class_ids: Tensor) -> Tensor:

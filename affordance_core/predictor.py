@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -44,8 +44,9 @@ class AffordancePrediction:
     peak_xy: tuple[int, int]
 
 
-def grasp_masks(heatmaps: np.ndarray, threshold: float = 0.5,
-                peak_component: bool = True) -> np.ndarray:
+def grasp_masks(
+    heatmaps: np.ndarray, threshold: float = 0.5, peak_component: bool = True
+) -> np.ndarray:
     """The predictor's grasp regions for a batch of heatmaps.
 
     A pixel joins the region when its heatmap value is ``>= threshold``; with
@@ -112,12 +113,19 @@ class AffordancePredictor:
             failed export.
     """
 
-    def __init__(self, model: AffordanceModel, device: str | torch.device = "cpu",
-                 half: bool = False, mask_threshold: float = 0.5,
-                 peak_component: bool = True, compile: bool = False,
-                 backend: str = "torch", onnx_cache_dir: str | os.PathLike | None = None,
-                 onnx_variant: str = "fp32",
-                 onnx_providers: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        model: AffordanceModel,
+        device: str | torch.device = "cpu",
+        half: bool = False,
+        mask_threshold: float = 0.5,
+        peak_component: bool = True,
+        compile: bool = False,
+        backend: str = "torch",
+        onnx_cache_dir: str | os.PathLike | None = None,
+        onnx_variant: str = "fp32",
+        onnx_providers: Sequence[str] | None = None,
+    ) -> None:
         from .runtime import BACKENDS, VARIANTS, OnnxRuntimeEngine
 
         if not 0.0 <= mask_threshold <= 1.0:
@@ -125,11 +133,14 @@ class AffordancePredictor:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
         if onnx_variant not in VARIANTS:
-            raise ValueError(f"unknown onnx_variant {onnx_variant!r}; choose from "
-                             f"{', '.join(VARIANTS)}")
+            raise ValueError(
+                f"unknown onnx_variant {onnx_variant!r}; choose from {', '.join(VARIANTS)}"
+            )
         if compile and backend != "torch":
-            raise ValueError("compile=True applies to the torch backend only; the onnxruntime "
-                             "backend runs the exported graph (drop compile)")
+            raise ValueError(
+                "compile=True applies to the torch backend only; the onnxruntime "
+                "backend runs the exported graph (drop compile)"
+            )
         self.backend = backend
         self.device = torch.device(device)
         self.half = bool(half)
@@ -140,41 +151,62 @@ class AffordancePredictor:
         self._engine: OnnxRuntimeEngine | None = None
         if backend == "onnxruntime":
             self.model = model.eval()
-            self._engine = OnnxRuntimeEngine(model, self.device, half=half,
-                                             cache_dir=onnx_cache_dir, variant=onnx_variant,
-                                             providers=onnx_providers)
+            self._engine = OnnxRuntimeEngine(
+                model,
+                self.device,
+                half=half,
+                cache_dir=onnx_cache_dir,
+                variant=onnx_variant,
+                providers=onnx_providers,
+            )
             self._tensor_device = torch.device("cpu")
         else:
             self.model = model.to(self.device).eval()
             self._tensor_device = self.device
-        self._extract = (torch.compile(model.extract, dynamic=False) if compile
-                         else model.extract)
+        self._extract = torch.compile(model.extract, dynamic=False) if compile else model.extract
         self._features: Features | tuple[np.ndarray, ...] | None = None
         self._size: tuple[int, int] | None = None
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
-                        half: bool = False, weights_dir: str | os.PathLike | None = None,
-                        mask_threshold: float = 0.5, allow_download: bool = False,
-                        compile: bool = False, backend: str = "torch",
-                        onnx_cache_dir: str | os.PathLike | None = None,
-                        onnx_variant: str = "fp32", **overrides) -> "AffordancePredictor":
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        half: bool = False,
+        weights_dir: str | os.PathLike | None = None,
+        mask_threshold: float = 0.5,
+        allow_download: bool = False,
+        compile: bool = False,
+        backend: str = "torch",
+        onnx_cache_dir: str | os.PathLike | None = None,
+        onnx_variant: str = "fp32",
+        **overrides,
+    ) -> AffordancePredictor:
         """Load ``RUN_DIR/model.pt`` (see :func:`affordance_core.checkpoint.load_model`).
 
         ``backend``, ``onnx_cache_dir`` and ``onnx_variant`` are as in the constructor; the
         ONNX cache key covers this checkpoint's heads and the backbones loaded with it.
         """
-        model = load_model(path, device="cpu", weights_dir=weights_dir,
-                           allow_download=allow_download, **overrides)
-        return cls(model, device, half, mask_threshold, compile=compile, backend=backend,
-                   onnx_cache_dir=onnx_cache_dir, onnx_variant=onnx_variant)
+        model = load_model(
+            path, device="cpu", weights_dir=weights_dir, allow_download=allow_download, **overrides
+        )
+        return cls(
+            model,
+            device,
+            half,
+            mask_threshold,
+            compile=compile,
+            backend=backend,
+            onnx_cache_dir=onnx_cache_dir,
+            onnx_variant=onnx_variant,
+        )
 
     @property
     def providers(self) -> list[str]:
         """ONNX Runtime execution providers in use, best first (empty for the torch backend)."""
         return [] if self._engine is None else self._engine.providers
 
-    def to(self, device: str | torch.device) -> "AffordancePredictor":
+    def to(self, device: str | torch.device) -> AffordancePredictor:
         """Move the model to ``device`` and drop the cached image features (frees them there).
 
         Used by the ROS lifecycle node to release GPU memory on deactivate (``to("cpu")``) and
@@ -196,13 +228,15 @@ class AffordancePredictor:
         if isinstance(actions, str):
             actions = [actions]
         if not actions:
-            raise UnknownActionError("no action word given; known actions: "
-                                     + ", ".join(self.vocabulary))
+            raise UnknownActionError(
+                "no action word given; known actions: " + ", ".join(self.vocabulary)
+            )
         ids = []
         for action in actions:
             if action not in self.model.vocabulary:
                 raise UnknownActionError(
-                    f"unknown action {action!r}; known actions: {', '.join(self.vocabulary)}")
+                    f"unknown action {action!r}; known actions: {', '.join(self.vocabulary)}"
+                )
             ids.append(self.model.vocabulary.index(action))
         return ids
 
@@ -221,8 +255,11 @@ class AffordancePredictor:
         if image.shape[0] == 0 or image.shape[1] == 0:
             raise ValueError("the image is empty (zero width or height)")
         size = self.model.image_size
-        resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA
-                             if min(image.shape[:2]) > size else cv2.INTER_LINEAR)
+        resized = cv2.resize(
+            image,
+            (size, size),
+            interpolation=cv2.INTER_AREA if min(image.shape[:2]) > size else cv2.INTER_LINEAR,
+        )
         tensor = torch.from_numpy(np.ascontiguousarray(resized)).to(self._tensor_device)
         return tensor.permute(2, 0, 1)[None].float().div_(255.0)
 
@@ -254,8 +291,9 @@ class AffordancePredictor:
             ids_t = torch.tensor(ids, device=self.device)
             with self._autocast():
                 maps, scores = self.model.infer(self._features, ids_t[None])  # (1, A, h, w)
-        maps = F.interpolate(maps.float(), size=self._size, mode="bilinear",
-                             align_corners=False)[0]
+        maps = F.interpolate(maps.float(), size=self._size, mode="bilinear", align_corners=False)[
+            0
+        ]
         return minmax(maps), scores[0].float()
 
     def predict(self, actions: str | Sequence[str]) -> list[AffordancePrediction]:
@@ -268,12 +306,12 @@ class AffordancePredictor:
         out = []
         for action, heatmap, mask, score in zip(names, heatmaps_np, masks, scores_np):
             y, x = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
-            out.append(AffordancePrediction(action, heatmap, mask, float(score),
-                                            (int(x), int(y))))
+            out.append(AffordancePrediction(action, heatmap, mask, float(score), (int(x), int(y))))
         return out
 
-    def __call__(self, image: np.ndarray,
-                 actions: str | Sequence[str]) -> list[AffordancePrediction]:
+    def __call__(
+        self, image: np.ndarray, actions: str | Sequence[str]
+    ) -> list[AffordancePrediction]:
         """``set_image(image)`` then ``predict(actions)``."""
         self.set_image(image)
         return self.predict(actions)

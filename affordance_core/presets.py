@@ -16,19 +16,23 @@ __all__ = ["paper", "tiny"]
 def paper() -> AffordanceConfig:
     """DINO ViT-S/16 + CLIP ViT-B/16 (OpenAI) at 224 px, as in the papers."""
     return AffordanceConfig(
-        name="paper", image_size=224,
-        dino="vit_small_patch16_224", dino_file="dino_deitsmall16_pretrain.pth",
+        name="paper",
+        image_size=224,
+        dino="vit_small_patch16_224",
+        dino_file="dino_deitsmall16_pretrain.pth",
         dino_url="https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/"
-                 "dino_deitsmall16_pretrain.pth",
-        dino_hub="vit_small_patch16_224.dino", saliency_heads=(0, 1, 3),
-        clip="ViT-B-16", clip_file="ViT-B-16.pt",
+        "dino_deitsmall16_pretrain.pth",
+        dino_hub="vit_small_patch16_224.dino",
+        saliency_heads=(0, 1, 3),
+        clip="ViT-B-16",
+        clip_file="ViT-B-16.pt",
         clip_url="https://openaipublic.azureedge.net/clip/models/5806e77cd80f8b59890b7e101eabd078"
-                 "d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
-        clip_hub_tag="openai")
+        "d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
+        clip_hub_tag="openai",
+    )
 
 
 @register_model
 def tiny() -> AffordanceConfig:
     """The project's own small ViT + CLIP-style encoders at 112 px (14x14 grid), CPU-friendly."""
-    return AffordanceConfig(name="tiny", image_size=112, mlp_ratio=2, proj_dim=128,
-                            exo_cue="hand")
+    return AffordanceConfig(name="tiny", image_size=112, mlp_ratio=2, proj_dim=128, exo_cue="hand")

@@ -9,7 +9,8 @@ the method's :class:`~affordance_core.methods.MethodSpec` first, explicit overri
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .config import AffordanceConfig
 from .methods import method_spec

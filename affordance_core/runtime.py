@@ -39,8 +39,6 @@ import itertools
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -82,9 +80,11 @@ def _import_ort() -> Any:
     try:
         import onnxruntime as ort
     except ImportError:
-        raise RuntimeError("the onnxruntime backend needs ONNX Runtime: pip install onnxruntime "
-                           "(onnxruntime-gpu for CUDA/TensorRT), or pip install "
-                           "'affordance_ros[export]'") from None
+        raise RuntimeError(
+            "the onnxruntime backend needs ONNX Runtime: pip install onnxruntime "
+            "(onnxruntime-gpu for CUDA/TensorRT), or pip install "
+            "'affordance_ros[export]'"
+        ) from None
     return ort
 
 
@@ -138,7 +138,7 @@ class HeadsGraph(nn.Module):
     def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor]:
         keys, class_ids = inputs[0], inputs[-1]
         clip = inputs[1] if self.with_clip else None
-        feats = Features(keys, keys.new_zeros(0), clip)        # CLS attention is not used
+        feats = Features(keys, keys.new_zeros(0), clip)  # CLS attention is not used
         maps, scores = self.model.infer(feats, class_ids[None])
         return maps.float(), scores.float()
 
@@ -179,9 +179,14 @@ def _file_sha256(path: Path) -> str:
 def _export_key(fingerprint: str, variant: str, opset: int) -> dict[str, Any]:
     import onnx
 
-    return {"model_sha256": fingerprint, "variant": variant, "opset": opset,
-            "export_version": EXPORT_VERSION, "torch": torch.__version__,
-            "onnx": onnx.__version__}
+    return {
+        "model_sha256": fingerprint,
+        "variant": variant,
+        "opset": opset,
+        "export_version": EXPORT_VERSION,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+    }
 
 
 @dataclass(frozen=True)
@@ -237,11 +242,16 @@ def _quantize_backbone(path: Path) -> None:
     path.rename(source)
     quiet = logging.getLogger()
     level = quiet.level
-    quiet.setLevel(logging.ERROR)        # the quantizer logs a pre-processing hint as WARNING
+    quiet.setLevel(logging.ERROR)  # the quantizer logs a pre-processing hint as WARNING
     try:
-        quantize_dynamic(str(source), str(path), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul", "Gemm"],
-                         extra_options={"MatMulConstBOnly": True})
+        quantize_dynamic(
+            str(source),
+            str(path),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            extra_options={"MatMulConstBOnly": True},
+        )
     finally:
         quiet.setLevel(level)
         source.unlink()
@@ -257,16 +267,28 @@ def _write_entry(model: AffordanceModel, folder: Path, key: dict[str, Any], opse
         size = model.image_size
         images = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
         backbone = BackboneGraph(model)
-        export_onnx_module(backbone, (images,), folder / "backbone.onnx", ["images"],
-                           backbone.output_names, None, opset)
+        export_onnx_module(
+            backbone,
+            (images,),
+            folder / "backbone.onnx",
+            ["images"],
+            backbone.output_names,
+            None,
+            opset,
+        )
         with torch.no_grad():
             features = backbone(images)
         heads = HeadsGraph(model)
-        class_ids = torch.arange(2) % model.num_classes        # A = 2: no batch-1 folding
-        export_onnx_module(heads, (*features, class_ids), folder / "heads.onnx",
-                           heads.input_names, ["maps", "scores"],
-                           {"class_ids": {0: "A"}, "maps": {1: "A"}, "scores": {1: "A"}},
-                           opset)
+        class_ids = torch.arange(2) % model.num_classes  # A = 2: no batch-1 folding
+        export_onnx_module(
+            heads,
+            (*features, class_ids),
+            folder / "heads.onnx",
+            heads.input_names,
+            ["maps", "scores"],
+            {"class_ids": {0: "A"}, "maps": {1: "A"}, "scores": {1: "A"}},
+            opset,
+        )
     finally:
         if devices and devices != {torch.device("cpu")}:
             model.to(next(iter(devices)))
@@ -276,9 +298,14 @@ def _write_entry(model: AffordanceModel, folder: Path, key: dict[str, Any], opse
     (folder / "meta.json").write_text(json.dumps({"key": key, "files": files}, indent=1))
 
 
-def prepare_onnx_cache(model: AffordanceModel, cache_dir: str | os.PathLike | None = None,
-                       variant: str = "fp32", opset: int = 17, force: bool = False,
-                       fingerprint: str | None = None) -> OnnxCacheEntry:
+def prepare_onnx_cache(
+    model: AffordanceModel,
+    cache_dir: str | os.PathLike | None = None,
+    variant: str = "fp32",
+    opset: int = 17,
+    force: bool = False,
+    fingerprint: str | None = None,
+) -> OnnxCacheEntry:
     """Return the cache entry for ``model``, exporting (or re-exporting) it when needed.
 
     Args:
@@ -302,8 +329,9 @@ def prepare_onnx_cache(model: AffordanceModel, cache_dir: str | os.PathLike | No
     try:
         import onnx  # noqa: F401
     except ImportError:
-        raise RuntimeError("the onnxruntime backend exports with the onnx package: "
-                           "pip install onnx") from None
+        raise RuntimeError(
+            "the onnxruntime backend exports with the onnx package: pip install onnx"
+        ) from None
     fingerprint = fingerprint or model_fingerprint(model)
     key = _export_key(fingerprint, variant, opset)
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
@@ -317,8 +345,9 @@ def prepare_onnx_cache(model: AffordanceModel, cache_dir: str | os.PathLike | No
             logger.warning("ONNX cache %s is %s; re-exporting", folder, reason)
             status = "rebuilt"
     else:
-        logger.info("exporting the model to ONNX (%s) into the cache %s (first use)", variant,
-                    folder)
+        logger.info(
+            "exporting the model to ONNX (%s) into the cache %s (first use)", variant, folder
+        )
         status = "exported"
     if status != "hit":
         try:
@@ -331,8 +360,9 @@ def prepare_onnx_cache(model: AffordanceModel, cache_dir: str | os.PathLike | No
     return OnnxCacheEntry(folder, folder / "backbone.onnx", folder / "heads.onnx", key, status)
 
 
-def select_providers(device: str | torch.device, half: bool = False,
-                     trt_cache: str | os.PathLike | None = None) -> list[Any]:
+def select_providers(
+    device: str | torch.device, half: bool = False, trt_cache: str | os.PathLike | None = None
+) -> list[Any]:
     """Execution providers for ``device``, best first, as ``InferenceSession`` takes them.
 
     On CUDA: TensorRT, CUDA, CPU, keeping those ``onnxruntime.get_available_providers()``
@@ -358,9 +388,13 @@ def select_providers(device: str | torch.device, half: bool = False,
     if "CUDAExecutionProvider" in available:
         providers.append(("CUDAExecutionProvider", {"device_id": index}))
     if not providers:
-        logger.warning("device %s requested but this onnxruntime has no CUDA or TensorRT "
-                       "provider (available: %s); running on the CPU. pip install "
-                       "onnxruntime-gpu for the GPU providers", device, sorted(available))
+        logger.warning(
+            "device %s requested but this onnxruntime has no CUDA or TensorRT "
+            "provider (available: %s); running on the CPU. pip install "
+            "onnxruntime-gpu for the GPU providers",
+            device,
+            sorted(available),
+        )
     providers.append("CPUExecutionProvider")
     return providers
 
@@ -382,10 +416,17 @@ class OnnxRuntimeEngine:
         RuntimeError: onnx/onnxruntime missing, or the export fails.
     """
 
-    def __init__(self, model: AffordanceModel, device: str | torch.device = "cpu",
-                 half: bool = False, cache_dir: str | os.PathLike | None = None,
-                 variant: str = "fp32", threads: int = 0, opset: int = 17,
-                 providers: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        model: AffordanceModel,
+        device: str | torch.device = "cpu",
+        half: bool = False,
+        cache_dir: str | os.PathLike | None = None,
+        variant: str = "fp32",
+        threads: int = 0,
+        opset: int = 17,
+        providers: Sequence[str] | None = None,
+    ) -> None:
         self.ort = _import_ort()
         self.device = torch.device(device)
         self.half = bool(half)
@@ -393,20 +434,28 @@ class OnnxRuntimeEngine:
         self.threads = int(threads) or torch.get_num_threads()
         self.requested_providers = list(providers) if providers else None
         fingerprint = model_fingerprint(model)
-        self.entry = prepare_onnx_cache(model, cache_dir, variant, opset,
-                                        fingerprint=fingerprint)
+        self.entry = prepare_onnx_cache(model, cache_dir, variant, opset, fingerprint=fingerprint)
         try:
             self._open()
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own exception types
-            logger.warning("ONNX cache %s is corrupt (ONNX Runtime cannot load it: %s: %s); "
-                           "re-exporting", self.entry.folder, type(exc).__name__,
-                           str(exc).splitlines()[0] if str(exc) else "")
-            self.entry = prepare_onnx_cache(model, cache_dir, variant, opset, force=True,
-                                            fingerprint=fingerprint)
+            logger.warning(
+                "ONNX cache %s is corrupt (ONNX Runtime cannot load it: %s: %s); re-exporting",
+                self.entry.folder,
+                type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else "",
+            )
+            self.entry = prepare_onnx_cache(
+                model, cache_dir, variant, opset, force=True, fingerprint=fingerprint
+            )
             self._open()
         self.with_clip = uses_clip(model)
-        logger.info("onnxruntime backend (%s): providers %s, cache %s (%s)", variant,
-                    self.providers, self.entry.folder, self.entry.status)
+        logger.info(
+            "onnxruntime backend (%s): providers %s, cache %s (%s)",
+            variant,
+            self.providers,
+            self.entry.folder,
+            self.entry.status,
+        )
 
     def _open(self) -> None:
         options = self.ort.SessionOptions()
@@ -414,17 +463,28 @@ class OnnxRuntimeEngine:
         options.intra_op_num_threads = self.threads
         options.log_severity_level = 3
         providers = self.requested_providers or select_providers(
-            self.device, self.half, self.entry.folder / "trt")
+            self.device, self.half, self.entry.folder / "trt"
+        )
         if self.requested_providers and "TensorrtExecutionProvider" in providers:
             index = self.device.index or 0
-            providers = [(p, {"device_id": index, "trt_fp16_enable": self.half,
-                              "trt_engine_cache_enable": True,
-                              "trt_engine_cache_path": str(self.entry.folder / "trt")})
-                         if p == "TensorrtExecutionProvider" else p for p in providers]
-        self.backbone = self.ort.InferenceSession(str(self.entry.backbone), options,
-                                                  providers=providers)
-        self.heads = self.ort.InferenceSession(str(self.entry.heads), options,
-                                               providers=providers)
+            providers = [
+                (
+                    p,
+                    {
+                        "device_id": index,
+                        "trt_fp16_enable": self.half,
+                        "trt_engine_cache_enable": True,
+                        "trt_engine_cache_path": str(self.entry.folder / "trt"),
+                    },
+                )
+                if p == "TensorrtExecutionProvider"
+                else p
+                for p in providers
+            ]
+        self.backbone = self.ort.InferenceSession(
+            str(self.entry.backbone), options, providers=providers
+        )
+        self.heads = self.ort.InferenceSession(str(self.entry.heads), options, providers=providers)
         self._backbone_outputs = [o.name for o in self.backbone.get_outputs()]
 
     @property
@@ -438,8 +498,9 @@ class OnnxRuntimeEngine:
         array = images.detach().to("cpu", torch.float32).contiguous().numpy()
         return tuple(self.backbone.run(self._backbone_outputs, {"images": array}))
 
-    def maps_and_scores(self, features: tuple[np.ndarray, ...], class_ids: Sequence[int]
-                        ) -> tuple[Tensor, Tensor]:
+    def maps_and_scores(
+        self, features: tuple[np.ndarray, ...], class_ids: Sequence[int]
+    ) -> tuple[Tensor, Tensor]:
         """Heads pass for one frame: (1, A, h, w) float32 raw maps and (1, A) float32 scores
         in [0, 1], as CPU tensors (the shapes of :meth:`AffordanceModel.infer`)."""
         feeds = {"keys": features[0], "class_ids": np.asarray(class_ids, dtype=np.int64)}

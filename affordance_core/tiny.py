@@ -24,8 +24,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .backbones import (CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, clearclip_head,
-                        clip_trunk, cls_patch_attention, keys_to_grid, vit_last_block_qk)
+from .backbones import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    clearclip_head,
+    clip_trunk,
+    cls_patch_attention,
+    keys_to_grid,
+    vit_last_block_qk,
+)
 from .files import atomic_write
 
 __all__ = [
@@ -56,7 +65,6 @@ TINY_CONTEXT_LENGTH = 16
 WEIGHTS_ENV = "AFFORDANCE_WEIGHTS_DIR"
 
 
-
 def default_tiny_weights_dir() -> Path:
     """Directory holding the tiny checkpoints.
 
@@ -75,8 +83,16 @@ def default_tiny_weights_dir() -> Path:
 def build_tiny_dino() -> tvit.VisionTransformer:
     """Tiny DINO-role ViT: 112 px, patch 8 (14x14 grid), width 192, 4 blocks, 3 heads."""
     return tvit.VisionTransformer(
-        img_size=TINY_IMAGE_SIZE, patch_size=8, embed_dim=192, depth=4, num_heads=3,
-        mlp_ratio=4, qkv_bias=True, num_classes=0, class_token=True, global_pool="token",
+        img_size=TINY_IMAGE_SIZE,
+        patch_size=8,
+        embed_dim=192,
+        depth=4,
+        num_heads=3,
+        mlp_ratio=4,
+        qkv_bias=True,
+        num_classes=0,
+        class_token=True,
+        global_pool="token",
     )
 
 
@@ -85,11 +101,19 @@ def build_tiny_clip() -> open_clip.model.CLIP:
     return open_clip.model.CLIP(
         embed_dim=128,
         vision_cfg=open_clip.model.CLIPVisionCfg(
-            image_size=TINY_IMAGE_SIZE, patch_size=8, width=192, layers=4, head_width=64,
+            image_size=TINY_IMAGE_SIZE,
+            patch_size=8,
+            width=192,
+            layers=4,
+            head_width=64,
             mlp_ratio=4,
         ),
         text_cfg=open_clip.model.CLIPTextCfg(
-            context_length=TINY_CONTEXT_LENGTH, vocab_size=49408, width=64, heads=2, layers=3,
+            context_length=TINY_CONTEXT_LENGTH,
+            vocab_size=49408,
+            width=64,
+            heads=2,
+            layers=3,
         ),
     )
 
@@ -145,7 +169,7 @@ def dino_keys_and_saliency(vit: tvit.VisionTransformer, images: Tensor) -> tuple
             patch tokens (the CLS-to-CLS entry is left out, so maps sum to < 1), averaged over
             heads.
     """
-    q, k = vit_last_block_qk(vit, images)                                 # (N, H, T, dh)
+    q, k = vit_last_block_qk(vit, images)  # (N, H, T, dh)
     n_prefix = k.shape[2] - vit.patch_embed.num_patches
     sal = cls_patch_attention(q, k, vit.blocks[-1].attn.scale, n_prefix).mean(dim=1)
     keys = keys_to_grid(k, n_prefix)

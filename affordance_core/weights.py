@@ -10,8 +10,8 @@ it; nothing is ever loaded with silently ignored keys.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from torch import nn
@@ -69,7 +69,8 @@ def read_state_dict(path: Path, how_to_get: str) -> dict[str, torch.Tensor]:
         except Exception as exc:
             raise WeightsError(
                 f"cannot read weights file {path} ({type(exc).__name__}); the file is corrupt or "
-                f"not a PyTorch checkpoint. {how_to_get}") from None
+                f"not a PyTorch checkpoint. {how_to_get}"
+            ) from None
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model", "teacher"):
             if key in obj and isinstance(obj[key], Mapping):
@@ -83,13 +84,18 @@ def read_state_dict(path: Path, how_to_get: str) -> dict[str, torch.Tensor]:
             continue
         for prefix in ("module.", "backbone."):
             if key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
         state[key] = value
     return state
 
 
-def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], path: Path,
-                how_to_get: str, ignore: tuple[str, ...] = ()) -> None:
+def load_strict(
+    module: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    path: Path,
+    how_to_get: str,
+    ignore: tuple[str, ...] = (),
+) -> None:
     """Load ``state`` into ``module``, failing on any missing, unexpected or misshapen key.
 
     Args:
@@ -99,8 +105,11 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], path: Path
     state = {k: v for k, v in state.items() if k not in ignore}
     missing = sorted(k for k in own if k not in state and k not in ignore)
     unexpected = sorted(k for k in state if k not in own)
-    shapes = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                    for k in state if k in own and state[k].shape != own[k].shape)
+    shapes = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in state
+        if k in own and state[k].shape != own[k].shape
+    )
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -109,6 +118,8 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], path: Path
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
         if shapes:
             parts.append(f"shape mismatches (e.g. {shapes[:2]})")
-        raise WeightsError(f"weights file {path} does not match the architecture: "
-                           f"{'; '.join(parts)}. {how_to_get}")
+        raise WeightsError(
+            f"weights file {path} does not match the architecture: "
+            f"{'; '.join(parts)}. {how_to_get}"
+        )
     module.load_state_dict(state, strict=False)

@@ -8,6 +8,7 @@ Every decoding failure raises :class:`ImageConversionError`, whose ``kind`` name
 class (``encoding``, ``truncated``, ``empty``, ``nan``, ``decode``) so callers can count and
 throttle them per kind.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -33,7 +34,7 @@ ENCODINGS: dict[str, tuple[np.dtype, int]] = {
     "bgr16": (np.dtype(np.uint16), 3),
     "rgba16": (np.dtype(np.uint16), 4),
     "bgra16": (np.dtype(np.uint16), 4),
-    "yuv422": (np.dtype(np.uint8), 2),       # UYVY
+    "yuv422": (np.dtype(np.uint8), 2),  # UYVY
     "yuv422_yuy2": (np.dtype(np.uint8), 2),  # YUYV (UVC cameras)
     "bayer_rggb8": (np.dtype(np.uint8), 1),
     "bayer_bggr8": (np.dtype(np.uint8), 1),
@@ -149,13 +150,14 @@ def image_to_rgb(msg: Any) -> np.ndarray:
         return arr.copy()
     if enc in ("rgb16", "bgr16", "rgba16", "bgra16"):
         arr8 = ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)
-        return np.ascontiguousarray(arr8[:, :, 2::-1] if enc.startswith("bgr")
-                                    else arr8[:, :, :3])
+        return np.ascontiguousarray(arr8[:, :, 2::-1] if enc.startswith("bgr") else arr8[:, :, :3])
     if enc == "8UC4":
         return np.ascontiguousarray(arr[:, :, :3])
     if enc in ("yuv422", "yuv422_yuy2"):
         if arr.shape[1] % 2:
-            raise ImageConversionError("truncated", f"{enc} needs an even width, got {arr.shape[1]}")
+            raise ImageConversionError(
+                "truncated", f"{enc} needs an even width, got {arr.shape[1]}"
+            )
         code = cv2.COLOR_YUV2RGB_UYVY if enc == "yuv422" else cv2.COLOR_YUV2RGB_YUY2
         return np.ascontiguousarray(cv2.cvtColor(np.ascontiguousarray(arr), code))
     if enc in _BAYER:
@@ -189,13 +191,16 @@ def _nv21_to_rgb(msg: Any) -> np.ndarray:
     if h % 2 or w % 2:
         raise ImageConversionError("truncated", f"nv21 needs even width and height, got {w}x{h}")
     if step < w:
-        raise ImageConversionError("truncated", f"step {step} is smaller than the width {w} (nv21)")
+        raise ImageConversionError(
+            "truncated", f"step {step} is smaller than the width {w} (nv21)"
+        )
     rows = h * 3 // 2
     buf = np.frombuffer(memoryview(msg.data).cast("B"), dtype=np.uint8)
     if buf.size < step * rows:
         raise ImageConversionError(
-            "truncated", f"nv21 data has {buf.size} bytes, expected step*height*3/2 = "
-                         f"{step * rows}")
+            "truncated",
+            f"nv21 data has {buf.size} bytes, expected step*height*3/2 = {step * rows}",
+        )
     yuv = np.ascontiguousarray(buf[: step * rows].reshape(rows, step)[:, :w])
     return np.ascontiguousarray(cv2.cvtColor(yuv, cv2.COLOR_YUV2RGB_NV21))
 
@@ -242,7 +247,7 @@ def depth_to_metres(msg: Any, scale: float = 1e-3) -> np.ndarray:
         raise ImageConversionError(
             "encoding",
             f"depth encoding '{msg.encoding}' unsupported; use 16UC1 (depth_scale metres per "
-            "unit) or 32FC1 (metres)"
+            "unit) or 32FC1 (metres)",
         )
     arr = image_to_array(msg)
     depth = arr.astype(np.float32) * np.float32(scale if msg.encoding == "16UC1" else 1.0)

@@ -11,6 +11,7 @@ the reason.
 Messages are duck-typed: anything with ``header.stamp.sec``, ``header.stamp.nanosec`` and
 ``header.frame_id`` works.
 """
+
 from __future__ import annotations
 
 import threading
@@ -53,8 +54,9 @@ class DepthSync:
         info_topic: Resolved camera_info topic name, for messages.
     """
 
-    def __init__(self, history: int = 10, depth_topic: str = "depth",
-                 info_topic: str = "camera_info") -> None:
+    def __init__(
+        self, history: int = 10, depth_topic: str = "depth", info_topic: str = "camera_info"
+    ) -> None:
         self._depth: deque[Any] = deque(maxlen=history)
         self._info: deque[Any] = deque(maxlen=history)
         self._cv = threading.Condition()
@@ -78,8 +80,14 @@ class DepthSync:
             self._depth.clear()
             self._info.clear()
 
-    def match(self, image_header: Any, slop: float, now_ns: int | None = None,
-              max_age: float = 0.0, wait: float = 0.0) -> DepthMatch:
+    def match(
+        self,
+        image_header: Any,
+        slop: float,
+        now_ns: int | None = None,
+        max_age: float = 0.0,
+        wait: float = 0.0,
+    ) -> DepthMatch:
         """Depth and camera_info for an image, or the reason there are none.
 
         Args:
@@ -100,7 +108,7 @@ class DepthSync:
         with self._cv:
             while True:
                 result = self._match_locked(image_header, t_img, slop_ns)
-                late = (not result.ok and self._may_still_arrive(t_img, slop_ns))
+                late = not result.ok and self._may_still_arrive(t_img, slop_ns)
                 remaining = deadline - time.monotonic()
                 if not late or remaining <= 0:
                     break
@@ -108,8 +116,10 @@ class DepthSync:
         if result.ok and max_age > 0 and now_ns is not None:
             age = (now_ns - stamp_ns(result.depth.header)) / 1e9
             if age > max_age:
-                return DepthMatch(reason=f"depth is {age:.3f} s old, over max_depth_age="
-                                         f"{max_age:g} s (node clock minus depth stamp)")
+                return DepthMatch(
+                    reason=f"depth is {age:.3f} s old, over max_depth_age="
+                    f"{max_age:g} s (node clock minus depth stamp)"
+                )
         return result
 
     def _may_still_arrive(self, t_img: int, slop_ns: int) -> bool:
@@ -126,22 +136,30 @@ class DepthSync:
         depth = min(self._depth, key=lambda m: abs(stamp_ns(m.header) - t_img))
         dt = abs(stamp_ns(depth.header) - t_img)
         if dt > slop_ns:
-            return DepthMatch(reason=f"no depth within sync_slop={slop_ns / 1e9:g} s of the "
-                                     f"image stamp (nearest is {dt / 1e9:.3f} s away)")
+            return DepthMatch(
+                reason=f"no depth within sync_slop={slop_ns / 1e9:g} s of the "
+                f"image stamp (nearest is {dt / 1e9:.3f} s away)"
+            )
         img_frame, d_frame = str(image_header.frame_id), str(depth.header.frame_id)
         if d_frame != img_frame:
-            return DepthMatch(reason=f"depth frame '{d_frame}' differs from the image frame "
-                                     f"'{img_frame}'; subscribe 'depth' to depth registered "
-                                     "to the colour camera (e.g. aligned_depth_to_color)")
+            return DepthMatch(
+                reason=f"depth frame '{d_frame}' differs from the image frame "
+                f"'{img_frame}'; subscribe 'depth' to depth registered "
+                "to the colour camera (e.g. aligned_depth_to_color)"
+            )
         if not self._info:
             return DepthMatch(reason=f"no camera_info received on '{self.info_topic}'")
         t_d = stamp_ns(depth.header)
         info = min(self._info, key=lambda m: abs(stamp_ns(m.header) - t_d))
         di = abs(stamp_ns(info.header) - t_d)
         if di > slop_ns:
-            return DepthMatch(reason=f"no camera_info within sync_slop={slop_ns / 1e9:g} s of "
-                                     f"the depth stamp (nearest is {di / 1e9:.3f} s away)")
+            return DepthMatch(
+                reason=f"no camera_info within sync_slop={slop_ns / 1e9:g} s of "
+                f"the depth stamp (nearest is {di / 1e9:.3f} s away)"
+            )
         if str(info.header.frame_id) != d_frame:
-            return DepthMatch(reason=f"camera_info frame '{info.header.frame_id}' differs "
-                                     f"from the depth frame '{d_frame}'")
+            return DepthMatch(
+                reason=f"camera_info frame '{info.header.frame_id}' differs "
+                f"from the depth frame '{d_frame}'"
+            )
         return DepthMatch(depth=depth, info=info)

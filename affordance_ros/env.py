@@ -2,6 +2,7 @@
 
 Imports neither rclpy nor any message package, so it is usable before either is importable.
 """
+
 from __future__ import annotations
 
 import os

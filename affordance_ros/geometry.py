@@ -1,11 +1,13 @@
 """Camera geometry for the 3D grasp point (pure numpy, no ROS)."""
+
 from __future__ import annotations
 
 import numpy as np
 
 
-def scale_pixel(xy: tuple[float, float], src_hw: tuple[int, int], dst_hw: tuple[int, int]
-                ) -> tuple[float, float]:
+def scale_pixel(
+    xy: tuple[float, float], src_hw: tuple[int, int], dst_hw: tuple[int, int]
+) -> tuple[float, float]:
     """Map a pixel position between two resolutions of the same view (pixel-centre aligned).
 
     Args:
@@ -53,7 +55,7 @@ def backproject_pixel(
     if not (0 <= u < w and 0 <= v < h):
         return None
     r = max(int(window), 1) // 2
-    patch = depth_m[max(v - r, 0): v + r + 1, max(u - r, 0): u + r + 1].astype(np.float64)
+    patch = depth_m[max(v - r, 0) : v + r + 1, max(u - r, 0) : u + r + 1].astype(np.float64)
     valid = patch[np.isfinite(patch) & (patch > 0)]
     if valid.size == 0:
         return None
@@ -61,8 +63,11 @@ def backproject_pixel(
     return np.array([(xy[0] - cx) * z / fx, (xy[1] - cy) * z / fy, z])
 
 
-def transform_point(point: np.ndarray, translation: tuple[float, float, float],
-                    rotation_xyzw: tuple[float, float, float, float]) -> np.ndarray:
+def transform_point(
+    point: np.ndarray,
+    translation: tuple[float, float, float],
+    rotation_xyzw: tuple[float, float, float, float],
+) -> np.ndarray:
     """Apply a rigid transform (as in ``geometry_msgs/Transform``) to a 3D point.
 
     Args:
@@ -78,9 +83,11 @@ def transform_point(point: np.ndarray, translation: tuple[float, float, float],
     if n <= 0:
         raise ValueError("zero quaternion")
     s = 2.0 / n
-    rot = np.array([
-        [1 - s * (y * y + z * z), s * (x * y - z * w), s * (x * z + y * w)],
-        [s * (x * y + z * w), 1 - s * (x * x + z * z), s * (y * z - x * w)],
-        [s * (x * z - y * w), s * (y * z + x * w), 1 - s * (x * x + y * y)],
-    ])
+    rot = np.array(
+        [
+            [1 - s * (y * y + z * z), s * (x * y - z * w), s * (x * z + y * w)],
+            [s * (x * y + z * w), 1 - s * (x * x + z * z), s * (y * z - x * w)],
+            [s * (x * z - y * w), s * (y * z + x * w), 1 - s * (x * x + y * y)],
+        ]
+    )
     return rot @ np.asarray(point, dtype=np.float64) + np.asarray(translation, dtype=np.float64)

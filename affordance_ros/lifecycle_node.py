@@ -12,10 +12,12 @@ lifecycle state machine (``<node>/change_state``, ``<node>/get_state``):
 ``autostart:=true`` runs configure and activate at start-up. The plain node
 (``affordance_node``) stays the one for ``ros2 run`` users.
 """
+
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -36,11 +38,15 @@ class AffordanceLifecycleNode(AffordanceNodeMixin, LifecycleNode):
         StartupError: A parameter has the wrong type, range or choice.
     """
 
-    def __init__(self, predictor_loader: Callable[[NodeSettings], Any] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, predictor_loader: Callable[[NodeSettings], Any] | None = None, **kwargs: Any
+    ) -> None:
         LifecycleNode.__init__(self, "affordance_node", **kwargs)
-        self.declare_parameter("autostart", False, ParameterDescriptor(
-            description="Configure and activate at start-up.", read_only=True))
+        self.declare_parameter(
+            "autostart",
+            False,
+            ParameterDescriptor(description="Configure and activate at start-up.", read_only=True),
+        )
         self._init_parameters(predictor_loader)
         self._active = False
         self.get_logger().info("unconfigured: call configure, then activate")
@@ -53,16 +59,19 @@ class AffordanceLifecycleNode(AffordanceNodeMixin, LifecycleNode):
             self._cleanup()
             return TransitionCallbackReturn.FAILURE
         s = self.settings
-        self.get_logger().info(f"configured: model={s.model} checkpoint={s.checkpoint} "
-                               f"device={s.device} vocabulary=[{', '.join(self.vocabulary)}]")
+        self.get_logger().info(
+            f"configured: model={s.model} checkpoint={s.checkpoint} "
+            f"device={s.device} vocabulary=[{', '.join(self.vocabulary)}]"
+        )
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.predictor.to(self.settings.device)
         self._activate()
         self._active = True
-        self.get_logger().info(f"ready: active, subscribed to "
-                               f"'{self.resolve_topic_name(self._image_topic())}'")
+        self.get_logger().info(
+            f"ready: active, subscribed to '{self.resolve_topic_name(self._image_topic())}'"
+        )
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:

@@ -23,6 +23,7 @@ Run: ``ros2 run affordance_ros affordance_node --ros-args -p checkpoint:=model.p
 ``python -m affordance_ros.node --ros-args ...``. The lifecycle variant is
 :mod:`affordance_ros.lifecycle_node`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,9 +31,10 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -40,8 +42,11 @@ import numpy as np
 def _import_interfaces() -> tuple[Any, ...]:
     """The generated interfaces; on the pip/venv route, from the prefix ``make msgs`` built."""
     try:
-        from affordance_ros.msg import (AffordanceResult, AffordanceResultArray,
-                                        AffordanceVocabulary)
+        from affordance_ros.msg import (
+            AffordanceResult,
+            AffordanceResultArray,
+            AffordanceVocabulary,
+        )
         from affordance_ros.srv import Query, SetActions
     except ImportError as first:
         import os
@@ -51,53 +56,78 @@ def _import_interfaces() -> tuple[Any, ...]:
         prefix = os.environ.get("AFFORDANCE_MSG_PREFIX", str(DEFAULT_MSG_PREFIX))
         try:
             use_msg_prefix(prefix)
-            from affordance_ros.msg import (AffordanceResult, AffordanceResultArray,
-                                            AffordanceVocabulary)
+            from affordance_ros.msg import (
+                AffordanceResult,
+                AffordanceResultArray,
+                AffordanceVocabulary,
+            )
             from affordance_ros.srv import Query, SetActions
         except (ImportError, OSError) as exc:
             raise ImportError(
                 f"affordance_ros.msg is not importable ({first}) and no usable messages were "
                 f"found in {prefix} ({exc}): run `make msgs` in the repository (or set "
                 "AFFORDANCE_MSG_PREFIX to the prefix given to scripts/build_msgs.sh), or "
-                "`colcon build` and source install/setup.bash") from exc
+                "`colcon build` and source install/setup.bash"
+            ) from exc
     return AffordanceResult, AffordanceResultArray, AffordanceVocabulary, Query, SetActions
 
 
-(AffordanceResult, AffordanceResultArray, AffordanceVocabulary, Query,
- SetActions) = _import_interfaces()
+(AffordanceResult, AffordanceResultArray, AffordanceVocabulary, Query, SetActions) = (
+    _import_interfaces()
+)
 
 import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from geometry_msgs.msg import Point, PointStamped  # noqa: E402
-from rcl_interfaces.msg import (FloatingPointRange, IntegerRange,  # noqa: E402
-                                ParameterDescriptor, SetParametersResult)
+from rcl_interfaces.msg import (  # noqa: E402
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    SetParametersResult,
+)
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup  # noqa: E402
-from rclpy.exceptions import (InvalidParameterTypeException,  # noqa: E402
-                              InvalidParameterValueException)
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException  # noqa: E402
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
-from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile,  # noqa: E402
-                       ReliabilityPolicy)
-from rclpy.qos_overriding_options import (QoSOverridingOptions,  # noqa: E402
-                                          QoSPolicyKind)
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from rclpy.qos_overriding_options import QoSOverridingOptions, QoSPolicyKind  # noqa: E402
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
 from affordance_core.visualize import heatmap_overlay  # noqa: E402
-from affordance_ros.conversions import (ImageConversionError, array_to_image,  # noqa: E402
-                                        compressed_to_rgb, depth_to_metres, image_to_rgb)
+from affordance_ros.conversions import (  # noqa: E402
+    ImageConversionError,
+    array_to_image,
+    compressed_to_rgb,
+    depth_to_metres,
+    image_to_rgb,
+)
 from affordance_ros.depth_sync import DepthSync  # noqa: E402
 from affordance_ros.geometry import backproject_pixel, scale_pixel, transform_point  # noqa: E402
-from affordance_ros.params import (SPECS, NodeSettings, ParamSpec, StartupError,  # noqa: E402
-                                   check_device, check_value, parse_actions, unknown_actions)
+from affordance_ros.params import (  # noqa: E402
+    SPECS,
+    NodeSettings,
+    ParamSpec,
+    StartupError,
+    check_device,
+    check_value,
+    parse_actions,
+    unknown_actions,
+)
 
 try:  # visualization_msgs is optional: without it no marker is published
     from visualization_msgs.msg import Marker
 except ImportError:  # pragma: no cover - declared in setup.py and package.xml
     Marker = None
 
-__all__ = ["AffordanceNode", "NodeSettings", "StartupError", "load_predictor", "main",
-           "parse_actions"]
+__all__ = [
+    "AffordanceNode",
+    "NodeSettings",
+    "StartupError",
+    "load_predictor",
+    "main",
+    "parse_actions",
+]
 
 
 def load_predictor(settings: NodeSettings) -> Any:
@@ -135,9 +165,14 @@ def load_predictor(settings: NodeSettings) -> Any:
 
     try:
         predictor = AffordancePredictor.from_checkpoint(
-            ckpt, device=settings.device, half=settings.half, weights_dir=weights_dir,
-            mask_threshold=settings.mask_threshold, compile=settings.compile,
-            backend=settings.backend, onnx_variant=settings.onnx_variant,
+            ckpt,
+            device=settings.device,
+            half=settings.half,
+            weights_dir=weights_dir,
+            mask_threshold=settings.mask_threshold,
+            compile=settings.compile,
+            backend=settings.backend,
+            onnx_variant=settings.onnx_variant,
         )
     except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear message
         raise StartupError(
@@ -147,8 +182,10 @@ def load_predictor(settings: NodeSettings) -> Any:
         ) from exc
     tier = getattr(getattr(getattr(predictor, "model", None), "config", None), "name", None)
     if tier is not None and tier != settings.model:
-        raise StartupError(f"checkpoint {ckpt} holds a '{tier}' model but parameter 'model' is "
-                           f"'{settings.model}'; set model:={tier} or pick another checkpoint")
+        raise StartupError(
+            f"checkpoint {ckpt} holds a '{tier}' model but parameter 'model' is "
+            f"'{settings.model}'; set model:={tier} or pick another checkpoint"
+        )
     return predictor
 
 
@@ -249,32 +286,42 @@ class _Stats:
 
 def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
     desc = ParameterDescriptor(
-        description=spec.description + ("" if spec.live else
-                                        " Read-only: fixed at start-up (restart to change)."),
-        read_only=not spec.live)
+        description=spec.description
+        + ("" if spec.live else " Read-only: fixed at start-up (restart to change)."),
+        read_only=not spec.live,
+    )
     if spec.choices:
         desc.additional_constraints = "one of: " + ", ".join(spec.choices)
     if spec.low is not None and spec.high is not None:
         if isinstance(spec.default, float):
-            desc.floating_point_range = [FloatingPointRange(
-                from_value=float(spec.low), to_value=float(spec.high), step=0.0)]
+            desc.floating_point_range = [
+                FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high), step=0.0)
+            ]
         elif isinstance(spec.default, int) and not isinstance(spec.default, bool):
-            desc.integer_range = [IntegerRange(
-                from_value=int(spec.low), to_value=int(spec.high), step=1)]
+            desc.integer_range = [
+                IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)
+            ]
     return desc
 
 
 def _overridable() -> QoSOverridingOptions:
     """History, depth, reliability and durability can be set by ``qos_overrides.*`` params."""
-    return QoSOverridingOptions(policy_kinds=(QoSPolicyKind.HISTORY, QoSPolicyKind.DEPTH,
-                                              QoSPolicyKind.RELIABILITY,
-                                              QoSPolicyKind.DURABILITY))
+    return QoSOverridingOptions(
+        policy_kinds=(
+            QoSPolicyKind.HISTORY,
+            QoSPolicyKind.DEPTH,
+            QoSPolicyKind.RELIABILITY,
+            QoSPolicyKind.DURABILITY,
+        )
+    )
 
 
 def _sensor_qos(reliable: bool) -> QoSProfile:
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                      reliability=(ReliabilityPolicy.RELIABLE if reliable
-                                   else ReliabilityPolicy.BEST_EFFORT))
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=1,
+        reliability=(ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT),
+    )
 
 
 class AffordanceNodeMixin:
@@ -322,8 +369,10 @@ class AffordanceNodeMixin:
                 raise StartupError(f"parameter '{spec.name}': {exc}") from exc
             values[spec.name] = self.get_parameter(spec.name).value
         self.settings = NodeSettings(**values)
-        self._depth_sync = DepthSync(depth_topic=self.resolve_topic_name("depth"),
-                                     info_topic=self.resolve_topic_name("camera_info"))
+        self._depth_sync = DepthSync(
+            depth_topic=self.resolve_topic_name("depth"),
+            info_topic=self.resolve_topic_name("camera_info"),
+        )
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     def _configure(self) -> None:
@@ -340,16 +389,19 @@ class AffordanceNodeMixin:
             if unknown or not words:
                 raise StartupError(
                     f"parameter 'default_action' = '{s.default_action}' names unknown "
-                    f"actions {unknown}; vocabulary: {', '.join(self.vocabulary)}")
+                    f"actions {unknown}; vocabulary: {', '.join(self.vocabulary)}"
+                )
             self._actions, self._actions_set = words, True
         self._warm_up()
-        out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2,
-                             reliability=ReliabilityPolicy.RELIABLE)
+        out_qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST, depth=2, reliability=ReliabilityPolicy.RELIABLE
+        )
         qoo = _overridable()
 
         def pub(typ: Any, topic: str, qos: Any = out_qos, overridable: bool = True) -> Any:
-            p = self.create_publisher(typ, topic, qos,
-                                      qos_overriding_options=qoo if overridable else None)
+            p = self.create_publisher(
+                typ, topic, qos, qos_overriding_options=qoo if overridable else None
+            )
             self._outputs.append(p)
             return p
 
@@ -361,16 +413,23 @@ class AffordanceNodeMixin:
         self.pub_point = pub(PointStamped, "affordance/grasp_point")
         self.pub_info = pub(CameraInfo, "affordance/camera_info")
         self.pub_marker = pub(Marker, "affordance/marker") if Marker is not None else None
-        latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                             reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        latched = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=1,
+            reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL,
+        )
         self.pub_vocab = pub(AffordanceVocabulary, "affordance/vocabulary", latched, False)
         self.pub_diag = pub(DiagnosticArray, "/diagnostics", 10, False)
         self._query_group = MutuallyExclusiveCallbackGroup()
-        self._outputs.append(self.create_service(
-            SetActions, "affordance/set_actions", self._on_set_actions))
-        self._outputs.append(self.create_service(
-            Query, "affordance/query", self._on_query, callback_group=self._query_group))
+        self._outputs.append(
+            self.create_service(SetActions, "affordance/set_actions", self._on_set_actions)
+        )
+        self._outputs.append(
+            self.create_service(
+                Query, "affordance/query", self._on_query, callback_group=self._query_group
+            )
+        )
         self._diag_timer = self.create_timer(s.diagnostics_period, self._publish_diagnostics)
         self._publish_vocabulary()
 
@@ -384,7 +443,8 @@ class AffordanceNodeMixin:
         except Exception as exc:  # noqa: BLE001 - a failing model cannot serve frames
             raise StartupError(f"warm-up inference failed: {type(exc).__name__}: {exc}") from exc
         self.get_logger().info(
-            f"warm-up inference done in {(time.perf_counter() - t0) * 1e3:.0f} ms")
+            f"warm-up inference done in {(time.perf_counter() - t0) * 1e3:.0f} ms"
+        )
 
     def _activate(self) -> None:
         """Subscribe the inputs and start the worker thread."""
@@ -392,19 +452,37 @@ class AffordanceNodeMixin:
         qos = _sensor_qos(s.image_qos == "reliable")
         qoo = _overridable()
         if s.transport == "compressed":
-            self._inputs.append(self.create_subscription(
-                CompressedImage, "image/compressed", self._on_compressed, qos,
-                qos_overriding_options=qoo))
+            self._inputs.append(
+                self.create_subscription(
+                    CompressedImage,
+                    "image/compressed",
+                    self._on_compressed,
+                    qos,
+                    qos_overriding_options=qoo,
+                )
+            )
         else:
-            self._inputs.append(self.create_subscription(
-                Image, "image", self._on_image, qos, qos_overriding_options=qoo))
+            self._inputs.append(
+                self.create_subscription(
+                    Image, "image", self._on_image, qos, qos_overriding_options=qoo
+                )
+            )
         self._inputs.append(self.create_subscription(String, "action", self._on_action, 10))
         if s.use_depth:
-            self._inputs.append(self.create_subscription(
-                Image, "depth", self._depth_sync.add_depth, _sensor_qos(False),
-                qos_overriding_options=qoo))
-            self._inputs.append(self.create_subscription(
-                CameraInfo, "camera_info", self._depth_sync.add_info, _sensor_qos(False)))
+            self._inputs.append(
+                self.create_subscription(
+                    Image,
+                    "depth",
+                    self._depth_sync.add_depth,
+                    _sensor_qos(False),
+                    qos_overriding_options=qoo,
+                )
+            )
+            self._inputs.append(
+                self.create_subscription(
+                    CameraInfo, "camera_info", self._depth_sync.add_info, _sensor_qos(False)
+                )
+            )
         self._stop.clear()
         self._slot.reopen()
         self._started = time.monotonic()
@@ -464,7 +542,8 @@ class AffordanceNodeMixin:
                 return SetParametersResult(
                     successful=False,
                     reason=f"'{p.name}' is read-only: it is fixed at start-up; restart the node "
-                           "with the new value to change it")
+                    "with the new value to change it",
+                )
             problem = check_value(spec, p.value)
             if problem:
                 return SetParametersResult(successful=False, reason=problem)
@@ -472,14 +551,17 @@ class AffordanceNodeMixin:
         new = dataclasses.replace(self.settings, **updates)
         if new.stale_input_error < new.stale_input_warn:
             return SetParametersResult(
-                successful=False, reason="stale_input_error must be >= stale_input_warn")
+                successful=False, reason="stale_input_error must be >= stale_input_warn"
+            )
         if "default_action" in updates and self.vocabulary:
             words = parse_actions(new.default_action)
             unknown = unknown_actions(words, self.vocabulary)
             if unknown:
                 return SetParametersResult(
-                    successful=False, reason=f"default_action names unknown actions {unknown}; "
-                                             f"vocabulary: {', '.join(self.vocabulary)}")
+                    successful=False,
+                    reason=f"default_action names unknown actions {unknown}; "
+                    f"vocabulary: {', '.join(self.vocabulary)}",
+                )
         self.settings = new
         if "mask_threshold" in updates and self.predictor is not None:
             self.predictor.mask_threshold = float(new.mask_threshold)
@@ -493,8 +575,10 @@ class AffordanceNodeMixin:
         """Replace the active actions (empty pauses); False and the reason for unknown words."""
         unknown = unknown_actions(words, self.vocabulary)
         if unknown:
-            return False, (f"unknown action(s) {unknown} in {source}; actions unchanged; "
-                           f"vocabulary: {', '.join(self.vocabulary)}")
+            return False, (
+                f"unknown action(s) {unknown} in {source}; actions unchanged; "
+                f"vocabulary: {', '.join(self.vocabulary)}"
+            )
         with self._actions_lock:
             changed = words != self._actions or not self._actions_set
             self._actions, self._actions_set = list(words), True
@@ -511,7 +595,8 @@ class AffordanceNodeMixin:
             self.get_logger().info(
                 f"actions {words} stored; no image received yet on "
                 f"'{self.resolve_topic_name(self._image_topic())}', the first one will be "
-                "answered")
+                "answered"
+            )
         elif time.monotonic() - last.t_recv <= self.settings.max_frame_age:
             # A static scene still gets an answer: the worker re-runs the newest frame unless
             # a new image arrives within action_rerun_delay (that image answers instead).
@@ -527,8 +612,9 @@ class AffordanceNodeMixin:
             return
         with self._actions_lock:
             active = list(self._actions)
-        self.pub_vocab.publish(AffordanceVocabulary(vocabulary=self.vocabulary,
-                                                    active_actions=active))
+        self.pub_vocab.publish(
+            AffordanceVocabulary(vocabulary=self.vocabulary, active_actions=active)
+        )
 
     def _on_action(self, msg: String) -> None:
         ok, text = self._set_actions(parse_actions(msg.data), f"request '{msg.data}'")
@@ -643,8 +729,9 @@ class AffordanceNodeMixin:
         side = self.settings.max_image_side
         if max(h, w) > side:
             f = side / max(h, w)
-            rgb = cv2.resize(rgb, (max(1, round(w * f)), max(1, round(h * f))),
-                             interpolation=cv2.INTER_AREA)
+            rgb = cv2.resize(
+                rgb, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA
+            )
         return rgb
 
     def _predict(self, rgb: np.ndarray, actions: list[str]) -> list[Any]:
@@ -662,13 +749,19 @@ class AffordanceNodeMixin:
         for p in self.predictor.predict(actions):
             heat = np.ascontiguousarray(p.heatmap[:h, :w])
             y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
-            out.append(dataclasses.replace(p, heatmap=heat,
-                                           mask=np.ascontiguousarray(p.mask[:h, :w]),
-                                           peak_xy=(int(x), int(y))))
+            out.append(
+                dataclasses.replace(
+                    p,
+                    heatmap=heat,
+                    mask=np.ascontiguousarray(p.mask[:h, :w]),
+                    peak_xy=(int(x), int(y)),
+                )
+            )
         return out
 
-    def _infer(self, msg: Any, compressed: bool, actions: list[str], header: Any,
-               with_images: bool) -> tuple[np.ndarray, list[Any], list[Any], float, Any]:
+    def _infer(
+        self, msg: Any, compressed: bool, actions: list[str], header: Any, with_images: bool
+    ) -> tuple[np.ndarray, list[Any], list[Any], float, Any]:
         """(rgb, predictions, results, predictor ms, matched camera_info) for one frame."""
         rgb = self._decode(msg, compressed)
         t0 = time.perf_counter()
@@ -681,8 +774,9 @@ class AffordanceNodeMixin:
             low = pred.score < s.min_score
             res = AffordanceResult(header=header, action=pred.action, score=float(pred.score))
             if with_images:
-                res.heatmap = array_to_image(pred.heatmap.astype(np.float32, copy=False),
-                                             "32FC1", header)
+                res.heatmap = array_to_image(
+                    pred.heatmap.astype(np.float32, copy=False), "32FC1", header
+                )
                 mask = np.zeros_like(pred.mask) if low else pred.mask
                 res.mask = array_to_image(mask.astype(bool, copy=False), "mono8", header)
             else:
@@ -694,8 +788,9 @@ class AffordanceNodeMixin:
             if grasp.point is None:
                 res.grasp_point = Point(x=float("nan"), y=float("nan"), z=float("nan"))
             else:
-                res.grasp_point = Point(x=float(grasp.point[0]), y=float(grasp.point[1]),
-                                        z=float(grasp.point[2]))
+                res.grasp_point = Point(
+                    x=float(grasp.point[0]), y=float(grasp.point[1]), z=float(grasp.point[2])
+                )
                 res.grasp_point_frame = grasp.frame
             res.has_grasp_point = grasp.point is not None
             res.grasp_point_status = grasp.status
@@ -709,11 +804,12 @@ class AffordanceNodeMixin:
             unknown = unknown_actions(actions, self.vocabulary)
             if not actions:
                 job.response = self._query_response(
-                    False, "no actions given and inference is paused (no active actions)")
+                    False, "no actions given and inference is paused (no active actions)"
+                )
             elif unknown:
                 job.response = self._query_response(
-                    False, f"unknown action(s) {unknown}; vocabulary: "
-                           f"{', '.join(self.vocabulary)}")
+                    False, f"unknown action(s) {unknown}; vocabulary: {', '.join(self.vocabulary)}"
+                )
             else:
                 if job.image is not None:
                     msg, compressed = job.image, False
@@ -723,12 +819,15 @@ class AffordanceNodeMixin:
                     msg = None
                 if msg is None:
                     job.response = self._query_response(
-                        False, "no image given and no frame received yet on "
-                               f"'{self.resolve_topic_name(self._image_topic())}'")
+                        False,
+                        "no image given and no frame received yet on "
+                        f"'{self.resolve_topic_name(self._image_topic())}'",
+                    )
                 else:
                     _, _, results, _, _ = self._infer(msg, compressed, actions, msg.header, True)
                     job.response = self._query_response(
-                        True, "", AffordanceResultArray(header=msg.header, results=results))
+                        True, "", AffordanceResultArray(header=msg.header, results=results)
+                    )
         except ImageConversionError as exc:
             job.response = self._query_response(False, f"[{exc.kind}] {exc}")
         except Exception as exc:  # noqa: BLE001 - the caller gets the reason
@@ -745,8 +844,11 @@ class AffordanceNodeMixin:
             explicitly_paused = self._actions_set and not actions
         if not actions:
             if not explicitly_paused:
-                self._bad_input("no_action", "no action requested yet: publish a word on "
-                                f"'{self.resolve_topic_name('action')}' or set 'default_action'")
+                self._bad_input(
+                    "no_action",
+                    "no action requested yet: publish a word on "
+                    f"'{self.resolve_topic_name('action')}' or set 'default_action'",
+                )
             self._last_frame = frame
             return
         s = self.settings
@@ -754,8 +856,12 @@ class AffordanceNodeMixin:
         want_results = self._has_subs(self.pub_result) or self._has_subs(self.pub_results)
         try:
             rgb, preds, results, pred_ms, info = self._infer(
-                frame.msg, frame.compressed, actions, header,
-                with_images=s.results_include_images and want_results)
+                frame.msg,
+                frame.compressed,
+                actions,
+                header,
+                with_images=s.results_include_images and want_results,
+            )
         except ImageConversionError as exc:
             self._bad_input(exc.kind, str(exc))
             return
@@ -765,14 +871,25 @@ class AffordanceNodeMixin:
         self._last_frame = frame
         nbytes = 0
         if self._has_subs(self.pub_heatmap):
-            img = (results[0].heatmap if results[0].heatmap.data else array_to_image(
-                preds[0].heatmap.astype(np.float32, copy=False), "32FC1", header))
+            img = (
+                results[0].heatmap
+                if results[0].heatmap.data
+                else array_to_image(
+                    preds[0].heatmap.astype(np.float32, copy=False), "32FC1", header
+                )
+            )
             self.pub_heatmap.publish(img)  # first: what latency-critical consumers wait for
             nbytes += len(img.data)
         if self._has_subs(self.pub_mask):
-            img = (results[0].mask if results[0].mask.width else array_to_image(
-                preds[0].mask.astype(bool, copy=False)
-                & (preds[0].score >= s.min_score), "mono8", header))
+            img = (
+                results[0].mask
+                if results[0].mask.width
+                else array_to_image(
+                    preds[0].mask.astype(bool, copy=False) & (preds[0].score >= s.min_score),
+                    "mono8",
+                    header,
+                )
+            )
             self.pub_mask.publish(img)
             nbytes += len(img.data)
         result_bytes = sum(len(r.heatmap.data) + len(r.mask.data) for r in results)
@@ -800,10 +917,19 @@ class AffordanceNodeMixin:
     def _publish_3d(self, first: Any, header: Any, info: Any) -> None:
         """Grasp point, RViz marker and the camera_info beside the heatmap."""
         if info is not None and self._has_subs(self.pub_info):
-            out = CameraInfo(header=header, height=info.height, width=info.width,
-                             distortion_model=info.distortion_model, d=info.d, k=info.k,
-                             r=info.r, p=info.p, binning_x=info.binning_x,
-                             binning_y=info.binning_y, roi=info.roi)
+            out = CameraInfo(
+                header=header,
+                height=info.height,
+                width=info.width,
+                distortion_model=info.distortion_model,
+                d=info.d,
+                k=info.k,
+                r=info.r,
+                p=info.p,
+                binning_x=info.binning_x,
+                binning_y=info.binning_y,
+                roi=info.roi,
+            )
             self.pub_info.publish(out)
         if not first.has_grasp_point:
             return
@@ -811,8 +937,9 @@ class AffordanceNodeMixin:
         if self._has_subs(self.pub_point):
             self.pub_point.publish(PointStamped(header=stamped_header, point=first.grasp_point))
         if self._has_subs(self.pub_marker):
-            m = Marker(header=stamped_header, ns="affordance", id=0, type=Marker.SPHERE,
-                       action=Marker.ADD)
+            m = Marker(
+                header=stamped_header, ns="affordance", id=0, type=Marker.SPHERE, action=Marker.ADD
+            )
             m.pose.position = first.grasp_point
             m.pose.orientation.w = 1.0
             m.scale.x = m.scale.y = m.scale.z = 0.03
@@ -821,15 +948,20 @@ class AffordanceNodeMixin:
             m.text = first.action
             self.pub_marker.publish(m)
 
-    def _grasp_points(self, preds: list[Any], header: Any,
-                      hw: tuple[int, int]) -> tuple[list[_Grasp], Any]:
+    def _grasp_points(
+        self, preds: list[Any], header: Any, hw: tuple[int, int]
+    ) -> tuple[list[_Grasp], Any]:
         """3D grasp point per prediction from synchronised depth, or the reason it is missing."""
         s = self.settings
         if not s.use_depth:
             return [_Grasp(status="use_depth is false") for _ in preds], None
         match = self._depth_sync.match(
-            header, s.sync_slop, now_ns=self.get_clock().now().nanoseconds,
-            max_age=s.max_depth_age, wait=min(s.sync_slop, 0.5))
+            header,
+            s.sync_slop,
+            now_ns=self.get_clock().now().nanoseconds,
+            max_age=s.max_depth_age,
+            wait=min(s.sync_slop, 0.5),
+        )
         if not match.ok:
             return [_Grasp(status=match.reason) for _ in preds], None
         try:
@@ -859,16 +991,24 @@ class AffordanceNodeMixin:
             return _Grasp(point, frame)
         buffer = self._tf()
         if buffer is None:
-            return _Grasp(point, frame, f"no transform to target_frame '{target}': "
-                                        f"{self._tf_missing}; grasp_point is in '{frame}'")
+            return _Grasp(
+                point,
+                frame,
+                f"no transform to target_frame '{target}': "
+                f"{self._tf_missing}; grasp_point is in '{frame}'",
+            )
         try:
             from rclpy.time import Time
 
             tf = buffer.lookup_transform(target, frame, Time.from_msg(header.stamp))
         except Exception as exc:  # noqa: BLE001 - tf2 raises several lookup exceptions
-            return _Grasp(point, frame, f"no transform from '{frame}' to target_frame "
-                                        f"'{target}': {type(exc).__name__}: {exc}; "
-                                        f"grasp_point is in '{frame}'")
+            return _Grasp(
+                point,
+                frame,
+                f"no transform from '{frame}' to target_frame "
+                f"'{target}': {type(exc).__name__}: {exc}; "
+                f"grasp_point is in '{frame}'",
+            )
         t, q = tf.transform.translation, tf.transform.rotation
         return _Grasp(transform_point(point, (t.x, t.y, t.z), (q.x, q.y, q.z, q.w)), target)
 
@@ -879,8 +1019,10 @@ class AffordanceNodeMixin:
                 try:
                     from tf2_ros import Buffer, TransformListener
                 except ImportError:
-                    self._tf_missing = ("tf2_ros is not installed (a ROS 2 install provides "
-                                        "it; it is not published on PyPI)")
+                    self._tf_missing = (
+                        "tf2_ros is not installed (a ROS 2 install provides "
+                        "it; it is not published on PyPI)"
+                    )
                     return None
                 self._tf_buffer = Buffer()
                 self._tf_listener = TransformListener(self._tf_buffer, self)
@@ -900,8 +1042,10 @@ class AffordanceNodeMixin:
             window_errors = dict(st.errors_window)
             last = st.last_frame_t
             values: dict[str, Any] = {
-                "frames_received": st.received, "frames_processed": st.processed,
-                "frames_dropped": st.dropped, "rate_hz": round(rate, 2),
+                "frames_received": st.received,
+                "frames_processed": st.processed,
+                "frames_dropped": st.dropped,
+                "rate_hz": round(rate, 2),
                 "published_bytes_per_s": round(st.window_bytes / span),
                 "predictor_ms_mean": round(float(np.mean(pred)), 2) if pred else "",
                 "predictor_ms_max": round(float(np.max(pred)), 2) if pred else "",
@@ -921,20 +1065,26 @@ class AffordanceNodeMixin:
         if window_errors:
             level = DiagnosticStatus.WARN
             message = "inputs rejected in the last window: " + ", ".join(
-                f"{k} x{n}" for k, n in sorted(window_errors.items()))
+                f"{k} x{n}" for k, n in sorted(window_errors.items())
+            )
         if silent >= s.stale_input_error:
             level = DiagnosticStatus.ERROR
-            message = (f"no image for {silent:.1f} s on "
-                       f"'{self.resolve_topic_name(self._image_topic())}'")
+            message = (
+                f"no image for {silent:.1f} s on '{self.resolve_topic_name(self._image_topic())}'"
+            )
         elif silent >= s.stale_input_warn and level == DiagnosticStatus.OK:
             level = DiagnosticStatus.WARN
-            message = (f"no image for {silent:.1f} s on "
-                       f"'{self.resolve_topic_name(self._image_topic())}'")
+            message = (
+                f"no image for {silent:.1f} s on '{self.resolve_topic_name(self._image_topic())}'"
+            )
         ns = self.get_namespace().rstrip("/")
         status = DiagnosticStatus(
-            level=level, name=f"{ns}/{self.get_name()}: inference", message=message,
+            level=level,
+            name=f"{ns}/{self.get_name()}: inference",
+            message=message,
             hardware_id=s.device,
-            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
+        )
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()
         self.pub_diag.publish(msg)
@@ -952,8 +1102,9 @@ class AffordanceNode(AffordanceNodeMixin, Node):
         StartupError: Invalid parameters or a predictor that cannot be loaded.
     """
 
-    def __init__(self, predictor_loader: Callable[[NodeSettings], Any] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, predictor_loader: Callable[[NodeSettings], Any] | None = None, **kwargs: Any
+    ) -> None:
         Node.__init__(self, "affordance_node", **kwargs)
         self._init_parameters(predictor_loader)
         self._configure()
@@ -962,7 +1113,8 @@ class AffordanceNode(AffordanceNodeMixin, Node):
         self.get_logger().info(
             f"ready: model={s.model} checkpoint={s.checkpoint} device={s.device} "
             f"transport={s.transport} vocabulary=[{', '.join(self.vocabulary)}] "
-            f"actions={self._actions or 'none yet'}")
+            f"actions={self._actions or 'none yet'}"
+        )
 
     def destroy_node(self) -> None:
         """Stop the worker thread, then destroy the node."""

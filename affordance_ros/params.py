@@ -5,6 +5,7 @@ Pure Python (no rclpy): the node turns each :class:`ParamSpec` into a declared p
 Validation that needs no ROS (choices, device strings, action words) lives here so it can be
 tested without a graph.
 """
+
 from __future__ import annotations
 
 import re
@@ -64,90 +65,215 @@ def ros_type_name(value: Any) -> str:
 
 
 SPECS: tuple[ParamSpec, ...] = (
-    ParamSpec("model", "tiny", "Model tier: 'paper' (DINO ViT-S/16 + CLIP ViT-B/16) or 'tiny'.",
-              choices=MODELS),
+    ParamSpec(
+        "model",
+        "tiny",
+        "Model tier: 'paper' (DINO ViT-S/16 + CLIP ViT-B/16) or 'tiny'.",
+        choices=MODELS,
+    ),
     ParamSpec("checkpoint", "", "Trained model file written by affordance-train (required)."),
-    ParamSpec("weights_dir", "",
-              "Directory with local backbone weights; empty = the tier's default location."),
+    ParamSpec(
+        "weights_dir",
+        "",
+        "Directory with local backbone weights; empty = the tier's default location.",
+    ),
     ParamSpec("device", "cpu", "Torch device: cpu, cuda, cuda:N (checked before loading)."),
     ParamSpec("half", False, "Autocast inference: float16 on CUDA, bfloat16 on CPU."),
-    ParamSpec("compile", False,
-              "torch.compile the backbone pass (slow first frame, faster after on GPU)."),
-    ParamSpec("cpu_threads", 0, "Torch intra-op CPU threads; 0 = torch's default (all cores).",
-              low=0, high=1024),
-    ParamSpec("backend", "torch",
-              "Inference backend: 'torch' (eager) or 'onnxruntime' (the exported graph; "
-              "TensorRT > CUDA > CPU provider; exported on first use into "
-              "$AFFORDANCE_ONNX_CACHE or ~/.cache/affordance_ros/onnx).",
-              choices=("torch", "onnxruntime")),
-    ParamSpec("onnx_variant", "fp32",
-              "onnxruntime backend: 'fp32', or 'int8' (dynamically quantized backbones; "
-              "faster on CPUs; docs/benchmarks.md has its measured accuracy).",
-              choices=("fp32", "int8")),
-    ParamSpec("transport", "raw",
-              "Image input: 'raw' subscribes 'image', 'compressed' subscribes "
-              "'image/compressed' (JPEG/PNG). Only the chosen one is subscribed.",
-              choices=TRANSPORTS),
-    ParamSpec("image_qos", "sensor_data",
-              "Image subscription QoS: 'sensor_data' (best effort, depth 1) or 'reliable'.",
-              choices=IMAGE_QOS),
-    ParamSpec("use_depth", False,
-              "Subscribe 'depth' and 'camera_info' (synchronised with the image) and fill "
-              "the 3D grasp point."),
-    ParamSpec("diagnostics_period", 1.0, "Seconds between diagnostics messages (one window).",
-              low=0.1, high=60.0),
-    ParamSpec("mask_threshold", 0.5,
-              "Heatmap level in [0, 1] above which a pixel joins the grasp mask.",
-              live=True, low=0.0, high=1.0),
-    ParamSpec("min_score", 0.0,
-              "Below this classifier score a result has an empty mask and no grasp point.",
-              live=True, low=0.0, high=1.0),
-    ParamSpec("default_action", "",
-              "Action word(s), comma-separated, used until an action request arrives; "
-              "setting it at runtime replaces the current actions.", live=True),
-    ParamSpec("max_rate", 0.0, "Maximum inference rate in Hz; 0 = as fast as frames allow.",
-              live=True, low=0.0, high=1000.0),
-    ParamSpec("publish_overlay", True,
-              "Publish affordance/overlay (rgb8 heatmap blended on the image).", live=True),
-    ParamSpec("results_include_images", True,
-              "Carry heatmap and mask images inside affordance/result(s); false sends "
-              "empty images there (heatmap and mask stay on their own topics).", live=True),
-    ParamSpec("max_image_side", 2048,
-              "Frames whose longer side exceeds this many pixels are downscaled to it.",
-              live=True, low=16, high=16384),
-    ParamSpec("pad_to_square", False,
-              "Pad non-square frames to a square before inference instead of stretching "
-              "them; outputs keep the frame's size.", live=True),
-    ParamSpec("depth_window", 5,
-              "Side in pixels of the window whose median depth gives the grasp point.",
-              live=True, low=1, high=51),
-    ParamSpec("depth_scale", 0.001,
-              "Metres per unit of a 16UC1 depth image (0.001 = millimetres); 32FC1 depth is "
-              "in metres.", live=True, low=1e-6, high=1.0),
-    ParamSpec("sync_slop", 0.05,
-              "Largest stamp difference in seconds between the image, its depth image and "
-              "its camera_info (approximate-time synchronisation).",
-              live=True, low=0.0, high=10.0),
-    ParamSpec("max_depth_age", 1.0,
-              "Depth older than this many seconds (node clock minus depth stamp) gives no "
-              "grasp point; 0 = no limit.", live=True, low=0.0, high=3600.0),
-    ParamSpec("target_frame", "",
-              "If set, the grasp point is transformed into this frame with tf2; the result "
-              "says when no transform was available.", live=True),
-    ParamSpec("stale_input_warn", 2.0,
-              "Seconds without an image before diagnostics report WARN.",
-              live=True, low=0.1, high=3600.0),
-    ParamSpec("stale_input_error", 10.0,
-              "Seconds without an image before diagnostics report ERROR.",
-              live=True, low=0.1, high=3600.0),
-    ParamSpec("log_throttle", 5.0, "Seconds between repeated log lines of one bad-input kind.",
-              live=True, low=0.0, high=3600.0),
-    ParamSpec("action_rerun_delay", 0.25,
-              "After an action change, re-run the newest frame if no new image arrives "
-              "within this many seconds.", live=True, low=0.0, high=60.0),
-    ParamSpec("max_frame_age", 2.0,
-              "The newest frame is re-run after an action change only if it was received "
-              "less than this many seconds ago.", live=True, low=0.0, high=3600.0),
+    ParamSpec(
+        "compile",
+        False,
+        "torch.compile the backbone pass (slow first frame, faster after on GPU).",
+    ),
+    ParamSpec(
+        "cpu_threads",
+        0,
+        "Torch intra-op CPU threads; 0 = torch's default (all cores).",
+        low=0,
+        high=1024,
+    ),
+    ParamSpec(
+        "backend",
+        "torch",
+        "Inference backend: 'torch' (eager) or 'onnxruntime' (the exported graph; "
+        "TensorRT > CUDA > CPU provider; exported on first use into "
+        "$AFFORDANCE_ONNX_CACHE or ~/.cache/affordance_ros/onnx).",
+        choices=("torch", "onnxruntime"),
+    ),
+    ParamSpec(
+        "onnx_variant",
+        "fp32",
+        "onnxruntime backend: 'fp32', or 'int8' (dynamically quantized backbones; "
+        "faster on CPUs; docs/benchmarks.md has its measured accuracy).",
+        choices=("fp32", "int8"),
+    ),
+    ParamSpec(
+        "transport",
+        "raw",
+        "Image input: 'raw' subscribes 'image', 'compressed' subscribes "
+        "'image/compressed' (JPEG/PNG). Only the chosen one is subscribed.",
+        choices=TRANSPORTS,
+    ),
+    ParamSpec(
+        "image_qos",
+        "sensor_data",
+        "Image subscription QoS: 'sensor_data' (best effort, depth 1) or 'reliable'.",
+        choices=IMAGE_QOS,
+    ),
+    ParamSpec(
+        "use_depth",
+        False,
+        "Subscribe 'depth' and 'camera_info' (synchronised with the image) and fill "
+        "the 3D grasp point.",
+    ),
+    ParamSpec(
+        "diagnostics_period",
+        1.0,
+        "Seconds between diagnostics messages (one window).",
+        low=0.1,
+        high=60.0,
+    ),
+    ParamSpec(
+        "mask_threshold",
+        0.5,
+        "Heatmap level in [0, 1] above which a pixel joins the grasp mask.",
+        live=True,
+        low=0.0,
+        high=1.0,
+    ),
+    ParamSpec(
+        "min_score",
+        0.0,
+        "Below this classifier score a result has an empty mask and no grasp point.",
+        live=True,
+        low=0.0,
+        high=1.0,
+    ),
+    ParamSpec(
+        "default_action",
+        "",
+        "Action word(s), comma-separated, used until an action request arrives; "
+        "setting it at runtime replaces the current actions.",
+        live=True,
+    ),
+    ParamSpec(
+        "max_rate",
+        0.0,
+        "Maximum inference rate in Hz; 0 = as fast as frames allow.",
+        live=True,
+        low=0.0,
+        high=1000.0,
+    ),
+    ParamSpec(
+        "publish_overlay",
+        True,
+        "Publish affordance/overlay (rgb8 heatmap blended on the image).",
+        live=True,
+    ),
+    ParamSpec(
+        "results_include_images",
+        True,
+        "Carry heatmap and mask images inside affordance/result(s); false sends "
+        "empty images there (heatmap and mask stay on their own topics).",
+        live=True,
+    ),
+    ParamSpec(
+        "max_image_side",
+        2048,
+        "Frames whose longer side exceeds this many pixels are downscaled to it.",
+        live=True,
+        low=16,
+        high=16384,
+    ),
+    ParamSpec(
+        "pad_to_square",
+        False,
+        "Pad non-square frames to a square before inference instead of stretching "
+        "them; outputs keep the frame's size.",
+        live=True,
+    ),
+    ParamSpec(
+        "depth_window",
+        5,
+        "Side in pixels of the window whose median depth gives the grasp point.",
+        live=True,
+        low=1,
+        high=51,
+    ),
+    ParamSpec(
+        "depth_scale",
+        0.001,
+        "Metres per unit of a 16UC1 depth image (0.001 = millimetres); 32FC1 depth is in metres.",
+        live=True,
+        low=1e-6,
+        high=1.0,
+    ),
+    ParamSpec(
+        "sync_slop",
+        0.05,
+        "Largest stamp difference in seconds between the image, its depth image and "
+        "its camera_info (approximate-time synchronisation).",
+        live=True,
+        low=0.0,
+        high=10.0,
+    ),
+    ParamSpec(
+        "max_depth_age",
+        1.0,
+        "Depth older than this many seconds (node clock minus depth stamp) gives no "
+        "grasp point; 0 = no limit.",
+        live=True,
+        low=0.0,
+        high=3600.0,
+    ),
+    ParamSpec(
+        "target_frame",
+        "",
+        "If set, the grasp point is transformed into this frame with tf2; the result "
+        "says when no transform was available.",
+        live=True,
+    ),
+    ParamSpec(
+        "stale_input_warn",
+        2.0,
+        "Seconds without an image before diagnostics report WARN.",
+        live=True,
+        low=0.1,
+        high=3600.0,
+    ),
+    ParamSpec(
+        "stale_input_error",
+        10.0,
+        "Seconds without an image before diagnostics report ERROR.",
+        live=True,
+        low=0.1,
+        high=3600.0,
+    ),
+    ParamSpec(
+        "log_throttle",
+        5.0,
+        "Seconds between repeated log lines of one bad-input kind.",
+        live=True,
+        low=0.0,
+        high=3600.0,
+    ),
+    ParamSpec(
+        "action_rerun_delay",
+        0.25,
+        "After an action change, re-run the newest frame if no new image arrives "
+        "within this many seconds.",
+        live=True,
+        low=0.0,
+        high=60.0,
+    ),
+    ParamSpec(
+        "max_frame_age",
+        2.0,
+        "The newest frame is re-run after an action change only if it was received "
+        "less than this many seconds ago.",
+        live=True,
+        low=0.0,
+        high=3600.0,
+    ),
 )
 SPEC_BY_NAME = {s.name: s for s in SPECS}
 
@@ -206,7 +332,7 @@ def check_value(spec: ParamSpec, value: Any) -> str | None:
             hint = f" (write {value}.0)"
         elif want == "string":
             hint = " (quote it in YAML)"
-        return (f"parameter '{spec.name}' must be a {want}, got {got} {value!r}{hint}")
+        return f"parameter '{spec.name}' must be a {want}, got {got} {value!r}{hint}"
     if spec.low is not None and spec.high is not None and not spec.low <= value <= spec.high:
         return f"parameter '{spec.name}' = {value} is outside [{spec.low}, {spec.high}]"
     if spec.choices and value not in spec.choices:
@@ -220,18 +346,21 @@ def check_device(device: str) -> str | None:
     Imports torch only for ``cuda`` devices.
     """
     if not _DEVICE_RE.match(device):
-        return (f"parameter 'device' = '{device}' is not a torch device; use cpu, cuda or "
-                "cuda:N")
+        return f"parameter 'device' = '{device}' is not a torch device; use cpu, cuda or cuda:N"
     if device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
-            return (f"parameter 'device' = '{device}' but CUDA is not available to torch "
-                    f"{torch.__version__}; use device:=cpu or install a CUDA build of torch")
+            return (
+                f"parameter 'device' = '{device}' but CUDA is not available to torch "
+                f"{torch.__version__}; use device:=cpu or install a CUDA build of torch"
+            )
         index = int(device.split(":")[1]) if ":" in device else 0
         if index >= torch.cuda.device_count():
-            return (f"parameter 'device' = '{device}' but only {torch.cuda.device_count()} "
-                    "CUDA device(s) are visible")
+            return (
+                f"parameter 'device' = '{device}' but only {torch.cuda.device_count()} "
+                "CUDA device(s) are visible"
+            )
     return None
 
 

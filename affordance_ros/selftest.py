@@ -29,12 +29,16 @@ from .env import DEFAULT_MSG_PREFIX, ros_env
 __all__ = ["run_node_selftest"]
 
 
-def run_node_selftest(checkpoint: str | os.PathLike, seconds: float = 5.0, rate: float = 10.0,
-                      log_dir: str | os.PathLike | None = None,
-                      msg_prefix: str | os.PathLike = DEFAULT_MSG_PREFIX,
-                      weights_dir: str | os.PathLike | None = None,
-                      image_size: int = 160,
-                      node_params: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_node_selftest(
+    checkpoint: str | os.PathLike,
+    seconds: float = 5.0,
+    rate: float = 10.0,
+    log_dir: str | os.PathLike | None = None,
+    msg_prefix: str | os.PathLike = DEFAULT_MSG_PREFIX,
+    weights_dir: str | os.PathLike | None = None,
+    image_size: int = 160,
+    node_params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Start node + client processes; returns the client's JSON summary.
 
     ``node_params`` are extra ``-p name:=value`` parameters for the node.
@@ -46,28 +50,63 @@ def run_node_selftest(checkpoint: str | os.PathLike, seconds: float = 5.0, rate:
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="affordance_selftest_"))
     log_dir.mkdir(parents=True, exist_ok=True)
     env = ros_env(msg_prefix)
-    env.update(ROS_DOMAIN_ID=str(100 + os.getpid() % 100), ROS_LOG_DIR=str(log_dir),
-               ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1")
+    env.update(
+        ROS_DOMAIN_ID=str(100 + os.getpid() % 100),
+        ROS_LOG_DIR=str(log_dir),
+        ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+        PYTHONUNBUFFERED="1",
+    )
     fastdds = Path(__file__).resolve().parent.parent / "config" / "fastdds.xml"
     if fastdds.is_file():
         env["FASTRTPS_DEFAULT_PROFILES_FILE"] = str(fastdds)
     from affordance_core.checkpoint import read_checkpoint
+
     model_name = read_checkpoint(checkpoint)["config"]["name"]
     node_log = open(log_dir / "node.log", "w")
     node = subprocess.Popen(
-        [sys.executable, "-m", "affordance_ros.node", "--ros-args",
-         "-p", f"checkpoint:={Path(checkpoint).resolve()}", "-p", f"model:={model_name}",
-         "-p", "image_qos:=reliable",
-         *(["-p", f"weights_dir:={Path(weights_dir).resolve()}"] if weights_dir else []),
-         *[arg for name, value in (node_params or {}).items()
-           for arg in ("-p", f"{name}:={value}")]],
-        env=env, stdout=node_log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "affordance_ros.node",
+            "--ros-args",
+            "-p",
+            f"checkpoint:={Path(checkpoint).resolve()}",
+            "-p",
+            f"model:={model_name}",
+            "-p",
+            "image_qos:=reliable",
+            *(["-p", f"weights_dir:={Path(weights_dir).resolve()}"] if weights_dir else []),
+            *[
+                arg
+                for name, value in (node_params or {}).items()
+                for arg in ("-p", f"{name}:={value}")
+            ],
+        ],
+        env=env,
+        stdout=node_log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         client = subprocess.run(
-            [sys.executable, "-m", "affordance_ros.selftest", "--client",
-             "--checkpoint", str(checkpoint), "--seconds", str(seconds), "--rate", str(rate),
-             "--image-size", str(image_size)],
-            env=env, capture_output=True, text=True, timeout=seconds + 120)
+            [
+                sys.executable,
+                "-m",
+                "affordance_ros.selftest",
+                "--client",
+                "--checkpoint",
+                str(checkpoint),
+                "--seconds",
+                str(seconds),
+                "--rate",
+                str(rate),
+                "--image-size",
+                str(image_size),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=seconds + 120,
+        )
     finally:
         if node.poll() is None:
             node.send_signal(signal.SIGINT)
@@ -121,10 +160,18 @@ def _client(checkpoint: Path, seconds: float, rate: float, size: int) -> dict[st
 
     node.create_subscription(Image, "affordance/heatmap", on_heatmap, QoSProfile(depth=50))
     for name in ("mask", "overlay"):
-        node.create_subscription(Image, f"affordance/{name}",
-                                 lambda m, n=name: received[n].append(m), QoSProfile(depth=50))
-    node.create_subscription(AffordanceResult, "affordance/result",
-                             lambda m: received["result"].append(m), QoSProfile(depth=50))
+        node.create_subscription(
+            Image,
+            f"affordance/{name}",
+            lambda m, n=name: received[n].append(m),
+            QoSProfile(depth=50),
+        )
+    node.create_subscription(
+        AffordanceResult,
+        "affordance/result",
+        lambda m: received["result"].append(m),
+        QoSProfile(depth=50),
+    )
     node.create_subscription(DiagnosticArray, "diagnostics", diagnostics.append, 10)
 
     from rclpy.executors import SingleThreadedExecutor
@@ -158,25 +205,34 @@ def _client(checkpoint: Path, seconds: float, rate: float, size: int) -> dict[st
     while time.monotonic() < settle:
         executor.spin_once(timeout_sec=0.05)
 
-    summary: dict[str, Any] = {"frames_sent": sent,
-                               "received": {k: len(v) for k, v in received.items()}}
+    summary: dict[str, Any] = {
+        "frames_sent": sent,
+        "received": {k: len(v) for k, v in received.items()},
+    }
     if received["heatmap"]:
         last = received["heatmap"][-1]
         values = image_to_array(last)
-        summary["heatmap"] = {"encoding": last.encoding, "size": [last.width, last.height],
-                              "min": round(float(values.min()), 3),
-                              "max": round(float(values.max()), 3),
-                              "frame_id": last.header.frame_id}
+        summary["heatmap"] = {
+            "encoding": last.encoding,
+            "size": [last.width, last.height],
+            "min": round(float(values.min()), 3),
+            "max": round(float(values.max()), 3),
+            "frame_id": last.header.frame_id,
+        }
         lat = np.array(latency)
-        summary["latency_ms"] = {"median": round(float(np.median(lat)), 1),
-                                 "p95": round(float(np.percentile(lat, 95)), 1)}
+        summary["latency_ms"] = {
+            "median": round(float(np.median(lat)), 1),
+            "p95": round(float(np.percentile(lat, 95)), 1),
+        }
     if received["mask"]:
         summary["mask_encoding"] = received["mask"][-1].encoding
     if received["result"]:
         res = received["result"][-1]
-        summary["last_result"] = {"action": res.action, "score": round(float(res.score), 3),
-                                  "grasp_pixel": [round(res.grasp_pixel.x),
-                                                  round(res.grasp_pixel.y)]}
+        summary["last_result"] = {
+            "action": res.action,
+            "score": round(float(res.score), 3),
+            "grasp_pixel": [round(res.grasp_pixel.x), round(res.grasp_pixel.y)],
+        }
     reports = [{kv.key: kv.value for kv in d.status[0].values} for d in diagnostics if d.status]
     busy = [r for r in reports if r.get("predictor_ms_mean")]
     if busy or reports:
@@ -196,12 +252,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.client:
-        print(json.dumps(_client(Path(args.checkpoint), args.seconds, args.rate,
-                                 args.image_size)))
+        print(json.dumps(_client(Path(args.checkpoint), args.seconds, args.rate, args.image_size)))
     else:
-        print(json.dumps(run_node_selftest(args.checkpoint, args.seconds, args.rate,
-                                           weights_dir=args.weights_dir,
-                                           image_size=args.image_size)))
+        print(
+            json.dumps(
+                run_node_selftest(
+                    args.checkpoint,
+                    args.seconds,
+                    args.rate,
+                    weights_dir=args.weights_dir,
+                    image_size=args.image_size,
+                )
+            )
+        )
     return 0
 
 

@@ -31,7 +31,8 @@ import argparse
 import json
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,8 +40,18 @@ import torch
 from affordance_core import create_model
 from affordance_core.predictor import AffordancePredictor
 
-VOCAB = ["hold", "cut_with", "pour", "sit_on", "ride", "drink_with", "hit", "swing",
-         "type_on", "open"]
+VOCAB = [
+    "hold",
+    "cut_with",
+    "pour",
+    "sit_on",
+    "ride",
+    "drink_with",
+    "hit",
+    "swing",
+    "type_on",
+    "open",
+]
 _GPU_EPS = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 _TRT_EPS = ["TensorrtExecutionProvider", *_GPU_EPS]
 # name -> AffordancePredictor keyword arguments (device and cache are added).
@@ -52,12 +63,17 @@ BACKEND_OPTIONS: dict[str, dict[str, Any]] = {
     "onnxruntime-int8": {"backend": "onnxruntime", "onnx_variant": "int8"},
     "onnxruntime-cuda": {"backend": "onnxruntime", "onnx_providers": _GPU_EPS},
     "onnxruntime-tensorrt": {"backend": "onnxruntime", "onnx_providers": _TRT_EPS},
-    "onnxruntime-tensorrt-fp16": {"backend": "onnxruntime", "onnx_providers": _TRT_EPS,
-                                  "half": True},
+    "onnxruntime-tensorrt-fp16": {
+        "backend": "onnxruntime",
+        "onnx_providers": _TRT_EPS,
+        "half": True,
+    },
 }
 DEFAULT_CPU = "torch,onnxruntime,onnxruntime-int8"
-DEFAULT_CUDA = ("torch,torch-half,torch-compile,onnxruntime-cuda,onnxruntime-tensorrt,"
-                "onnxruntime-tensorrt-fp16")
+DEFAULT_CUDA = (
+    "torch,torch-half,torch-compile,onnxruntime-cuda,onnxruntime-tensorrt,"
+    "onnxruntime-tensorrt-fp16"
+)
 
 
 def _timed(fn: Callable[[Any], None], frames: list, sync: Callable[[], None]) -> float:
@@ -68,8 +84,9 @@ def _timed(fn: Callable[[Any], None], frames: list, sync: Callable[[], None]) ->
     return (time.perf_counter() - start) / len(frames) * 1000.0
 
 
-def compare_backends(model, names: list[str], frames: list[np.ndarray], device: str,
-                     rounds: int, cache_dir: str) -> dict[str, Any]:
+def compare_backends(
+    model, names: list[str], frames: list[np.ndarray], device: str, rounds: int, cache_dir: str
+) -> dict[str, Any]:
     """Median frame time of each backend (one action), as a ratio to ``torch``.
 
     Returns ``{name: {"frame_ms", "ratio_to_eager", "fps", "setup_s", "max_heatmap_diff",
@@ -82,23 +99,24 @@ def compare_backends(model, names: list[str], frames: list[np.ndarray], device: 
     out: dict[str, Any] = {}
     for name in ["torch", *[n for n in names if n != "torch"]]:
         if name not in BACKEND_OPTIONS:
-            raise SystemExit(f"unknown backend {name!r}; choose from "
-                             f"{', '.join(BACKEND_OPTIONS)}")
+            raise SystemExit(f"unknown backend {name!r}; choose from {', '.join(BACKEND_OPTIONS)}")
         options = dict(BACKEND_OPTIONS[name])
         if options.get("backend") == "onnxruntime":
             options["onnx_cache_dir"] = cache_dir
         start = time.perf_counter()
         try:
             predictor = AffordancePredictor(model, device=device, **options)
-            for frame in frames[:2]:                 # warm-up: compilation, engine builds
+            for frame in frames[:2]:  # warm-up: compilation, engine builds
                 predictor(frame, action)
             sync()
         except Exception as exc:  # noqa: BLE001 - report and go on with the other backends
             out[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
             continue
         predictors[name] = predictor
-        out[name] = {"setup_s": round(time.perf_counter() - start, 1),
-                     "providers": predictor.providers}
+        out[name] = {
+            "setup_s": round(time.perf_counter() - start, 1),
+            "providers": predictor.providers,
+        }
     reference = {i: predictors["torch"](f, action)[0] for i, f in enumerate(frames)}
     for name, predictor in predictors.items():
         diffs, agree = [], []
@@ -106,8 +124,9 @@ def compare_backends(model, names: list[str], frames: list[np.ndarray], device: 
             got = predictor(frame, action)[0]
             diffs.append(float(np.abs(got.heatmap - reference[i].heatmap).max()))
             agree.append(got.peak_xy == reference[i].peak_xy)
-        out[name].update(max_heatmap_diff=float(f"{max(diffs):.3g}"),
-                         peaks_agree=f"{sum(agree)}/{len(agree)}")
+        out[name].update(
+            max_heatmap_diff=float(f"{max(diffs):.3g}"), peaks_agree=f"{sum(agree)}/{len(agree)}"
+        )
     times: dict[str, list[float]] = {name: [] for name in predictors}
     for _ in range(rounds):
         for frame in frames:
@@ -116,8 +135,11 @@ def compare_backends(model, names: list[str], frames: list[np.ndarray], device: 
     eager = float(np.median(times["torch"]))
     for name, samples in times.items():
         median = float(np.median(samples))
-        out[name].update(frame_ms=round(median, 2), ratio_to_eager=round(median / eager, 3),
-                         fps=round(1000.0 / median, 2))
+        out[name].update(
+            frame_ms=round(median, 2),
+            ratio_to_eager=round(median / eager, 3),
+            fps=round(1000.0 / median, 2),
+        )
     return out
 
 
@@ -125,26 +147,40 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="paper", choices=["paper", "tiny"])
     parser.add_argument("--frames", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="passes over the frames per measurement (default 2)")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="passes over the frames per measurement (default 2)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--backends", default=None,
-                        help=f"comma-separated, from {', '.join(BACKEND_OPTIONS)}; "
-                             f"default {DEFAULT_CPU} on CPU, {DEFAULT_CUDA} on CUDA; "
-                             "'none' skips the comparison")
-    parser.add_argument("--half", action="store_true",
-                        help="eager rows under autocast: float16 on CUDA, bfloat16 on CPU")
-    parser.add_argument("--compile", action="store_true",
-                        help="eager rows: torch.compile the backbone pass (compilation excluded)")
-    parser.add_argument("--onnx-cache", default=None,
-                        help="ONNX cache folder (default: a temporary one, so the export is "
-                             "part of each run's setup_s)")
+    parser.add_argument(
+        "--backends",
+        default=None,
+        help=f"comma-separated, from {', '.join(BACKEND_OPTIONS)}; "
+        f"default {DEFAULT_CPU} on CPU, {DEFAULT_CUDA} on CUDA; "
+        "'none' skips the comparison",
+    )
+    parser.add_argument(
+        "--half",
+        action="store_true",
+        help="eager rows under autocast: float16 on CUDA, bfloat16 on CPU",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="eager rows: torch.compile the backbone pass (compilation excluded)",
+    )
+    parser.add_argument(
+        "--onnx-cache",
+        default=None,
+        help="ONNX cache folder (default: a temporary one, so the export is "
+        "part of each run's setup_s)",
+    )
     args = parser.parse_args()
 
     torch.manual_seed(0)
     model = create_model(args.model, vocabulary=VOCAB, pretrained=False).to(args.device)
-    predictor = AffordancePredictor(model, device=args.device, half=args.half,
-                                    compile=args.compile)
+    predictor = AffordancePredictor(
+        model, device=args.device, half=args.half, compile=args.compile
+    )
     extract = predictor._extract
     rng = np.random.default_rng(0)
     frames = [(rng.random((480, 640, 3)) * 255).astype(np.uint8) for _ in range(args.frames)]
@@ -159,9 +195,10 @@ def main() -> None:
         def run(frame: np.ndarray) -> None:
             predictor.set_image(frame)
             predictor.predict(actions)
+
         return run
 
-    backbones(tensors[0])                        # warm-up
+    backbones(tensors[0])  # warm-up
     predict(VOCAB[:1])(frames[0])
     results: dict[str, Any] = {}
     # Alternate the two measurements frame by frame, so drift in machine load hits both alike,
@@ -183,10 +220,18 @@ def main() -> None:
     names = [] if spec == "none" else [n.strip() for n in spec.split(",") if n.strip()]
     if names:
         with tempfile.TemporaryDirectory(prefix="bench_onnx_") as tmp:
-            results["backends"] = compare_backends(model, names, frames, args.device,
-                                                   args.rounds, args.onnx_cache or tmp)
-    results.update(model=args.model, device=args.device, half=args.half, compile=args.compile,
-                   frames=args.frames, rounds=args.rounds, threads=torch.get_num_threads())
+            results["backends"] = compare_backends(
+                model, names, frames, args.device, args.rounds, args.onnx_cache or tmp
+            )
+    results.update(
+        model=args.model,
+        device=args.device,
+        half=args.half,
+        compile=args.compile,
+        frames=args.frames,
+        rounds=args.rounds,
+        threads=torch.get_num_threads(),
+    )
     print(json.dumps(results))
 
 

@@ -35,8 +35,11 @@ from affordance_core.data import AffordanceTestDataset
 from affordance_core.metrics import MetricAccumulator, prepare_prediction
 from affordance_core.predictor import AffordancePredictor
 
-BACKENDS = {"torch": {}, "onnxruntime": {"backend": "onnxruntime"},
-            "onnxruntime-int8": {"backend": "onnxruntime", "onnx_variant": "int8"}}
+BACKENDS = {
+    "torch": {},
+    "onnxruntime": {"backend": "onnxruntime"},
+    "onnxruntime-int8": {"backend": "onnxruntime", "onnx_variant": "int8"},
+}
 
 
 def raw_maps(predictor: AffordancePredictor, image: torch.Tensor, class_id: int) -> torch.Tensor:
@@ -71,14 +74,18 @@ def score(predictors: dict[str, AffordancePredictor], dataset) -> dict[str, Any]
         ms = float(np.median(times[name])) * 1000
         diffs = [float((a - b).abs().max()) for a, b in zip(preds[name], preds["torch"])]
         moved = [int(a.argmax()) != int(b.argmax()) for a, b in zip(preds[name], preds["torch"])]
-        out[name] = {**{k: round(float(metrics[k]), 4) for k in ("KLD", "SIM", "NSS")},
-                     "n": int(metrics["n"]), "image_ms": round(ms, 2),
-                     "ratio_to_eager": round(ms / eager_ms, 3),
-                     "max_map_diff": round(max(diffs), 4),
-                     "peaks_moved": round(float(np.mean(moved)), 3)}
+        out[name] = {
+            **{k: round(float(metrics[k]), 4) for k in ("KLD", "SIM", "NSS")},
+            "n": int(metrics["n"]),
+            "image_ms": round(ms, 2),
+            "ratio_to_eager": round(ms / eager_ms, 3),
+            "max_map_diff": round(max(diffs), 4),
+            "peaks_moved": round(float(np.mean(moved)), 3),
+        }
     for name in predictors:
-        out[name]["delta"] = {k: round(out[name][k] - out["torch"][k], 4)
-                              for k in ("KLD", "SIM", "NSS")}
+        out[name]["delta"] = {
+            k: round(out[name][k] - out["torch"][k], 4) for k in ("KLD", "SIM", "NSS")
+        }
     return out
 
 
@@ -101,23 +108,38 @@ def main() -> None:
     start = time.perf_counter()
     make_corpus(work / "data", budget, args.seed)
     make_validation_corpus(work / "data_val", budget, args.seed)
-    checkpoint = train_method("selectivecl", work / "data", args.split,
-                              work / "runs" / args.split / "selectivecl", budget,
-                              work / "feature_cache" / args.split, args.seed,
-                              val_root=work / "data_val")
+    checkpoint = train_method(
+        "selectivecl",
+        work / "data",
+        args.split,
+        work / "runs" / args.split / "selectivecl",
+        budget,
+        work / "feature_cache" / args.split,
+        args.seed,
+        val_root=work / "data_val",
+    )
     prep_s = time.perf_counter() - start
     model = load_model(checkpoint).eval()
-    predictors = {name: AffordancePredictor(model, onnx_cache_dir=work / "onnx", **options)
-                  for name, options in BACKENDS.items()}
+    predictors = {
+        name: AffordancePredictor(model, onnx_cache_dir=work / "onnx", **options)
+        for name, options in BACKENDS.items()
+    }
     results: dict[str, Any] = {}
     for label, root in (("validation", work / "data_val"), ("test", work / "data")):
-        dataset = AffordanceTestDataset(root, args.split, model.image_size,
-                                        vocabulary=model.vocabulary)
+        dataset = AffordanceTestDataset(
+            root, args.split, model.image_size, vocabulary=model.vocabulary
+        )
         results[label] = score(predictors, dataset)
-    results.update(model="tiny", method="selectivecl", split=args.split,
-                   iters=budget["iters"], corpus="full" if args.full else "quick",
-                   seed=args.seed, threads=torch.get_num_threads(),
-                   prepare_s=round(prep_s, 1))
+    results.update(
+        model="tiny",
+        method="selectivecl",
+        split=args.split,
+        iters=budget["iters"],
+        corpus="full" if args.full else "quick",
+        seed=args.seed,
+        threads=torch.get_num_threads(),
+        prepare_s=round(prep_s, 1),
+    )
     print(json.dumps(results))
     if tmp is not None:
         tmp.cleanup()

@@ -67,15 +67,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint")
-    source.add_argument("--model", choices=["paper"],
-                        help="measure random paper-tier weights written to a temporary folder")
+    source.add_argument(
+        "--model",
+        choices=["paper"],
+        help="measure random paper-tier weights written to a temporary folder",
+    )
     parser.add_argument("--weights-dir")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rate", type=float, default=5.0)
     parser.add_argument("--image-size", type=int, default=160)
-    parser.add_argument("--cpu-threads", type=int, default=0,
-                        help="torch threads, here and in the node (node parameter cpu_threads); "
-                             "0 = torch's default")
+    parser.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=0,
+        help="torch threads, here and in the node (node parameter cpu_threads); "
+        "0 = torch's default",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
     args = parser.parse_args()
@@ -90,14 +97,15 @@ def main() -> None:
         checkpoint, weights_dir = str(ckpt_path), str(weights_path)
 
     onnx_cache = tempfile.TemporaryDirectory(prefix="bench_node_onnx_")
-    os.environ["AFFORDANCE_ONNX_CACHE"] = onnx_cache.name        # shared with the node
-    predictor = AffordancePredictor.from_checkpoint(checkpoint, weights_dir=weights_dir,
-                                                    device=args.device, backend=args.backend)
+    os.environ["AFFORDANCE_ONNX_CACHE"] = onnx_cache.name  # shared with the node
+    predictor = AffordancePredictor.from_checkpoint(
+        checkpoint, weights_dir=weights_dir, device=args.device, backend=args.backend
+    )
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     rng = np.random.default_rng(0)
     frames = [render_scene(rng, obj, size=args.image_size, view="ego").image for obj in OBJECTS]
     action = predictor.vocabulary[0]
-    predictor(frames[0], action)                                     # warm-up
+    predictor(frames[0], action)  # warm-up
     start = time.perf_counter()
     for frame in frames:
         predictor(frame, action)
@@ -105,25 +113,41 @@ def main() -> None:
     predictor_ms = (time.perf_counter() - start) / len(frames) * 1000.0
     del predictor
 
-    node = run_node_selftest(checkpoint, seconds=args.seconds, rate=args.rate,
-                             weights_dir=weights_dir, image_size=args.image_size,
-                             node_params={"cpu_threads": args.cpu_threads,
-                                          "device": args.device, "backend": args.backend})
+    node = run_node_selftest(
+        checkpoint,
+        seconds=args.seconds,
+        rate=args.rate,
+        weights_dir=weights_dir,
+        image_size=args.image_size,
+        node_params={
+            "cpu_threads": args.cpu_threads,
+            "device": args.device,
+            "backend": args.backend,
+        },
+    )
     e2e = node.get("latency_ms", {}).get("median", float("nan"))
     in_node = float(node.get("diagnostics", {}).get("predictor_ms_mean") or "nan")
-    print(json.dumps({
-        "model": args.model or "checkpoint",
-        "predictor_ms": round(predictor_ms, 2),
-        "node_e2e_median_ms": e2e,
-        "node_e2e_p95_ms": node.get("latency_ms", {}).get("p95"),
-        "node_predictor_ms": in_node,
-        "ratio_e2e_over_predictor": round(e2e / predictor_ms, 3),
-        "ratio_e2e_over_node_predictor": round(e2e / in_node, 3),
-        "frames_sent": node.get("frames_sent"), "heatmaps": node["received"]["heatmap"],
-        "dropped": node.get("diagnostics", {}).get("frames_dropped"),
-        "rate_hz": args.rate, "image_size": args.image_size, "device": args.device,
-        "backend": args.backend,
-        "cpu_threads": args.cpu_threads or torch.get_num_threads()}))
+    print(
+        json.dumps(
+            {
+                "model": args.model or "checkpoint",
+                "predictor_ms": round(predictor_ms, 2),
+                "node_e2e_median_ms": e2e,
+                "node_e2e_p95_ms": node.get("latency_ms", {}).get("p95"),
+                "node_predictor_ms": in_node,
+                "ratio_e2e_over_predictor": round(e2e / predictor_ms, 3),
+                "ratio_e2e_over_node_predictor": round(e2e / in_node, 3),
+                "frames_sent": node.get("frames_sent"),
+                "heatmaps": node["received"]["heatmap"],
+                "dropped": node.get("diagnostics", {}).get("frames_dropped"),
+                "rate_hz": args.rate,
+                "image_size": args.image_size,
+                "device": args.device,
+                "backend": args.backend,
+                "cpu_threads": args.cpu_threads or torch.get_num_threads(),
+            }
+        )
+    )
     if tmp is not None:
         tmp.cleanup()
     onnx_cache.cleanup()

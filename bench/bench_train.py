@@ -31,14 +31,24 @@ import torch
 from affordance_core import create_model
 from affordance_core.methods import build_method
 
-VOCAB = ["hold", "cut_with", "pour", "sit_on", "ride", "drink_with", "hit", "swing",
-         "type_on", "open"]
+VOCAB = [
+    "hold",
+    "cut_with",
+    "pour",
+    "sit_on",
+    "ride",
+    "drink_with",
+    "hit",
+    "swing",
+    "type_on",
+    "open",
+]
 METHODS = ("ce", "locate", "selectivecl", "looptrans")
 NUM_EXO = 3
 
 
 def _median_ms(fn: Callable[[], None], steps: int, sync: Callable[[], None]) -> float:
-    fn()                                                   # warm-up
+    fn()  # warm-up
     sync()
     times = []
     for _ in range(steps):
@@ -58,19 +68,21 @@ def _cached_batch(model, ego: torch.Tensor, exo: torch.Tensor, labels: torch.Ten
         for name, value in tensors.items():
             if prefix == "exo":
                 value = value.view(b, NUM_EXO, *value.shape[1:])
-            batch[f"{prefix}_{name}"] = value.half()       # the cache stores float16
+            batch[f"{prefix}_{name}"] = value.half()  # the cache stores float16
     return batch
 
 
-def bench_method(tier: str, method_name: str, batch_size: int, steps: int,
-                 device: torch.device) -> dict:
+def bench_method(
+    tier: str, method_name: str, batch_size: int, steps: int, device: torch.device
+) -> dict:
     """Times one method on one tier; returns its figures (see the module docstring)."""
     torch.manual_seed(0)
     model = create_model(tier, vocabulary=VOCAB, method=method_name, pretrained=False)
     model.to(device).train()
     method = build_method(method_name, model, seed=0).to(device).train()
-    optimizer = torch.optim.SGD(model.param_groups(1e-3), lr=1e-3, momentum=0.9,
-                                nesterov=True, weight_decay=5e-4)
+    optimizer = torch.optim.SGD(
+        model.param_groups(1e-3), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4
+    )
     size = model.image_size
     gen = torch.Generator().manual_seed(1)
     ego = torch.rand(batch_size, 3, size, size, generator=gen).to(device)
@@ -81,8 +93,9 @@ def bench_method(tier: str, method_name: str, batch_size: int, steps: int,
     def step(batch: dict) -> Callable[[], None]:
         def run() -> None:
             optimizer.zero_grad(set_to_none=True)
-            method(batch, 0.5)["loss"].backward()          # progress past every warm-up
+            method(batch, 0.5)["loss"].backward()  # progress past every warm-up
             optimizer.step()
+
         return run
 
     def backbones() -> None:
@@ -109,8 +122,7 @@ def bench_method(tier: str, method_name: str, batch_size: int, steps: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiers", nargs="+", default=["tiny", "paper"],
-                        choices=["tiny", "paper"])
+    parser.add_argument("--tiers", nargs="+", default=["tiny", "paper"], choices=["tiny", "paper"])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--batch", type=int, default=4, help="tiny-tier batch")
     parser.add_argument("--paper-batch", type=int, default=2)
@@ -120,8 +132,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
 
-    results: dict = {"device": str(device), "threads": torch.get_num_threads(),
-                     "num_exo": NUM_EXO}
+    results: dict = {"device": str(device), "threads": torch.get_num_threads(), "num_exo": NUM_EXO}
     for tier in args.tiers:
         batch = args.batch if tier == "tiny" else args.paper_batch
         steps = args.steps if tier == "tiny" else args.paper_steps
@@ -129,9 +140,12 @@ def main() -> None:
         for name in args.methods:
             figures = bench_method(tier, name, batch, steps, device)
             results[tier][name] = figures
-            print(f"{tier:5s} {name:12s} images {figures['images_samples_per_s']:8.2f} "
-                  f"samples/s  cached {figures['cached_samples_per_s']:8.2f} samples/s  "
-                  f"outside backbones {figures['outside_backbone_share']:.1%}", flush=True)
+            print(
+                f"{tier:5s} {name:12s} images {figures['images_samples_per_s']:8.2f} "
+                f"samples/s  cached {figures['cached_samples_per_s']:8.2f} samples/s  "
+                f"outside backbones {figures['outside_backbone_share']:.1%}",
+                flush=True,
+            )
     print(json.dumps(results), flush=True)
 
 

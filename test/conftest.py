@@ -41,8 +41,11 @@ def _write_tree(
     for aff in affordances:
         for j in range(objects_per_aff):
             obj = f"obj{j}"
-            for sub, count in (("trainset/exocentric", n_exo), ("trainset/egocentric", n_ego),
-                               ("testset/egocentric", n_test)):
+            for sub, count in (
+                ("trainset/exocentric", n_exo),
+                ("trainset/egocentric", n_ego),
+                ("testset/egocentric", n_test),
+            ):
                 folder = base / sub / aff / obj
                 folder.mkdir(parents=True, exist_ok=True)
                 for k in range(count):
@@ -53,8 +56,10 @@ def _write_tree(
                 cy, cx = rng.uniform(0.2, 0.8) * gh, rng.uniform(0.2, 0.8) * gw
                 sigma = max(gh, gw) / 6.0
                 blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
-                cv2.imwrite(str(gt_folder / f"{aff}_{obj}_{k:04d}.png"),
-                            np.round(255 * blob).astype(np.uint8))
+                cv2.imwrite(
+                    str(gt_folder / f"{aff}_{obj}_{k:04d}.png"),
+                    np.round(255 * blob).astype(np.uint8),
+                )
     return base
 
 

@@ -1,4 +1,5 @@
 """Bad-input behaviour of the CLIs (one-line errors, exit codes) and affordance-predict."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,7 @@ def error_line(err: str, prog: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory, random_tiny_weights: Path
-           ) -> dict[str, Path]:
+def assets(tmp_path_factory: pytest.TempPathFactory, random_tiny_weights: Path) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("cli")
     weights = random_tiny_weights
     model = create_model("tiny", vocabulary=VOCAB, method="selectivecl", weights_dir=weights)
@@ -34,14 +34,26 @@ def assets(tmp_path_factory: pytest.TempPathFactory, random_tiny_weights: Path
     image = np.zeros((60, 80, 3), np.uint8)
     cv2.circle(image, (40, 30), 15, (0, 200, 255), -1)
     cv2.imwrite(str(base / "mug.jpg"), image)
-    return {"base": base, "weights": weights, "checkpoint": checkpoint,
-            "image": base / "mug.jpg"}
+    return {"base": base, "weights": weights, "checkpoint": checkpoint, "image": base / "mug.jpg"}
 
 
 def test_missing_data_root_is_a_one_line_error(tmp_path, capsys):
     missing = tmp_path / "nope"
-    status = train.main(["--data-root", str(missing), "--split", "Seen", "--method", "ce",
-                         "--model", "tiny", "--out", str(tmp_path / "run"), "--no-progress"])
+    status = train.main(
+        [
+            "--data-root",
+            str(missing),
+            "--split",
+            "Seen",
+            "--method",
+            "ce",
+            "--model",
+            "tiny",
+            "--out",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ]
+    )
     assert status == 1
     line = error_line(capsys.readouterr().err, "affordance-train")
     assert str(missing) in line and "does not exist" in line
@@ -49,8 +61,18 @@ def test_missing_data_root_is_a_one_line_error(tmp_path, capsys):
 
 def test_unknown_method_is_a_usage_error_listing_the_methods(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        train.main(["--data-root", str(tmp_path), "--split", "Seen", "--method", "magic",
-                    "--out", str(tmp_path / "run")])
+        train.main(
+            [
+                "--data-root",
+                str(tmp_path),
+                "--split",
+                "Seen",
+                "--method",
+                "magic",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
     assert exc.value.code == 2
     line = error_line(capsys.readouterr().err, "affordance-train")
     for name in ("ce", "locate", "selectivecl", "looptrans"):
@@ -61,9 +83,23 @@ def test_empty_affordance_folder_is_a_one_line_error(tmp_path, make_agd_tree, ca
     split = make_agd_tree(tmp_path / "data", split="Seen")
     empty = split / "trainset" / "exocentric" / "pour"
     empty.mkdir()
-    status = train.main(["--data-root", str(tmp_path / "data"), "--split", "Seen",
-                         "--method", "ce", "--model", "tiny", "--out", str(tmp_path / "run"),
-                         "--set", "model.pretrained=false", "--no-progress"])
+    status = train.main(
+        [
+            "--data-root",
+            str(tmp_path / "data"),
+            "--split",
+            "Seen",
+            "--method",
+            "ce",
+            "--model",
+            "tiny",
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            "model.pretrained=false",
+            "--no-progress",
+        ]
+    )
     assert status == 1
     line = error_line(capsys.readouterr().err, "affordance-train")
     assert str(empty) in line
@@ -71,8 +107,19 @@ def test_empty_affordance_folder_is_a_one_line_error(tmp_path, make_agd_tree, ca
 
 
 def test_user_split_name_only_needs_its_folder(tmp_path, capsys):
-    status = train.main(["--data-root", str(tmp_path), "--split", "MyKitchen", "--method",
-                         "ce", "--out", str(tmp_path / "run"), "--no-progress"])
+    status = train.main(
+        [
+            "--data-root",
+            str(tmp_path),
+            "--split",
+            "MyKitchen",
+            "--method",
+            "ce",
+            "--out",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ]
+    )
     assert status == 1
     line = error_line(capsys.readouterr().err, "affordance-train")
     assert "MyKitchen" in line
@@ -82,20 +129,43 @@ def test_resume_without_a_checkpoint_and_bad_overrides(tmp_path, capsys):
     status = train.main(["--out", str(tmp_path / "fresh"), "--resume"])
     assert status == 1
     assert "last.pt" in error_line(capsys.readouterr().err, "affordance-train")
-    status = train.main(["--data-root", str(tmp_path), "--split", "Seen", "--method", "ce",
-                         "--out", str(tmp_path / "run"), "--set", "train.lr"])
+    status = train.main(
+        [
+            "--data-root",
+            str(tmp_path),
+            "--split",
+            "Seen",
+            "--method",
+            "ce",
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            "train.lr",
+        ]
+    )
     assert status == 2
     assert "KEY=VALUE" in error_line(capsys.readouterr().err, "affordance-train")
     assert parse_set_items(["train.lr=1e-3", "model.pretrained=false"]) == {
-        "train": {"lr": 0.001}, "model": {"pretrained": False}}
+        "train": {"lr": 0.001},
+        "model": {"pretrained": False},
+    }
 
 
 def test_eval_rejects_a_file_that_is_not_a_checkpoint(tmp_path, make_agd_tree, capsys):
     make_agd_tree(tmp_path / "data", split="Seen")
     bogus = tmp_path / "weights.pt"
     torch.save({"state_dict": {"w": torch.zeros(2)}}, bogus)
-    status = evaluate.main(["--data-root", str(tmp_path / "data"), "--split", "Seen",
-                            "--checkpoint", str(bogus), "--no-progress"])
+    status = evaluate.main(
+        [
+            "--data-root",
+            str(tmp_path / "data"),
+            "--split",
+            "Seen",
+            "--checkpoint",
+            str(bogus),
+            "--no-progress",
+        ]
+    )
     assert status == 1
     line = error_line(capsys.readouterr().err, "affordance-eval")
     assert str(bogus) in line and "not an affordance model checkpoint" in line
@@ -107,20 +177,41 @@ def test_eval_rejects_heads_of_another_model(tmp_path, make_agd_tree, assets, ca
     payload["heads"]["classifier.weight"] = torch.zeros(7, 5, 1, 1)
     other = tmp_path / "other.pt"
     torch.save(payload, other)
-    status = evaluate.main(["--data-root", str(tmp_path / "data"), "--split", "Seen",
-                            "--checkpoint", str(other), "--weights-dir", str(assets["weights"]),
-                            "--no-progress"])
+    status = evaluate.main(
+        [
+            "--data-root",
+            str(tmp_path / "data"),
+            "--split",
+            "Seen",
+            "--checkpoint",
+            str(other),
+            "--weights-dir",
+            str(assets["weights"]),
+            "--no-progress",
+        ]
+    )
     assert status == 1
     line = error_line(capsys.readouterr().err, "affordance-eval")
     assert str(other) in line and "classifier.weight" in line
 
 
-def test_eval_rejects_a_split_outside_the_checkpoint_vocabulary(tmp_path, make_agd_tree, assets,
-                                                                capsys):
+def test_eval_rejects_a_split_outside_the_checkpoint_vocabulary(
+    tmp_path, make_agd_tree, assets, capsys
+):
     make_agd_tree(tmp_path / "data", split="Seen", affordances=("hold", "pour"))
-    status = evaluate.main(["--data-root", str(tmp_path / "data"), "--split", "Seen",
-                            "--checkpoint", str(assets["checkpoint"]),
-                            "--weights-dir", str(assets["weights"]), "--no-progress"])
+    status = evaluate.main(
+        [
+            "--data-root",
+            str(tmp_path / "data"),
+            "--split",
+            "Seen",
+            "--checkpoint",
+            str(assets["checkpoint"]),
+            "--weights-dir",
+            str(assets["weights"]),
+            "--no-progress",
+        ]
+    )
     assert status == 1
     line = error_line(capsys.readouterr().err, "affordance-eval")
     assert "pour" in line and str(assets["checkpoint"]) in line
@@ -129,9 +220,22 @@ def test_eval_rejects_a_split_outside_the_checkpoint_vocabulary(tmp_path, make_a
 def test_predict_writes_overlay_mask_and_heatmaps(assets, tmp_path, capsys):
     out = tmp_path / "pred" / "mug.png"
     npy = tmp_path / "mug.npy"
-    status = predict.main(["--checkpoint", str(assets["checkpoint"]), "--image",
-                           str(assets["image"]), "--action", "hold", "--out", str(out),
-                           "--weights-dir", str(assets["weights"]), "--heatmap-npy", str(npy)])
+    status = predict.main(
+        [
+            "--checkpoint",
+            str(assets["checkpoint"]),
+            "--image",
+            str(assets["image"]),
+            "--action",
+            "hold",
+            "--out",
+            str(out),
+            "--weights-dir",
+            str(assets["weights"]),
+            "--heatmap-npy",
+            str(npy),
+        ]
+    )
     assert status == 0
     overlay = cv2.imread(str(out))
     mask = cv2.imread(str(out.with_name("mug_mask.png")), cv2.IMREAD_GRAYSCALE)
@@ -148,9 +252,20 @@ def test_predict_writes_overlay_mask_and_heatmaps(assets, tmp_path, capsys):
 
 def test_predict_several_actions_in_one_image(assets, tmp_path):
     out = tmp_path / "two.png"
-    status = predict.main(["--checkpoint", str(assets["checkpoint"]), "--image",
-                           str(assets["image"]), "--action", "hold,cut_with", "--out", str(out),
-                           "--weights-dir", str(assets["weights"])])
+    status = predict.main(
+        [
+            "--checkpoint",
+            str(assets["checkpoint"]),
+            "--image",
+            str(assets["image"]),
+            "--action",
+            "hold,cut_with",
+            "--out",
+            str(out),
+            "--weights-dir",
+            str(assets["weights"]),
+        ]
+    )
     assert status == 0
     assert cv2.imread(str(out)).shape == (60, 160, 3)
     for action in ("hold", "cut_with"):
@@ -162,26 +277,53 @@ def test_predict_onnxruntime_backend_matches_torch(assets, tmp_path, capsys):
     heat, reports = {}, {}
     for backend in ("torch", "onnxruntime"):
         npy = tmp_path / f"{backend}.npy"
-        status = predict.main(["--checkpoint", str(assets["checkpoint"]), "--image",
-                               str(assets["image"]), "--action", "hold,sit_on", "--out",
-                               str(tmp_path / f"{backend}.png"), "--weights-dir",
-                               str(assets["weights"]), "--heatmap-npy", str(npy),
-                               "--backend", backend, "--onnx-cache", str(tmp_path / "cache")])
+        status = predict.main(
+            [
+                "--checkpoint",
+                str(assets["checkpoint"]),
+                "--image",
+                str(assets["image"]),
+                "--action",
+                "hold,sit_on",
+                "--out",
+                str(tmp_path / f"{backend}.png"),
+                "--weights-dir",
+                str(assets["weights"]),
+                "--heatmap-npy",
+                str(npy),
+                "--backend",
+                backend,
+                "--onnx-cache",
+                str(tmp_path / "cache"),
+            ]
+        )
         assert status == 0
         heat[backend] = np.load(npy)
         reports[backend] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert reports["onnxruntime"]["backend"] == "onnxruntime"
     assert list((tmp_path / "cache").glob("*-fp32/meta.json"))
     assert np.abs(heat["torch"] - heat["onnxruntime"]).max() <= 1e-3
-    assert ([a["peak_xy"] for a in reports["torch"]["actions"]]
-            == [a["peak_xy"] for a in reports["onnxruntime"]["actions"]])
+    assert [a["peak_xy"] for a in reports["torch"]["actions"]] == [
+        a["peak_xy"] for a in reports["onnxruntime"]["actions"]
+    ]
 
 
 def test_predict_unknown_action_lists_the_vocabulary(assets, tmp_path, capsys):
     out = tmp_path / "x.png"
-    status = predict.main(["--checkpoint", str(assets["checkpoint"]), "--image",
-                           str(assets["image"]), "--action", "fly", "--out", str(out),
-                           "--weights-dir", str(assets["weights"])])
+    status = predict.main(
+        [
+            "--checkpoint",
+            str(assets["checkpoint"]),
+            "--image",
+            str(assets["image"]),
+            "--action",
+            "fly",
+            "--out",
+            str(out),
+            "--weights-dir",
+            str(assets["weights"]),
+        ]
+    )
     assert status == 2
     line = error_line(capsys.readouterr().err, "affordance-predict")
     assert "'fly'" in line and all(word in line for word in VOCAB)
@@ -191,7 +333,17 @@ def test_predict_unknown_action_lists_the_vocabulary(assets, tmp_path, capsys):
 def test_predict_unreadable_image_is_a_one_line_error(assets, tmp_path, capsys):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
-    status = predict.main(["--checkpoint", str(assets["checkpoint"]), "--image", str(broken),
-                           "--action", "hold", "--out", str(tmp_path / "x.png")])
+    status = predict.main(
+        [
+            "--checkpoint",
+            str(assets["checkpoint"]),
+            "--image",
+            str(broken),
+            "--action",
+            "hold",
+            "--out",
+            str(tmp_path / "x.png"),
+        ]
+    )
     assert status == 1
     assert str(broken) in error_line(capsys.readouterr().err, "affordance-predict")

@@ -9,10 +9,14 @@ import pytest
 import torch
 
 from affordance_core import create_model, list_models, load_model, save_model
-from affordance_core.discovery import discover_parts, masked_kmeans, piou
-from affordance_core.losses import (concentration_loss, pixel_contrast_loss,
-                                    prototype_contrast_loss, prototype_distillation_loss)
 from affordance_core.affinity import exo_object_affinity
+from affordance_core.discovery import discover_parts, masked_kmeans, piou
+from affordance_core.losses import (
+    concentration_loss,
+    pixel_contrast_loss,
+    prototype_contrast_loss,
+    prototype_distillation_loss,
+)
 from affordance_core.methods import METHODS, build_method
 from affordance_core.predictor import AffordancePredictor, UnknownActionError
 from affordance_core.prompts import ego_prompt, exo_prompt
@@ -23,9 +27,11 @@ VOCAB = ["hold", "cut_with", "pour", "sit_on"]
 @pytest.fixture(scope="module")
 def batch() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return {"ego": torch.rand(4, 3, 112, 112, generator=g),
-            "exo": torch.rand(4, 3, 3, 112, 112, generator=g),
-            "label": torch.tensor([0, 1, 0, 2])}
+    return {
+        "ego": torch.rand(4, 3, 112, 112, generator=g),
+        "exo": torch.rand(4, 3, 3, 112, 112, generator=g),
+        "label": torch.tensor([0, 1, 0, 2]),
+    }
 
 
 def test_presets_registered() -> None:
@@ -80,8 +86,8 @@ def test_masked_kmeans_finds_separated_clusters() -> None:
     outliers = torch.full((1, 5, 2), 100.0)
     points = torch.cat([pts, outliers], 1).repeat(2, 1, 1)
     valid = torch.ones(2, 65, dtype=torch.bool)
-    valid[:, 60:] = False                           # the outliers must be ignored
-    valid[1, 2:] = False                            # row 1 has too few points
+    valid[:, 60:] = False  # the outliers must be ignored
+    valid[1, 2:] = False  # row 1 has too few points
     cents, ok = masked_kmeans(points, valid, k=3, generator=g)
     assert ok.tolist() == [True, False]
     found = sorted(cents[0].round().tolist())
@@ -103,15 +109,22 @@ def test_discover_parts_reliability_gate() -> None:
     part_dir[0] = 1.0
     exo_keys = torch.randn(2, 3, d, h, h) * 0.05
     exo_maps = torch.zeros(2, 3, h, h)
-    exo_keys[:, :, :, :2, :2] += part_dir[:, None, None] * 5     # interaction region = part
+    exo_keys[:, :, :, :2, :2] += part_dir[:, None, None] * 5  # interaction region = part
     exo_maps[:, :, :2, :2] = 1.0
     ego_keys = torch.randn(2, d, h, h) * 0.05
     ego_keys[:, :, :2, :2] += part_dir[:, None, None] * 5
     sal = torch.zeros(2, h, h, dtype=torch.bool)
-    sal[0, :2, :2] = True                   # saliency agrees with the part in sample 0
-    sal[1, 2:, 2:] = True                   # and not in sample 1
-    found = discover_parts(exo_keys, exo_maps, ego_keys, sal, region_threshold=0.5,
-                           piou_threshold=0.6, generator=torch.Generator().manual_seed(0))
+    sal[0, :2, :2] = True  # saliency agrees with the part in sample 0
+    sal[1, 2:, 2:] = True  # and not in sample 1
+    found = discover_parts(
+        exo_keys,
+        exo_maps,
+        ego_keys,
+        sal,
+        region_threshold=0.5,
+        piou_threshold=0.6,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert found.enough_points.all()
     assert found.reliable.tolist() == [True, False]
     assert found.centroid[0, 0] > 0.9
@@ -132,8 +145,9 @@ def test_concentration_loss_prefers_compact_maps() -> None:
 def test_prototype_distillation_margin() -> None:
     a = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
     p = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    assert float(prototype_distillation_loss(a, p, torch.tensor([True, True]))) == \
-        pytest.approx(0.25)                 # (0 + 0.5) / 2
+    assert float(prototype_distillation_loss(a, p, torch.tensor([True, True]))) == pytest.approx(
+        0.25
+    )  # (0 + 0.5) / 2
     assert float(prototype_distillation_loss(a, p, torch.tensor([False, False]))) == 0.0
 
 
@@ -170,11 +184,14 @@ def test_selectivecl_reference_indexing_and_ablations(batch) -> None:
 
     def run(**opts) -> dict[str, float]:
         with torch.no_grad():
-            return {k: float(v) for k, v in build_method("selectivecl", model, **opts)(
-                batch, 0.5).items()}
+            return {
+                k: float(v)
+                for k, v in build_method("selectivecl", model, **opts)(batch, 0.5).items()
+            }
+
     base = run()
     ce = ("ce_ego", "ce_exo")
-    assert base["stat_reliable_rate"] > 0        # the part-level branch is exercised
+    assert base["stat_reliable_rate"] > 0  # the part-level branch is exercised
     # reference indexing: discovery sees other maps -> the prototype term only
     ref = run(exo_indexing="reference")
     assert all(ref[k] == base[k] for k in (*ce, "pix"))
@@ -190,8 +207,7 @@ def test_selectivecl_reference_indexing_and_ablations(batch) -> None:
     assert "proto" not in none and "pix" not in no_pix
     assert all(none[k] == base[k] for k in (*ce, "pix"))
     assert all(no_pix[k] == base[k] for k in (*ce, "proto"))
-    assert none["loss"] == pytest.approx(base["ce_ego"] + base["ce_exo"] + base["pix"],
-                                         abs=1e-5)
+    assert none["loss"] == pytest.approx(base["ce_ego"] + base["ce_exo"] + base["pix"], abs=1e-5)
     # the contrast factor multiplies both contrastive terms and nothing else
     scaled = run(contrast_scale=7.14)
     assert all(scaled[k] == base[k] for k in ce)
@@ -216,16 +232,17 @@ def test_exo_affinity_follows_the_configured_interaction_cue() -> None:
         model.exo_text = basis[4:8].clone()
         model.hand_text = basis[8].clone()
     clip = torch.zeros(1, dim, 14, 14)
-    clip[0, 0] = 0.5           # ego prompt of "hold": the whole image is "object"
-    clip[0, 8, 3, 3] = 1.0     # the hand at patch (3, 3)
-    clip[0, 4, 10, 10] = 1.0   # the exo prompt of "hold" fires elsewhere, at (10, 10)
+    clip[0, 0] = 0.5  # ego prompt of "hold": the whole image is "object"
+    clip[0, 8, 3, 3] = 1.0  # the hand at patch (3, 3)
+    clip[0, 4, 10, 10] = 1.0  # the exo prompt of "hold" fires elsewhere, at (10, 10)
     label = torch.tensor([0])
     by_hand = exo_object_affinity(hand_model, clip, label)[0]
     by_prompt = exo_object_affinity(prompt_model, clip, label)[0]
     assert divmod(int(by_hand.argmax()), 14) in {(r, c) for r in (2, 3, 4) for c in (2, 3, 4)}
     assert float(by_hand[10, 10]) == 0.0
-    assert divmod(int(by_prompt.argmax()), 14) in {(r, c) for r in (9, 10, 11)
-                                                   for c in (9, 10, 11)}
+    assert divmod(int(by_prompt.argmax()), 14) in {
+        (r, c) for r in (9, 10, 11) for c in (9, 10, 11)
+    }
     # 3x3 border-clipped mean of the cue times the ego cosine: (1 / 9) * 0.5 at the hand.
     assert math.isclose(float(by_hand[3, 3]), 0.5 / 9, rel_tol=1e-5)
 
@@ -278,8 +295,9 @@ def test_exo_and_mean_inference_branches_map_ego_images(tmp_path, batch) -> None
     model = create_model("tiny", vocabulary=VOCAB, pretrained=False, method="selectivecl").eval()
     path = save_model(tmp_path / "model.pt", model)
     ego_model = load_model(path, pretrained=False, calibration="continuous")
-    exo_model = load_model(path, pretrained=False, calibration="continuous",
-                           inference_branch="exo")
+    exo_model = load_model(
+        path, pretrained=False, calibration="continuous", inference_branch="exo"
+    )
     images, labels = batch["ego"], batch["label"]
     feats = ego_model.extract(images)
     exo_maps = exo_model.maps_from_features(feats, labels)

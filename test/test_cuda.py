@@ -1,6 +1,7 @@
 """CUDA paths of the predictor (skipped without a CUDA device; ``bench/gpu_check.sh`` runs
 them with ``pytest -m cuda``): eager float32 and float16 autocast, and the onnxruntime
 backend on the GPU providers, each against eager float32 on the CPU."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +11,10 @@ import torch
 from affordance_core import create_model
 from affordance_core.predictor import AffordancePredictor
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+]
 VOCAB = ["hold", "cut_with", "pour"]
 
 
@@ -47,8 +50,9 @@ def test_onnxruntime_on_gpu_providers_matches_cpu(setup, tmp_path) -> None:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("onnxruntime without the CUDA provider (pip install onnxruntime-gpu)")
     model, frame, reference = setup
-    predictor = AffordancePredictor(model, device="cuda", backend="onnxruntime",
-                                    onnx_cache_dir=tmp_path)
+    predictor = AffordancePredictor(
+        model, device="cuda", backend="onnxruntime", onnx_cache_dir=tmp_path
+    )
     assert predictor.providers[0] in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
     for r, g in zip(reference, predictor(frame, VOCAB)):
         assert np.abs(r.heatmap - g.heatmap).max() <= 1e-3

@@ -123,16 +123,15 @@ def test_items_without_egocentric_images_are_dropped(tiny_agd_root: Path, caplog
 
 def test_unknown_affordance_in_given_vocabulary(tiny_agd_root: Path) -> None:
     with pytest.raises(ValueError, match=r"\['sit_on'\].*not in the vocabulary"):
-        AffordanceTrainDataset(tiny_agd_root, "Seen", image_size=S,
-                               vocabulary=["hold", "cut_with"])
+        AffordanceTrainDataset(
+            tiny_agd_root, "Seen", image_size=S, vocabulary=["hold", "cut_with"]
+        )
     with pytest.raises(ValueError, match=r"\['sit_on'\].*not in the vocabulary"):
-        AffordanceTestDataset(tiny_agd_root, "Seen", image_size=S,
-                              vocabulary=["hold", "cut_with"])
+        AffordanceTestDataset(tiny_agd_root, "Seen", image_size=S, vocabulary=["hold", "cut_with"])
 
 
 @pytest.mark.parametrize("n_exo", [6, 2])
-def test_exocentric_sampling_rules(tmp_path: Path, make_agd_tree, monkeypatch,
-                                   n_exo: int) -> None:
+def test_exocentric_sampling_rules(tmp_path: Path, make_agd_tree, monkeypatch, n_exo: int) -> None:
     make_agd_tree(tmp_path, affordances=("hold",), n_exo=n_exo, n_ego=3)
     ds = AffordanceTrainDataset(tmp_path, "Seen", image_size=S, augment=False)
     calls = _spy_loads(monkeypatch)
@@ -154,8 +153,9 @@ def test_exocentric_sampling_rules(tmp_path: Path, make_agd_tree, monkeypatch,
             drawn.update(exo_paths[1:])
             # The keyed image comes first, unaugmented here, so it matches a direct decode.
             keyed = cv2.resize(load_rgb(exo_paths[0]), (S, S), interpolation=cv2.INTER_AREA)
-            torch.testing.assert_close(item["exo"][0], torch.from_numpy(keyed).permute(2, 0, 1)
-                                       .float() / 255.0)
+            torch.testing.assert_close(
+                item["exo"][0], torch.from_numpy(keyed).permute(2, 0, 1).float() / 255.0
+            )
     assert len(drawn) == n_exo  # every image of the folder serves as an extra view
 
 
@@ -193,8 +193,9 @@ def test_truncated_jpeg_is_skipped_counted_and_replaced(tiny_agd_root: Path, cap
 def test_test_dataset_pairs_images_with_gt(tmp_path: Path, make_agd_tree) -> None:
     base = make_agd_tree(tmp_path, affordances=("cut", "hold"), n_test=3, gt_size=(20, 30))
     image_dir = base / "testset" / "egocentric" / "hold" / "obj0"
-    (image_dir / "extra_without_gt.jpg").write_bytes((image_dir / "hold_obj0_0000.jpg")
-                                                     .read_bytes())
+    (image_dir / "extra_without_gt.jpg").write_bytes(
+        (image_dir / "hold_obj0_0000.jpg").read_bytes()
+    )
     # A non-3-character extension must pair too.
     (image_dir / "hold_obj0_0002.jpg").rename(image_dir / "hold_obj0_0002.jpeg")
     ds = AffordanceTestDataset(tmp_path, "Seen", image_size=S)
@@ -204,13 +205,16 @@ def test_test_dataset_pairs_images_with_gt(tmp_path: Path, make_agd_tree) -> Non
     assert item["image"].shape == (3, S, S) and item["image"].dtype == torch.float32
     assert item["gt"].shape == (224, 224) and item["gt"].dtype == torch.float32
     assert int(item["label"]) == AGD20K_SEEN.index("hold")
-    raw = cv2.imread(str(base / "testset" / "GT" / "hold" / "obj0" / "hold_obj0_0001.png"),
-                     cv2.IMREAD_GRAYSCALE)
+    raw = cv2.imread(
+        str(base / "testset" / "GT" / "hold" / "obj0" / "hold_obj0_0001.png"), cv2.IMREAD_GRAYSCALE
+    )
     assert raw.shape == (20, 30)
     torch.testing.assert_close(item["gt"], prepare_gt(raw, 224))
     assert 0.0 <= float(item["gt"].min()) and float(item["gt"].max()) <= 1.0
-    assert AffordanceTestDataset(tmp_path, "Seen", image_size=S, eval_size=64)[0]["gt"].shape \
-        == (64, 64)
+    assert AffordanceTestDataset(tmp_path, "Seen", image_size=S, eval_size=64)[0]["gt"].shape == (
+        64,
+        64,
+    )
 
 
 def test_unreadable_gt_names_the_file(tiny_agd_root: Path) -> None:
@@ -259,8 +263,7 @@ def test_samples_image_paths_and_indices(tmp_path: Path, make_agd_tree) -> None:
     paths = full.image_paths()
     assert len(paths) == len(set(paths)) == 3 * 2 * (4 + 2)
     assert all(p.is_file() for p in paths)
-    sub = AffordanceTrainDataset(tmp_path, "Seen", image_size=S, augment=False,
-                                 indices=[5, 0, 7])
+    sub = AffordanceTrainDataset(tmp_path, "Seen", image_size=S, augment=False, indices=[5, 0, 7])
     assert len(sub) == 3 and sub.samples == [full.samples[i] for i in (5, 0, 7)]
     assert int(sub[0]["index"]) == 0 and int(sub[0]["label"]) == int(full.labels[5])
     assert set(sub.image_paths()) <= set(paths)
@@ -278,8 +281,9 @@ def test_egocentric_image_is_redrawn_from_its_folder(tmp_path: Path, make_agd_tr
     assert len(drawn) > 1
 
 
-def test_garbage_file_is_replaced_and_remembered(tmp_path: Path, make_agd_tree,
-                                                 monkeypatch) -> None:
+def test_garbage_file_is_replaced_and_remembered(
+    tmp_path: Path, make_agd_tree, monkeypatch
+) -> None:
     make_agd_tree(tmp_path, affordances=("hold",), n_exo=4, n_ego=2)
     ds = AffordanceTrainDataset(tmp_path, "Seen", image_size=S, augment=False)
     ego_dir = tmp_path / "Seen" / "trainset" / "egocentric" / "hold" / "obj0"

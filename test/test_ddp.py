@@ -6,6 +6,7 @@ the global batch, gradients averaged. The data set is made augmentation-proof (u
 images: random crops and flips give the same tensor; one egocentric image per object and one
 exocentric image per item), and the ``ce`` method has no random terms.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,16 +45,48 @@ def _random_weights(directory: Path) -> Path:
 
 
 def _train_command(root: Path, weights: Path, out: Path) -> list[str]:
-    return ["-m", "training.train", "--data-root", str(root), "--split", "Seen",
-            "--method", "ce", "--model", "tiny", "--out", str(out), "--iters", "6",
-            "--batch-size", "4", "--num-workers", "0", "--log-every", "1", "--device", "cpu",
-            "--weights-dir", str(weights), "--no-progress", "--set", "data.num_exo=1"]
+    return [
+        "-m",
+        "training.train",
+        "--data-root",
+        str(root),
+        "--split",
+        "Seen",
+        "--method",
+        "ce",
+        "--model",
+        "tiny",
+        "--out",
+        str(out),
+        "--iters",
+        "6",
+        "--batch-size",
+        "4",
+        "--num-workers",
+        "0",
+        "--log-every",
+        "1",
+        "--device",
+        "cpu",
+        "--weights-dir",
+        str(weights),
+        "--no-progress",
+        "--set",
+        "data.num_exo=1",
+    ]
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
-                            check=False, text=True, timeout=400)
+    result = subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=400,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -66,15 +99,23 @@ def _steps(run_dir: Path) -> list[dict]:
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one(make_agd_tree, tmp_path: Path) -> None:
     root = tmp_path / "data"
-    _uniform_images(make_agd_tree(root, split="Seen", objects_per_aff=2, n_exo=2, n_ego=1,
-                                  n_test=1, seed=3))
+    _uniform_images(
+        make_agd_tree(root, split="Seen", objects_per_aff=2, n_exo=2, n_ego=1, n_test=1, seed=3)
+    )
     weights = _random_weights(tmp_path / "weights")
     single = _run(_train_command(root, weights, tmp_path / "single"))
-    multi = _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                  *_train_command(root, weights, tmp_path / "ddp")])
+    multi = _run(
+        [
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            *_train_command(root, weights, tmp_path / "ddp"),
+        ]
+    )
 
     one, two = _steps(tmp_path / "single"), _steps(tmp_path / "ddp")
-    assert [r["step"] for r in two] == list(range(1, 7))   # rank 0 alone writes the log
+    assert [r["step"] for r in two] == list(range(1, 7))  # rank 0 alone writes the log
     for a, b in zip(one, two, strict=True):
         for key in ("loss", "ce_ego", "ce_exo"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
@@ -114,7 +155,7 @@ def test_cross_rank_batchnorm_is_batchnorm_without_a_process_group() -> None:
     weight = model[1].weight
     distributed.convert_batchnorm(model, torch.device("cpu"))
     assert isinstance(model[1], distributed.CrossRankBatchNorm2d)
-    assert model[1].weight is weight                      # optimizers built before stay valid
+    assert model[1].weight is weight  # optimizers built before stay valid
     assert model.state_dict().keys() == reference.state_dict().keys()
     x = torch.randn(5, 3, 6, 6)
     torch.testing.assert_close(model(x), reference(x))
@@ -124,6 +165,6 @@ def test_cross_rank_batchnorm_is_batchnorm_without_a_process_group() -> None:
 def test_amp_is_off_on_cpu_and_rejects_unknown_values() -> None:
     cpu = torch.device("cpu")
     assert resolve_amp(False, cpu) is None
-    assert resolve_amp(True, cpu) is None                  # CUDA only
+    assert resolve_amp(True, cpu) is None  # CUDA only
     with pytest.raises(ValueError, match="train.amp must be"):
         resolve_amp("int8", cpu)

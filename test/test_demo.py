@@ -13,10 +13,13 @@ import torch
 from affordance_core.checkpoint import read_checkpoint, save_model, update_checkpoint_config
 from training.demo import SPLITS, run_demo
 
-TINY_BUDGET = {"corpus": {"n_exo_per_pair": 1, "n_ego_per_pair": 1, "n_test_per_pair": 1,
-                          "n_background": 2},
-               "iters": 4, "batch_size": 4, "methods": ("ce", "selectivecl", "selectivecl_paper"),
-               "node_seconds": 0}
+TINY_BUDGET = {
+    "corpus": {"n_exo_per_pair": 1, "n_ego_per_pair": 1, "n_test_per_pair": 1, "n_background": 2},
+    "iters": 4,
+    "batch_size": 4,
+    "methods": ("ce", "selectivecl", "selectivecl_paper"),
+    "node_seconds": 0,
+}
 PLANNER = ("peak_hit", "mask_iou", "action_sensitivity", "absence_auroc", "empty_on_background")
 
 
@@ -31,8 +34,14 @@ def test_demo_trains_both_splits_in_two_processes_and_reports(tmp_path):
     for split in SPLITS:
         rows = results["splits"][split]
         n = rows["ce"]["n"]
-        for name in ("ce", "selectivecl", "selectivecl_paper", "uniform map", "centre Gaussian",
-                     "object affinity alone"):
+        for name in (
+            "ce",
+            "selectivecl",
+            "selectivecl_paper",
+            "uniform map",
+            "centre Gaussian",
+            "object affinity alone",
+        ):
             assert all(math.isfinite(rows[name][m]) for m in ("KLD", "SIM", "NSS")), name
             assert all(0.0 <= rows[name][m] <= 1.0 for m in PLANNER), name
             assert rows[name]["n"] == n > 0 and rows[name]["n_background"] == 2
@@ -48,8 +57,11 @@ def test_demo_trains_both_splits_in_two_processes_and_reports(tmp_path):
             chosen = f"{record['inference_branch']}/{record['calibration']}"
             final = {k: v["KLD"] for k, v in record["scores"].items() if k.startswith("4/")}
             assert final[f"4/{chosen}"] == min(final.values())
-            budgets = {int(k.split("/")[0]): v["KLD"] for k, v in record["scores"].items()
-                       if k.endswith(f"/{chosen}")}
+            budgets = {
+                int(k.split("/")[0]): v["KLD"]
+                for k, v in record["scores"].items()
+                if k.endswith(f"/{chosen}")
+            }
             assert sorted(budgets) == [1, 2, 4]
             assert budgets[record["step"]] == min(budgets.values())
             saved = read_checkpoint(run / "model.pt")
@@ -57,18 +69,25 @@ def test_demo_trains_both_splits_in_two_processes_and_reports(tmp_path):
             assert saved["config"]["inference_branch"] == record["inference_branch"]
             assert rows[name]["inference"]["step"] == record["step"]
         paper = read_checkpoint(tmp_path / "runs" / split / "selectivecl_paper" / "model.pt")
-        assert (paper["config"]["inference_branch"], paper["config"]["calibration"],
-                paper["config"]["proj_residual"], paper["config"]["exo_cue"]) == (
-                    "ego", "binary", False, "prompt")
+        assert (
+            paper["config"]["inference_branch"],
+            paper["config"]["calibration"],
+            paper["config"]["proj_residual"],
+            paper["config"]["exo_cue"],
+        ) == ("ego", "binary", False, "prompt")
         assert rows["selectivecl_paper"]["inference"] is None
         assert not (tmp_path / "runs" / split / "selectivecl_paper" / "validation.json").exists()
         for rival in ("object affinity alone", "ce"):
             gap = rows["selectivecl"]["gaps"][rival]
             kld = np.asarray(rows["selectivecl"]["per_image"]["KLD"]) - np.asarray(
-                rows[rival]["per_image"]["KLD"])
+                rows[rival]["per_image"]["KLD"]
+            )
             assert gap["KLD"]["mean"] == pytest.approx(float(kld.mean()))
-            assert all(g["low"] <= g["mean"] <= g["high"] for g in gap.values()
-                       if math.isfinite(g["mean"]))
+            assert all(
+                g["low"] <= g["mean"] <= g["high"]
+                for g in gap.values()
+                if math.isfinite(g["mean"])
+            )
         assert (tmp_path / f"overlays_{split}.png").stat().st_size > 0
         # values, not only finiteness: a constant map has NSS 0; the reported test row and
         # the chosen validation score are those of the saved checkpoint, rescored here; the
@@ -76,27 +95,31 @@ def test_demo_trains_both_splits_in_two_processes_and_reports(tmp_path):
         assert rows["uniform map"]["NSS"] == 0.0
         assert 0.0 < rows["uniform map"]["SIM"] < 1.0
         model = load_model(tmp_path / "runs" / split / "selectivecl" / "model.pt").eval()
-        record = json.loads((tmp_path / "runs" / split / "selectivecl" / "validation.json")
-                            .read_text())
-        chosen = (f"{record['step']}/{record['inference_branch']}/"
-                  f"{record['calibration']}")
-        for root, figures in ((tmp_path / "data", rows["selectivecl"]),
-                              (tmp_path / "data_val", record["scores"][chosen])):
-            data = AffordanceTestDataset(root, split, model.image_size,
-                                         vocabulary=model.vocabulary)
+        record = json.loads(
+            (tmp_path / "runs" / split / "selectivecl" / "validation.json").read_text()
+        )
+        chosen = f"{record['step']}/{record['inference_branch']}/{record['calibration']}"
+        for root, figures in (
+            (tmp_path / "data", rows["selectivecl"]),
+            (tmp_path / "data_val", record["scores"][chosen]),
+        ):
+            data = AffordanceTestDataset(
+                root, split, model.image_size, vocabulary=model.vocabulary
+            )
             again = evaluate_model(model, data, device=torch.device("cpu"), progress=False)
             for key in ("KLD", "SIM", "NSS"):
                 assert figures[key] == pytest.approx(again[key], abs=1e-3), (root, key)
-        data = AffordanceTestDataset(tmp_path / "data", split, model.image_size,
-                                     vocabulary=model.vocabulary)
+        data = AffordanceTestDataset(
+            tmp_path / "data", split, model.image_size, vocabulary=model.vocabulary
+        )
         affinity = MetricAccumulator()
         with torch.inference_mode():
-            for feats, labels, gt, _ in feature_batches(model, data,
-                                                        device=torch.device("cpu")):
+            for feats, labels, gt, _ in feature_batches(model, data, device=torch.device("cpu")):
                 affinity.update(minmax(model.affinity(feats.clip, labels, "ego")), gt)
         for key in ("KLD", "SIM", "NSS"):
             assert rows["object affinity alone"][key] == pytest.approx(
-                affinity.compute()[key], abs=1e-3)
+                affinity.compute()[key], abs=1e-3
+            )
         assert (tmp_path / "runs" / split / "demo.log").is_file()
     # the validation corpus holds the training categories only, from another seed
     val = json.loads((tmp_path / "data_val" / "corpus.json").read_text())
@@ -130,8 +153,7 @@ def test_update_checkpoint_config_rewrites_only_valid_fields(tmp_path):
         update_checkpoint_config(path, inference_branch="pixel")
 
 
-def test_paired_gap_of_a_row_to_itself_is_zero_and_to_the_affinity_matches_by_hand(
-        tiny_agd_root):
+def test_paired_gap_of_a_row_to_itself_is_zero_and_to_the_affinity_matches_by_hand(tiny_agd_root):
     from affordance_core import create_model
     from affordance_core.data import AffordanceTestDataset
     from training.baselines import baselines_of
@@ -140,10 +162,12 @@ def test_paired_gap_of_a_row_to_itself_is_zero_and_to_the_affinity_matches_by_ha
     from training.stats import paired_gaps
 
     torch.manual_seed(0)
-    model = create_model("tiny", vocabulary=["hold", "cut_with", "sit_on"], pretrained=False,
-                         method="selectivecl").eval()
-    dataset = AffordanceTestDataset(tiny_agd_root, "Seen", model.image_size,
-                                    vocabulary=model.vocabulary)
+    model = create_model(
+        "tiny", vocabulary=["hold", "cut_with", "sit_on"], pretrained=False, method="selectivecl"
+    ).eval()
+    dataset = AffordanceTestDataset(
+        tiny_agd_root, "Seen", model.image_size, vocabulary=model.vocabulary
+    )
     extracted = extract_test_set(model, dataset, device=torch.device("cpu"))
     rows = score_rows({"selectivecl": model, **baselines_of(model)}, extracted)
     rows["copy"] = rows["selectivecl"]
@@ -168,8 +192,7 @@ def test_extracted_test_set_scores_like_the_dataset_and_refuses_other_backbones(
     cpu = torch.device("cpu")
     vocab = ["hold", "cut_with", "sit_on"]
     torch.manual_seed(0)
-    model = create_model("tiny", vocabulary=vocab, pretrained=False,
-                         method="selectivecl").eval()
+    model = create_model("tiny", vocabulary=vocab, pretrained=False, method="selectivecl").eval()
     dataset = AffordanceTestDataset(tiny_agd_root, "Seen", model.image_size, vocabulary=vocab)
     extracted = extract_test_set(model, dataset, device=cpu, batch_size=4)
     assert len(extracted) == len(dataset)
@@ -181,7 +204,7 @@ def test_extracted_test_set_scores_like_the_dataset_and_refuses_other_backbones(
     best, scores = select_inference(model, extracted, device=cpu)
     scores_direct = select_inference(model, dataset, device=cpu)[1]
     assert scores.keys() == scores_direct.keys()
-    for key, values in scores.items():   # batches of 32 vs 4: float32 sums differ slightly
+    for key, values in scores.items():  # batches of 32 vs 4: float32 sums differ slightly
         assert values == pytest.approx(scores_direct[key], rel=1e-3)
     kld = {k: v["KLD"] for k, v in scores.items()}
     assert kld[f"{best['inference_branch']}/{best['calibration']}"] == min(kld.values())

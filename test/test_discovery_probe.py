@@ -39,8 +39,9 @@ def probe_inputs(tiny_agd_root: Path):
     model = create_model("tiny", vocabulary=VOCAB, method="selectivecl", pretrained=False)
     model.eval()
     val = AffordanceTestDataset(tiny_agd_root, "Seen", model.image_size, vocabulary=VOCAB)
-    train = AffordanceTrainDataset(tiny_agd_root, "Seen", model.image_size, vocabulary=VOCAB,
-                                   augment=False)
+    train = AffordanceTrainDataset(
+        tiny_agd_root, "Seen", model.image_size, vocabulary=VOCAB, augment=False
+    )
     return model, val, train
 
 
@@ -50,8 +51,12 @@ def test_probe_scores_every_map_on_every_image(probe_inputs) -> None:
     n = len(val)
     assert result["n"] == n and 0.0 <= result["reliable_rate"] <= 1.0
     maps = result["maps"]
-    for name in ("object affinity", "chosen part x affinity", "GT-part prototype x affinity",
-                 "GT-nearest cluster x affinity"):
+    for name in (
+        "object affinity",
+        "chosen part x affinity",
+        "GT-part prototype x affinity",
+        "GT-nearest cluster x affinity",
+    ):
         assert maps[name]["n"] == n
         assert maps[name]["KLD"] >= 0 and 0 <= maps[name]["SIM"] <= 1
     assert maps["mean over clusters"]["n"] == 3 * n
@@ -88,8 +93,9 @@ def test_probe_falls_back_to_the_affinity_without_points_and_gates_by_piou(probe
     assert "chosen part x affinity (reliable samples)" not in maps
     # every point kept and alpha = 0: every sample is reliable, so the reliable-only rows
     # are the full rows
-    full = probe_discovery(model, val, train, batch_size=4, region_threshold=-1.0,
-                           piou_threshold=0.0)
+    full = probe_discovery(
+        model, val, train, batch_size=4, region_threshold=-1.0, piou_threshold=0.0
+    )
     maps = full["maps"]
     assert full["reliable_rate"] == 1.0
     assert maps["chosen part x affinity (reliable samples)"] == maps["chosen part x affinity"]
@@ -97,26 +103,39 @@ def test_probe_falls_back_to_the_affinity_without_points_and_gates_by_piou(probe
     assert maps["chosen part x affinity"] != maps["object affinity"]
 
 
-def test_probe_names_a_pair_without_exo_images(probe_inputs, tmp_path: Path,
-                                               make_agd_tree) -> None:
+def test_probe_names_a_pair_without_exo_images(
+    probe_inputs, tmp_path: Path, make_agd_tree
+) -> None:
     model, val, _ = probe_inputs
     make_agd_tree(tmp_path / "other", split="Seen", affordances=("hold",))
-    train = AffordanceTrainDataset(tmp_path / "other", "Seen", model.image_size,
-                                   vocabulary=VOCAB, augment=False)
+    train = AffordanceTrainDataset(
+        tmp_path / "other", "Seen", model.image_size, vocabulary=VOCAB, augment=False
+    )
     with pytest.raises(ValueError, match="cut_with/obj0"):
         probe_discovery(model, val, train)
 
 
-def test_probe_cli_writes_json(probe_inputs, tiny_agd_root: Path, tmp_path: Path,
-                               capsys) -> None:
+def test_probe_cli_writes_json(probe_inputs, tiny_agd_root: Path, tmp_path: Path, capsys) -> None:
     from affordance_core.checkpoint import save_model
 
     model, _, _ = probe_inputs
     ckpt = tmp_path / "model.pt"
     save_model(ckpt, model)
     out = tmp_path / "probe.json"
-    code = main(["--checkpoint", str(ckpt), "--train-root", str(tiny_agd_root),
-                 "--val-root", str(tiny_agd_root), "--split", "Seen", "--out", str(out)])
+    code = main(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--train-root",
+            str(tiny_agd_root),
+            "--val-root",
+            str(tiny_agd_root),
+            "--split",
+            "Seen",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last["split"] == "Seen" and json.loads(out.read_text())["n"] == last["n"]

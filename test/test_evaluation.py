@@ -1,6 +1,7 @@
 """The evaluation instrument by value: planner metrics worked by hand (ties, empty masks), the
 calibration modes on a hand-computed example, the one multi-action map path, the pair
 bootstrap, and the validation choice of affordance-train."""
+
 from __future__ import annotations
 
 import contextlib
@@ -19,9 +20,7 @@ from affordance_core.predictor import grasp_masks
 NAN = float("nan")
 
 # GT region (>= 0.5 max): (0, 2) and (1, 1).
-GT = torch.tensor([[0.0, 0.2, 1.0],
-                   [0.0, 0.6, 0.4],
-                   [0.0, 0.0, 0.0]])
+GT = torch.tensor([[0.0, 0.2, 1.0], [0.0, 0.6, 0.4], [0.0, 0.0, 0.0]])
 
 
 def one_hot(y: int, x: int, value: float = 1.0) -> torch.Tensor:
@@ -36,7 +35,7 @@ def test_gt_region_is_half_the_maximum_and_empty_for_a_zero_map():
 
 
 def test_peak_hit_counts_tied_maxima_by_their_share_on_the_region():
-    tied = one_hot(0, 2) + one_hot(2, 0)                     # one maximum on, one off
+    tied = one_hot(0, 2) + one_hot(2, 0)  # one maximum on, one off
     preds = torch.stack([one_hot(1, 1), one_hot(2, 2), tied, torch.ones(3, 3)])
     hits = peak_hit(preds, GT.expand(4, 3, 3))
     assert hits.tolist() == pytest.approx([1.0, 0.0, 0.5, 2 / 9])
@@ -45,10 +44,9 @@ def test_peak_hit_counts_tied_maxima_by_their_share_on_the_region():
 
 def test_mask_iou_by_hand_with_empty_masks():
     mask = torch.zeros(3, 3, dtype=torch.bool)
-    mask[0, 1] = mask[0, 2] = True                            # 1 of 3 pixels in the union
+    mask[0, 1] = mask[0, 2] = True  # 1 of 3 pixels in the union
     empty = torch.zeros(3, 3, dtype=torch.bool)
-    values = mask_iou(torch.stack([mask, empty, empty]),
-                      torch.stack([GT, GT, torch.zeros(3, 3)]))
+    values = mask_iou(torch.stack([mask, empty, empty]), torch.stack([GT, GT, torch.zeros(3, 3)]))
     assert values.tolist() == pytest.approx([1 / 3, 0.0, 1.0])
 
 
@@ -57,7 +55,7 @@ def test_action_sensitivity_wins_ties_and_images_without_candidates():
     other = torch.tensor([[2.0, 0.5], [2.0, NAN], [9.0, 9.0]])
     valid = torch.tensor([[True, True], [True, False], [False, False]])
     values = action_sensitivity(label, other, valid)
-    assert values[:2].tolist() == [0.5, 0.5]                  # one win one loss; one tie
+    assert values[:2].tolist() == [0.5, 0.5]  # one win one loss; one tie
     assert math.isnan(float(values[2]))
     with pytest.raises(ValueError, match="shapes do not match"):
         action_sensitivity(label, other, valid[:, :1])
@@ -71,9 +69,9 @@ def test_auroc_counts_ties_as_half_and_is_nan_for_one_class():
 
 def test_grasp_mask_keeps_the_thresholded_region_around_the_peak():
     heat = np.zeros((2, 5, 5), np.float32)
-    heat[0, 0, 0:2] = [0.9, 0.6]                              # the peak's region
-    heat[0, 4, 3:5] = [0.7, 0.8]                              # a second region, not the peak's
-    heat[1] = 0.2                                             # nothing above the threshold
+    heat[0, 0, 0:2] = [0.9, 0.6]  # the peak's region
+    heat[0, 4, 3:5] = [0.7, 0.8]  # a second region, not the peak's
+    heat[1] = 0.2  # nothing above the threshold
     masks = grasp_masks(heat, threshold=0.5)
     assert np.argwhere(masks[0]).tolist() == [[0, 0], [0, 1]]
     assert not masks[1].any()
@@ -86,17 +84,20 @@ def model():
     from affordance_core import create_model
 
     torch.manual_seed(0)
-    return create_model("tiny", vocabulary=["hold", "cut_with", "sit_on"], pretrained=False,
-                        method="selectivecl").eval()
+    return create_model(
+        "tiny", vocabulary=["hold", "cut_with", "sit_on"], pretrained=False, method="selectivecl"
+    ).eval()
 
 
 def test_calibration_modes_on_a_hand_computed_example(model):
-    cams = torch.tensor([[[-1.0, 1.0], [3.0, 1.0]]])          # min-max: 0, .5, 1, .5
-    affinity = torch.tensor([[[0.0, 0.5], [1.0, 0.25]]])      # already in [0, 1]
-    expected = {"none": [[-1.0, 1.0], [3.0, 1.0]],
-                "binary": [[0.0, 0.0], [1.0, 0.0]],           # object_threshold 0.6
-                "product": [[0.0, 0.25], [1.0, 0.125]],
-                "reference": [[0.0, 0.5], [3.0, 0.25]]}
+    cams = torch.tensor([[[-1.0, 1.0], [3.0, 1.0]]])  # min-max: 0, .5, 1, .5
+    affinity = torch.tensor([[[0.0, 0.5], [1.0, 0.25]]])  # already in [0, 1]
+    expected = {
+        "none": [[-1.0, 1.0], [3.0, 1.0]],
+        "binary": [[0.0, 0.0], [1.0, 0.0]],  # object_threshold 0.6
+        "product": [[0.0, 0.25], [1.0, 0.125]],
+        "reference": [[0.0, 0.5], [3.0, 0.25]],
+    }
     original = model.config
     try:
         for mode, values in expected.items():
@@ -127,7 +128,7 @@ def test_infer_is_the_one_map_path_for_several_actions(model):
     for a in range(3):
         single = model.maps_from_features(feats, ids[:, a])
         assert torch.allclose(maps[:, a], single, atol=1e-6)
-        assert torch.allclose(scores[:, a], every.gather(1, ids[:, a:a + 1])[:, 0])
+        assert torch.allclose(scores[:, a], every.gather(1, ids[:, a : a + 1])[:, 0])
 
 
 def test_predictor_heatmaps_are_the_models_maps_upsampled(model):
@@ -174,11 +175,15 @@ def test_benchmark_aggregate_means_spreads_and_gaps():
     def rows(offset: float) -> dict:
         out = {}
         for name, shift in (("selectivecl", 0.0), ("ce", 1.0)):
-            per = {m: [1.0 + shift + offset, 2.0 + shift + offset, 3.0 + shift + offset]
-                   for m in ("KLD", "SIM", "NSS", "peak_hit", "mask_iou",
-                             "action_sensitivity")}
-            out[name] = {**{m: float(np.mean(per.get(m, [offset]))) for m in ROW_METRICS},
-                         "n": 3, "per_image": {"key": keys, **per}}
+            per = {
+                m: [1.0 + shift + offset, 2.0 + shift + offset, 3.0 + shift + offset]
+                for m in ("KLD", "SIM", "NSS", "peak_hit", "mask_iou", "action_sensitivity")
+            }
+            out[name] = {
+                **{m: float(np.mean(per.get(m, [offset]))) for m in ROW_METRICS},
+                "n": 3,
+                "per_image": {"key": keys, **per},
+            }
         return out
 
     result = aggregate([rows(0.0), rows(2.0)], resamples=200)
@@ -192,23 +197,47 @@ def test_benchmark_aggregate_means_spreads_and_gaps():
 
 @pytest.mark.timeout(300)
 def test_eval_reports_planner_metrics_and_train_chooses_on_validation(
-        tmp_path, make_agd_tree, random_tiny_weights, capsys):
+    tmp_path, make_agd_tree, random_tiny_weights, capsys
+):
     from affordance_core.checkpoint import read_checkpoint
     from training import evaluate, train
 
     root = make_agd_tree(tmp_path / "data", split="Seen", n_exo=3, n_ego=2, n_test=2, seed=1)
-    val_root = make_agd_tree(tmp_path / "val", split="Seen", n_exo=1, n_ego=1, n_test=2,
-                             seed=5).parent
+    val_root = make_agd_tree(
+        tmp_path / "val", split="Seen", n_exo=1, n_ego=1, n_test=2, seed=5
+    ).parent
     background = root / "testset" / "background"
     background.mkdir(parents=True)
     import cv2
+
     for i in range(3):
         cv2.imwrite(str(background / f"bg_{i}.jpg"), np.full((32, 32, 3), 40 * i, np.uint8))
     run = tmp_path / "run"
-    args = ["--data-root", str(root.parent), "--split", "Seen", "--method", "selectivecl",
-            "--out", str(run), "--iters", "4", "--weights-dir", str(random_tiny_weights),
-            "--model", "tiny", "--batch-size", "2", "--num-workers", "0", "--no-progress",
-            "--val-root", str(val_root), "--snapshots", "2"]
+    args = [
+        "--data-root",
+        str(root.parent),
+        "--split",
+        "Seen",
+        "--method",
+        "selectivecl",
+        "--out",
+        str(run),
+        "--iters",
+        "4",
+        "--weights-dir",
+        str(random_tiny_weights),
+        "--model",
+        "tiny",
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "0",
+        "--no-progress",
+        "--val-root",
+        str(val_root),
+        "--snapshots",
+        "2",
+    ]
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         assert train.main(args) == 0
@@ -231,15 +260,45 @@ def test_eval_reports_planner_metrics_and_train_chooses_on_validation(
     same = all(torch.equal(saved["heads"][k], snapshot["heads"][k]) for k in snapshot["heads"])
     assert same == (record["step"] == 2)
 
-    assert evaluate.main(["--data-root", str(root.parent), "--split", "Seen", "--checkpoint",
-                          str(run / "model.pt"), "--weights-dir", str(random_tiny_weights),
-                          "--no-progress", "--json", str(tmp_path / "m.json")]) == 0
+    assert (
+        evaluate.main(
+            [
+                "--data-root",
+                str(root.parent),
+                "--split",
+                "Seen",
+                "--checkpoint",
+                str(run / "model.pt"),
+                "--weights-dir",
+                str(random_tiny_weights),
+                "--no-progress",
+                "--json",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(line) == {"KLD", "SIM", "NSS", "peak_hit", "mask_iou", "action_sensitivity",
-                         "absence_auroc", "empty_on_background", "n", "n_background"}
+    assert set(line) == {
+        "KLD",
+        "SIM",
+        "NSS",
+        "peak_hit",
+        "mask_iou",
+        "action_sensitivity",
+        "absence_auroc",
+        "empty_on_background",
+        "n",
+        "n_background",
+    }
     assert line["n"] == 6 and line["n_background"] == 3
-    for key in ("peak_hit", "mask_iou", "action_sensitivity", "absence_auroc",
-                "empty_on_background"):
+    for key in (
+        "peak_hit",
+        "mask_iou",
+        "action_sensitivity",
+        "absence_auroc",
+        "empty_on_background",
+    ):
         assert 0.0 <= line[key] <= 1.0, key
     report = json.loads((tmp_path / "m.json").read_text())
     per_image = report["per_image"]

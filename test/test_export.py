@@ -2,6 +2,7 @@
 
 Tiny tier with random backbones (pretrained=False), 112 px, CPU.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,10 @@ def model():
 
 def _inputs(batch: int, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    return (torch.rand(batch, 3, 112, 112, generator=gen),
-            torch.randint(0, len(VOCAB), (batch,), generator=gen))
+    return (
+        torch.rand(batch, 3, 112, 112, generator=gen),
+        torch.randint(0, len(VOCAB), (batch,), generator=gen),
+    )
 
 
 def test_inference_graph_equals_predict_maps(model) -> None:
@@ -55,8 +58,9 @@ def test_onnx_matches_eager_with_dynamic_batch(model, tmp_path: Path) -> None:
     assert [i.name for i in session.get_inputs()] == ["images", "class_ids"]
     for batch in (1, 2, 3):
         images, ids = _inputs(batch, seed=batch)
-        got = torch.from_numpy(session.run(["maps"], {"images": images.numpy(),
-                                                      "class_ids": ids.numpy()})[0])
+        got = torch.from_numpy(
+            session.run(["maps"], {"images": images.numpy(), "class_ids": ids.numpy()})[0]
+        )
         expected = model.predict_maps(images, ids)
         assert got.shape == expected.shape == (batch, 14, 14)
         span = float(expected.max() - expected.min())
@@ -64,8 +68,12 @@ def test_onnx_matches_eager_with_dynamic_batch(model, tmp_path: Path) -> None:
         assert float((got - expected).abs().max()) <= REL_TOL * span
     # The class id is a real input of the graph, not a traced constant.
     images, _ = _inputs(1)
-    a, b = (session.run(["maps"], {"images": images.numpy(),
-                                   "class_ids": torch.tensor([k]).numpy()})[0] for k in (0, 2))
+    a, b = (
+        session.run(["maps"], {"images": images.numpy(), "class_ids": torch.tensor([k]).numpy()})[
+            0
+        ]
+        for k in (0, 2)
+    )
     assert abs(a - b).max() > 0
 
 
@@ -79,8 +87,7 @@ def test_torchscript_matches_eager(model, tmp_path: Path) -> None:
 def test_looptrans_pixel_branch_exports(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     torch.manual_seed(1)
-    looptrans = create_model("tiny", vocabulary=VOCAB, method="looptrans",
-                             pretrained=False).eval()
+    looptrans = create_model("tiny", vocabulary=VOCAB, method="looptrans", pretrained=False).eval()
     path = export_onnx(looptrans, tmp_path / "lt.onnx")
     result = compare_with_eager(looptrans, path, "onnx", batch_sizes=(1, 2))
     assert result["max_abs_diff"] <= REL_TOL * result["map_range"]
@@ -104,8 +111,18 @@ def test_cli_writes_file_and_reports_diff(tmp_path: Path, capsys) -> None:
     trained = create_model("tiny", vocabulary=VOCAB, method="selectivecl", weights_dir=weights)
     ckpt = save_model(tmp_path / "model.pt", trained)
     out = tmp_path / "export" / "model.pt"
-    status = main(["--checkpoint", str(ckpt), "--format", "torchscript", "--out", str(out),
-                   "--weights-dir", str(weights)])
+    status = main(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--format",
+            "torchscript",
+            "--out",
+            str(out),
+            "--weights-dir",
+            str(weights),
+        ]
+    )
     assert status == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["file"] == str(out) and out.is_file()
@@ -123,8 +140,7 @@ def paper_model():
     """The paper tier (DINO ViT-S/16 + CLIP ViT-B/16 at 224 px) with random weights: the real
     architectures, built offline (``pretrained=False`` downloads nothing)."""
     torch.manual_seed(0)
-    return create_model("paper", vocabulary=VOCAB, method="selectivecl",
-                        pretrained=False).eval()
+    return create_model("paper", vocabulary=VOCAB, method="selectivecl", pretrained=False).eval()
 
 
 @pytest.mark.slow
@@ -134,7 +150,7 @@ def test_paper_tier_onnx_export_matches_eager(paper_model, tmp_path: Path) -> No
     pytest.importorskip("onnxruntime")
     fastpath = torch.backends.mha.get_fastpath_enabled()
     path = export_onnx(paper_model, tmp_path / "paper.onnx")
-    assert torch.backends.mha.get_fastpath_enabled() == fastpath          # restored
+    assert torch.backends.mha.get_fastpath_enabled() == fastpath  # restored
     result = compare_with_eager(paper_model, path, "onnx", batch_sizes=(1, 2))
     assert result["map_range"] > 0
     assert result["max_abs_diff"] <= REL_TOL * result["map_range"]
@@ -149,8 +165,9 @@ def test_paper_tier_onnxruntime_backend_matches_torch(paper_model, tmp_path: Pat
 
     frame = (np.random.default_rng(0).random((120, 160, 3)) * 255).astype(np.uint8)
     ref = AffordancePredictor(paper_model)(frame, VOCAB)
-    got = AffordancePredictor(paper_model, backend="onnxruntime",
-                              onnx_cache_dir=tmp_path)(frame, VOCAB)
+    got = AffordancePredictor(paper_model, backend="onnxruntime", onnx_cache_dir=tmp_path)(
+        frame, VOCAB
+    )
     for r, g in zip(ref, got):
         assert np.abs(r.heatmap - g.heatmap).max() <= 1e-3
         assert r.peak_xy == g.peak_xy

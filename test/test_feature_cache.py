@@ -15,12 +15,11 @@ from affordance_core.methods import build_method
 def test_cache_matches_backbones_and_trains(tmp_path, make_agd_tree) -> None:
     make_agd_tree(tmp_path / "data", affordances=("hold", "cut_with", "pour"), n_exo=4)
     model = create_model("tiny", vocabulary=["cut_with", "hold", "pour"], pretrained=False)
-    base = AffordanceTrainDataset(tmp_path / "data", "Seen", 112,
-                                  vocabulary=model.vocabulary)
+    base = AffordanceTrainDataset(tmp_path / "data", "Seen", 112, vocabulary=model.vocabulary)
     paths = base.image_paths()
     cache = FeatureCache.build(model, paths, tmp_path / "cache", progress=False)
     again = FeatureCache.build(model, paths, tmp_path / "cache", progress=False)
-    assert len(list((tmp_path / "cache").glob("features-*.npy"))) == 1   # reused, not rebuilt
+    assert len(list((tmp_path / "cache").glob("features-*.npy"))) == 1  # reused, not rebuilt
     assert again.index == cache.index
 
     image = to_tensor(center_resize(load_rgb(paths[0]), 112))[None]
@@ -31,8 +30,7 @@ def test_cache_matches_backbones_and_trains(tmp_path, make_agd_tree) -> None:
     mirrored = cache.unpack(cache.get(paths[0], 1).float())
     assert torch.allclose(mirrored["clip"], model.extract(image.flip(-1)).clip[0], atol=2e-3)
 
-    data = CachedTrainDataset(cache, tmp_path / "data", "Seen", 112,
-                              vocabulary=model.vocabulary)
+    data = CachedTrainDataset(cache, tmp_path / "data", "Seen", 112, vocabulary=model.vocabulary)
     batch = next(iter(DataLoader(data, batch_size=4, shuffle=True)))
     assert batch["exo_keys"].shape == (4, 3, 192, 14, 14)
     assert batch["ego_clip"].shape == (4, 128, 14, 14)
@@ -48,8 +46,9 @@ def test_cache_matches_backbones_and_trains(tmp_path, make_agd_tree) -> None:
     assert losses[-1] < losses[0]
 
 
-def test_cache_is_shared_by_methods_and_follows_the_backbone_weights(tmp_path,
-                                                                    make_agd_tree) -> None:
+def test_cache_is_shared_by_methods_and_follows_the_backbone_weights(
+    tmp_path, make_agd_tree
+) -> None:
     make_agd_tree(tmp_path / "data", affordances=("hold", "cut_with"), n_exo=2)
     vocab = ["cut_with", "hold"]
     torch.manual_seed(0)
@@ -57,15 +56,14 @@ def test_cache_is_shared_by_methods_and_follows_the_backbone_weights(tmp_path,
     ce = create_model("tiny", vocabulary=vocab, method="ce", pretrained=False)
     ce.dino.load_state_dict(scl.dino.state_dict())
     ce.clip.load_state_dict(scl.clip.state_dict())
-    paths = AffordanceTrainDataset(tmp_path / "data", "Seen", 112,
-                                   vocabulary=vocab).image_paths()
+    paths = AffordanceTrainDataset(tmp_path / "data", "Seen", 112, vocabulary=vocab).image_paths()
     cache_dir = tmp_path / "cache"
     FeatureCache.build(scl, paths, cache_dir, views=1, progress=False)
     FeatureCache.build(ce, paths, cache_dir, views=1, progress=False)
-    assert len(list(cache_dir.glob("features-*.npy"))) == 1   # heads differ, features do not
+    assert len(list(cache_dir.glob("features-*.npy"))) == 1  # heads differ, features do not
 
     with torch.no_grad():
-        next(ce.clip.parameters()).add_(0.5)                  # new CLIP-role weights
+        next(ce.clip.parameters()).add_(0.5)  # new CLIP-role weights
     rebuilt = FeatureCache.build(ce, paths, cache_dir, views=1, progress=False)
     assert len(list(cache_dir.glob("features-*.npy"))) == 2
     assert not list(cache_dir.glob("*.tmp.*"))

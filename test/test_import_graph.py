@@ -48,7 +48,7 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
             targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
         else:
@@ -77,7 +77,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         state[node] = 2
@@ -112,23 +112,37 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_core_never_imports_ros_or_training_in_its_source():
     graph = import_graph()
     core = {m: ts for m, ts in graph.items() if m.split(".")[0] == "affordance_core"}
-    bad = {m: sorted(t for t in ts if not t.startswith("affordance_core")) for m, ts in core.items()}
+    bad = {
+        m: sorted(t for t in ts if not t.startswith("affordance_core")) for m, ts in core.items()
+    }
     assert not {m: ts for m, ts in bad.items() if ts}
     for path in (ROOT / "affordance_core").rglob("*.py"):
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        names = {alias.name.split(".")[0] for node in ast.walk(tree)
-                 if isinstance(node, ast.Import) for alias in node.names}
-        names |= {node.module.split(".")[0] for node in ast.walk(tree)
-                  if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+        names = {
+            alias.name.split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        }
+        names |= {
+            node.module.split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level
+        }
         assert not names & {"rclpy", "rosidl_runtime_py", "training", "affordance_ros"}, path
 
 
-@pytest.mark.parametrize("entry", ["import affordance_core",
-                                   "from affordance_core import AffordancePredictor, create_model"])
+@pytest.mark.parametrize(
+    "entry",
+    ["import affordance_core", "from affordance_core import AffordancePredictor, create_model"],
+)
 def test_importing_the_core_loads_no_rclpy_and_no_training_module(entry):
-    code = (f"{entry}\nimport sys\n"
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('rclpy', 'training', "
-            "'affordance_ros'))\nprint(bad)\nraise SystemExit(1 if bad else 0)")
-    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
+    code = (
+        f"{entry}\nimport sys\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('rclpy', 'training', "
+        "'affordance_ros'))\nprint(bad)\nraise SystemExit(1 if bad else 0)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stdout + run.stderr

@@ -8,10 +8,19 @@ import pytest
 import torch
 
 from affordance_core import create_model
-from affordance_core.clustering import (KMeansClusterer, PrototypeClusterer,
-                                        fit_prototype_clusterer, modularity_loss)
-from affordance_core.losses.looptrans import (correlation_loss, denoising_distillation_loss,
-                                              info_nce, pseudo_mask_loss, select_pseudo_masks)
+from affordance_core.clustering import (
+    KMeansClusterer,
+    PrototypeClusterer,
+    fit_prototype_clusterer,
+    modularity_loss,
+)
+from affordance_core.losses.looptrans import (
+    correlation_loss,
+    denoising_distillation_loss,
+    info_nce,
+    pseudo_mask_loss,
+    select_pseudo_masks,
+)
 from affordance_core.methods import METHODS, build_method
 
 VOCAB = ["hold", "cut_with", "pour"]
@@ -25,13 +34,13 @@ def _quadrants(k_used: int = 4) -> torch.Tensor:
 
 # ---------------------------------------------------------------- pseudo-mask selection
 def test_pseudo_mask_picks_best_iou_cluster_but_never_background() -> None:
-    clusters = torch.stack([_quadrants(), _quadrants()])                       # (2, 4, 4)
+    clusters = torch.stack([_quadrants(), _quadrants()])  # (2, 4, 4)
     sal = torch.tensor([[0.1, 0.5], [0.6, 0.9]]).repeat_interleave(2, 0).repeat_interleave(2, 1)
-    sal = torch.stack([sal, sal])                                               # cluster 0 = bg
+    sal = torch.stack([sal, sal])  # cluster 0 = bg
     cam = torch.zeros(2, 4, 4)
-    cam[0, 2:, 2:] = 1.0                                                        # cluster 3
-    cam[1, :2, :2] = 1.0                                                        # cluster 0 (bg)
-    cam[1, 0, 2] = 1.0                                                          # + 1 px of 1
+    cam[0, 2:, 2:] = 1.0  # cluster 3
+    cam[1, :2, :2] = 1.0  # cluster 0 (bg)
+    cam[1, 0, 2] = 1.0  # + 1 px of 1
     out = select_pseudo_masks(clusters, cam, sal, num_clusters=4)
     assert out.mask.shape == (2, 4, 4) and out.mask.dtype == torch.bool
     assert out.background.tolist() == [0, 0]
@@ -45,7 +54,7 @@ def test_pseudo_mask_picks_best_iou_cluster_but_never_background() -> None:
 def test_pseudo_mask_handles_empty_clusters_without_nan() -> None:
     clusters = torch.stack([_quadrants(k_used=3), torch.zeros(4, 4, dtype=torch.long)])
     sal = 0.2 + 0.8 * torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(0))
-    sal[0, :2, :2] = 0.05                        # cluster 0 (TL + BR): lowest non-empty mean
+    sal[0, :2, :2] = 0.05  # cluster 0 (TL + BR): lowest non-empty mean
     sal[0, 2:, 2:] = 0.05
     cam = torch.zeros(2, 4, 4)
     cam[:, 3, 3] = 1.0
@@ -61,28 +70,28 @@ def test_pseudo_mask_handles_empty_clusters_without_nan() -> None:
 def test_pseudo_mask_loss_known_values_and_gate() -> None:
     mask = torch.zeros(2, 4, 4, dtype=torch.bool)
     mask[:, 1:3, 1:3] = True
-    cam = mask.float() * 5 + 2                               # min-max normalises to the mask
+    cam = mask.float() * 5 + 2  # min-max normalises to the mask
     mse, dice = pseudo_mask_loss(cam, mask)
     assert float(mse) == pytest.approx(0.0) and float(dice) == pytest.approx(0.0, abs=1e-6)
     inverted = (~mask).float()
     mse, dice = pseudo_mask_loss(inverted, mask)
     assert float(mse) == pytest.approx(1.0)
-    assert float(dice) == pytest.approx(1 - 1 / 17)          # pred 12 px + target 4 px + 1
+    assert float(dice) == pytest.approx(1 - 1 / 17)  # pred 12 px + target 4 px + 1
     bad = torch.stack([cam[0], inverted[1]]).requires_grad_()
     mse, dice = pseudo_mask_loss(bad, mask, torch.tensor([True, False]))
     mse, dice = mse.detach(), dice.detach()
     assert float(mse) == pytest.approx(0.0) and float(dice) == pytest.approx(0.0, abs=1e-6)
     mse, dice = pseudo_mask_loss(bad, mask, torch.tensor([False, False]))
-    (mse + dice).backward()                                  # still attached when none active
+    (mse + dice).backward()  # still attached when none active
     assert float(mse.detach()) == 0.0 and float(bad.grad.abs().sum()) == 0.0
 
 
 def test_correlation_loss_known_values() -> None:
     ego = torch.randn(2, 5, 3, 3, generator=torch.Generator().manual_seed(0))
-    exo = ego[:, None].expand(-1, 3, -1, -1, -1)             # Gram matrix x3: proportional
+    exo = ego[:, None].expand(-1, 3, -1, -1, -1)  # Gram matrix x3: proportional
     assert float(correlation_loss(ego, exo)) == pytest.approx(0.0, abs=1e-6)
-    ego = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).view(1, 2, 1, 2)     # Gram = identity
-    exo = torch.ones(1, 1, 2, 1, 2)                                     # Gram = all 2s
+    ego = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).view(1, 2, 1, 2)  # Gram = identity
+    exo = torch.ones(1, 1, 2, 1, 2)  # Gram = all 2s
     assert float(correlation_loss(ego, exo)) == pytest.approx(1 - 1 / math.sqrt(2), abs=1e-6)
 
 
@@ -106,10 +115,10 @@ def test_denoising_gradients_reach_cams_only() -> None:
     loss = denoising_distillation_loss(exo_cams, exo_keys, ego_cam, ego_keys, labels, c)
     assert loss.shape == () and float(loss.detach()) > 0
     loss.backward()
-    per_channel = exo_cams.grad.abs().sum((1, 3, 4))                           # (B, C + N)
-    assert (per_channel[:, c:] > 0).all()                                       # noise channels
-    assert per_channel[0, 0] > 0 and per_channel[1, 2] > 0                     # GT channels
-    assert per_channel[0, 1:c].sum() == 0 and per_channel[1, :2].sum() == 0    # other classes
+    per_channel = exo_cams.grad.abs().sum((1, 3, 4))  # (B, C + N)
+    assert (per_channel[:, c:] > 0).all()  # noise channels
+    assert per_channel[0, 0] > 0 and per_channel[1, 2] > 0  # GT channels
+    assert per_channel[0, 1:c].sum() == 0 and per_channel[1, :2].sum() == 0  # other classes
     assert float(ego_cam.grad.abs().sum()) > 0
     assert exo_keys.grad is None and ego_keys.grad is None
 
@@ -136,8 +145,8 @@ def test_kmeans_clusterer_separates_directions_and_is_deterministic() -> None:
 
 
 def test_modularity_known_values() -> None:
-    x = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]])[None]       # (1, D=2, P=4)
-    hard = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]])[None]    # (1, K=2, P)
+    x = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]])[None]  # (1, D=2, P=4)
+    hard = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]])[None]  # (1, K=2, P)
     assert float(modularity_loss(hard, x)) == pytest.approx(-0.5)
     assert float(modularity_loss(torch.full_like(hard, 0.5), x)) == pytest.approx(0.0, abs=1e-6)
 
@@ -164,14 +173,17 @@ def test_prototype_clusterer_trains_and_freeze_queries_flag() -> None:
 @pytest.fixture(scope="module")
 def batch() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return {"ego": torch.rand(2, 3, 112, 112, generator=g),
-            "exo": torch.rand(2, 3, 3, 112, 112, generator=g),
-            "label": torch.tensor([0, 2])}
+    return {
+        "ego": torch.rand(2, 3, 112, 112, generator=g),
+        "exo": torch.rand(2, 3, 3, 112, 112, generator=g),
+        "label": torch.tensor([0, 2]),
+    }
 
 
-@pytest.mark.parametrize("name,options", [("looptrans", {}),
-                                          ("looptrans", {"ego_pixel_ce": False}),
-                                          ("looptrans_gated", {})])
+@pytest.mark.parametrize(
+    "name,options",
+    [("looptrans", {}), ("looptrans", {"ego_pixel_ce": False}), ("looptrans_gated", {})],
+)
 def test_training_steps_reduce_loss(name: str, options: dict, batch) -> None:
     torch.manual_seed(0)
     model = create_model("tiny", vocabulary=VOCAB, method=name, pretrained=False)

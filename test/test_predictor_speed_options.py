@@ -26,7 +26,7 @@ def test_compiled_predictor_matches_eager(model_and_image) -> None:
     eager = AffordancePredictor(model)(image, VOCAB)
     compiled_predictor = AffordancePredictor(model, compile=True)
     assert compiled_predictor.compiled
-    for _ in range(2):                                    # compiled once, then reused
+    for _ in range(2):  # compiled once, then reused
         compiled = compiled_predictor(image, VOCAB)
         for ref, got in zip(eager, compiled):
             assert np.abs(ref.heatmap - got.heatmap).max() < 1e-4

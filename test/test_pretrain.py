@@ -100,8 +100,9 @@ def test_hand_masks_are_kept_and_cropped_like_the_object(data):
     assert bool(data.hand_mask.flatten(1).any(1).any()), "some exo scenes must show a hand"
     args = (data.images[:6].float() / 255, data.object_mask[:6], data.part_index[:6])
     plain = pretrain.augment(*args, torch.Generator().manual_seed(3))
-    with_hand = pretrain.augment(*args, torch.Generator().manual_seed(3),
-                                 hand_mask=data.hand_mask[:6])
+    with_hand = pretrain.augment(
+        *args, torch.Generator().manual_seed(3), hand_mask=data.hand_mask[:6]
+    )
     assert len(plain) == 3 and len(with_hand) == 4
     for a, b in zip(plain, with_hand[:3], strict=True):
         assert torch.equal(a, b)  # the hand mask changes no random draw
@@ -130,16 +131,27 @@ def test_hand_term_trains_the_hand_prompt_towards_the_hand(data, world):
     bias = torch.nn.Parameter(torch.tensor(-2.0))
     shown = data.hand_mask.flatten(1).any(1).nonzero().flatten()[:6]
     imgs = data.images[shown].float() / 255
-    frac, _, _ = pretrain.patch_targets(data.object_mask[shown], data.part_index[shown],
-                                       len(data.part_types))
+    frac, _, _ = pretrain.patch_targets(
+        data.object_mask[shown], data.part_index[shown], len(data.part_types)
+    )
     hand_frac = torch.nn.functional.adaptive_avg_pool2d(
-        data.hand_mask[shown].float()[:, None], tiny.TINY_GRID)[:, 0]
+        data.hand_mask[shown].float()[:, None], tiny.TINY_GRID
+    )[:, 0]
     opt = torch.optim.AdamW([*clip.parameters(), scale, bias], lr=2e-3)
 
     def hand_loss():
-        return pretrain.clip_dense_losses(clip, imgs, data.obj_index[shown], frac, tokens,
-                                          vocab.positives, vocab.n_objects, scale, bias,
-                                          hand_frac=hand_frac)["hand"]
+        return pretrain.clip_dense_losses(
+            clip,
+            imgs,
+            data.obj_index[shown],
+            frac,
+            tokens,
+            vocab.positives,
+            vocab.n_objects,
+            scale,
+            bias,
+            hand_frac=hand_frac,
+        )["hand"]
 
     with torch.no_grad():
         first = hand_loss()
@@ -154,9 +166,11 @@ def test_hand_term_trains_the_hand_prompt_towards_the_hand(data, world):
 
 def test_hand_weight_needs_hand_masks(world, data):
     import dataclasses
+
     no_hands = dataclasses.replace(data, hand_mask=None)
-    cfg = pretrain.PretrainConfig(seed=0, n_scenes=16, steps=1, batch_size=4, w_hand=1.0,
-                                  models=("clip",))
+    cfg = pretrain.PretrainConfig(
+        seed=0, n_scenes=16, steps=1, batch_size=4, w_hand=1.0, models=("clip",)
+    )
     with pytest.raises(ValueError, match="hand masks"):
         pretrain.pretrain(cfg, world=world, data=no_hands, verbose=False)
 
@@ -184,8 +198,17 @@ def test_dense_losses_decrease_when_fitting_a_batch(data, world):
     frac, lab, pur = pretrain.patch_targets(data.object_mask[:8], data.part_index[:8], n_parts)
 
     def losses():
-        lc = pretrain.clip_dense_losses(clip, imgs, data.obj_index[:8], frac, tokens,
-                                        vocab.positives, vocab.n_objects, scale, bias)
+        lc = pretrain.clip_dense_losses(
+            clip,
+            imgs,
+            data.obj_index[:8],
+            frac,
+            tokens,
+            vocab.positives,
+            vocab.n_objects,
+            scale,
+            bias,
+        )
         ld = pretrain.dino_dense_losses(dino, imgs, frac, lab, pur, protos)
         return lc["dense"] + lc["global"] + ld["part"] + ld["saliency"]
 
@@ -204,10 +227,13 @@ def test_dense_losses_decrease_when_fitting_a_batch(data, world):
 def test_pretrain_writes_strict_loadable_fp16_checkpoints(data, world, tmp_path):
     cfg = pretrain.PretrainConfig(seed=0, n_scenes=16, steps=3, batch_size=8)
     res = pretrain.pretrain(cfg, out_dir=tmp_path, world=world, data=data, verbose=False)
-    assert all(math.isfinite(r["clip_loss"]) and math.isfinite(r["dino_loss"])
-               for r in res["history"])
-    for name, build in ((tiny.TINY_DINO_FILE, tiny.build_tiny_dino),
-                        (tiny.TINY_CLIP_FILE, tiny.build_tiny_clip)):
+    assert all(
+        math.isfinite(r["clip_loss"]) and math.isfinite(r["dino_loss"]) for r in res["history"]
+    )
+    for name, build in (
+        (tiny.TINY_DINO_FILE, tiny.build_tiny_dino),
+        (tiny.TINY_CLIP_FILE, tiny.build_tiny_clip),
+    ):
         path = tmp_path / name
         assert path.is_file() and not (tmp_path / (name + ".tmp")).exists()
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -236,17 +262,19 @@ def test_batched_kmeans_separates_two_blobs():
 REPO_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "tiny"
 
 
-@pytest.mark.skipif(not (REPO_WEIGHTS / tiny.TINY_CLIP_FILE).is_file()
-                    or not (REPO_WEIGHTS / tiny.TINY_DINO_FILE).is_file(),
-                    reason="repository tiny checkpoints not built")
+@pytest.mark.skipif(
+    not (REPO_WEIGHTS / tiny.TINY_CLIP_FILE).is_file()
+    or not (REPO_WEIGHTS / tiny.TINY_DINO_FILE).is_file(),
+    reason="repository tiny checkpoints not built",
+)
 def test_repository_checkpoints_beat_random_init(world):
     dino = tiny.load_tiny_dino(REPO_WEIGHTS / tiny.TINY_DINO_FILE)
     clip = tiny.load_tiny_clip(REPO_WEIGHTS / tiny.TINY_CLIP_FILE)
-    res = backbone_probe.probe_backbones(dino, clip, tiny.tiny_tokenizer(), seed=5, n=24,
-                                         world=world)
+    res = backbone_probe.probe_backbones(
+        dino, clip, tiny.tiny_tokenizer(), seed=5, n=24, world=world
+    )
     assert res["clip_object_iou"] > res["random"]["clip_object_iou"] + 0.05
     assert res["dino_saliency_iou"] > res["random"]["dino_saliency_iou"] + 0.1
-
 
 
 def test_within_image_contrast_prefers_label_aligned_features():
@@ -260,9 +288,11 @@ def test_within_image_contrast_prefers_label_aligned_features():
     assert float(good) < 0.01 < float(bad)
     # Pairs never cross images: a second image of opposite labels leaves the first unchanged.
     other = torch.stack([e[2], e[3], e[2], e[3]])[None]
-    both = pretrain.within_image_contrast(torch.cat([aligned, other]),
-                                          torch.cat([labels, torch.tensor([[0, 0, 1, 1]])]),
-                                          valid.expand(2, -1))
+    both = pretrain.within_image_contrast(
+        torch.cat([aligned, other]),
+        torch.cat([labels, torch.tensor([[0, 0, 1, 1]])]),
+        valid.expand(2, -1),
+    )
     alone = pretrain.within_image_contrast(other, torch.tensor([[0, 0, 1, 1]]), valid)
     assert torch.isclose(both, (good + alone) / 2, atol=1e-6)
     # No anchor with a positive: a zero that still backpropagates.
@@ -274,17 +304,24 @@ def test_within_image_contrast_prefers_label_aligned_features():
 
 def test_training_one_backbone_alone_matches_joint_training(data, world, tmp_path):
     cfg = dict(seed=0, n_scenes=16, steps=2, batch_size=4, save_every=0)
-    joint = pretrain.pretrain(pretrain.PretrainConfig(**cfg), world=world, data=data,
-                              verbose=False)
-    alone = pretrain.pretrain(pretrain.PretrainConfig(**cfg, models=("clip",)),
-                              out_dir=tmp_path, world=world, data=data, verbose=False)
+    joint = pretrain.pretrain(
+        pretrain.PretrainConfig(**cfg), world=world, data=data, verbose=False
+    )
+    alone = pretrain.pretrain(
+        pretrain.PretrainConfig(**cfg, models=("clip",)),
+        out_dir=tmp_path,
+        world=world,
+        data=data,
+        verbose=False,
+    )
     assert alone["dino"] is None and set(alone["files"]) == {"clip"}
     ref = joint["clip"].state_dict()
     for key, value in alone["clip"].state_dict().items():
         assert torch.allclose(value, ref[key], atol=1e-5), key
     with pytest.raises(ValueError, match="subset"):
-        pretrain.pretrain(pretrain.PretrainConfig(**cfg, models=("vit",)), world=world,
-                          data=data, verbose=False)
+        pretrain.pretrain(
+            pretrain.PretrainConfig(**cfg, models=("vit",)), world=world, data=data, verbose=False
+        )
 
 
 def test_part_transfer_iou_rewards_type_features_not_colour():
@@ -294,19 +331,31 @@ def test_part_transfer_iou_rewards_type_features_not_colour():
     by_type = torch.stack([e[0], e[0], e[1], e[1], e[2], e[2]])[None].repeat(2, 1, 1)
     assert torch.allclose(backbone_probe.part_transfer_iou(by_type, labels, 2), torch.ones(4))
     # Per-instance colours: image 0 paints type 0 with colour A, image 1 with colour B.
-    colour = torch.stack([torch.stack([e[0], e[0], e[1], e[1], e[2], e[2]]),
-                          torch.stack([e[1], e[1], e[0], e[0], e[2], e[2]])])
+    colour = torch.stack(
+        [
+            torch.stack([e[0], e[0], e[1], e[1], e[2], e[2]]),
+            torch.stack([e[1], e[1], e[0], e[0], e[2], e[2]]),
+        ]
+    )
     assert float(backbone_probe.part_transfer_iou(colour, labels, 2).max()) == 0.0
 
 
 def test_second_stage_starts_from_the_first_and_adds_the_threshold_term(data, world, tmp_path):
     cfg = dict(seed=0, n_scenes=16, batch_size=4, save_every=0, models=("clip",))
-    first = pretrain.pretrain(pretrain.PretrainConfig(**cfg, steps=2), out_dir=tmp_path / "s1",
-                              world=world, data=data, verbose=False)
+    first = pretrain.pretrain(
+        pretrain.PretrainConfig(**cfg, steps=2),
+        out_dir=tmp_path / "s1",
+        world=world,
+        data=data,
+        verbose=False,
+    )
     # lr 0: the second stage must hand back exactly the (fp16-rounded) first-stage weights
-    still = pretrain.pretrain(pretrain.PretrainConfig(**cfg, steps=1, lr=0.0,
-                                                      init_from=str(tmp_path / "s1")),
-                              world=world, data=data, verbose=False)
+    still = pretrain.pretrain(
+        pretrain.PretrainConfig(**cfg, steps=1, lr=0.0, init_from=str(tmp_path / "s1")),
+        world=world,
+        data=data,
+        verbose=False,
+    )
     ref = first["clip"].state_dict()
     for key, value in still["clip"].state_dict().items():
         assert torch.allclose(value, ref[key], atol=2e-3 * (1 + ref[key].abs().max())), key
@@ -314,11 +363,17 @@ def test_second_stage_starts_from_the_first_and_adds_the_threshold_term(data, wo
     q = still["clip"].visual.transformer.resblocks[-1].attn.in_proj_weight.detach()
     q_ref = first["clip"].visual.transformer.resblocks[-1].attn.in_proj_weight.detach()
     assert torch.allclose(q, q_ref, atol=2e-3 * (1 + float(q_ref.abs().max())))
-    second = pretrain.pretrain(pretrain.PretrainConfig(**cfg, steps=2, w_threshold=1.0,
-                                                       init_from=str(tmp_path / "s1")),
-                               world=world, data=data, verbose=False)
+    second = pretrain.pretrain(
+        pretrain.PretrainConfig(**cfg, steps=2, w_threshold=1.0, init_from=str(tmp_path / "s1")),
+        world=world,
+        data=data,
+        verbose=False,
+    )
     assert all(0.0 < r["clip_threshold"] < 20.0 for r in second["history"])
     with pytest.raises(FileNotFoundError, match="no clip_tiny.pt there"):
-        pretrain.pretrain(pretrain.PretrainConfig(**cfg, steps=1, init_from=str(tmp_path)),
-                          world=world, data=data, verbose=False)
-
+        pretrain.pretrain(
+            pretrain.PretrainConfig(**cfg, steps=1, init_from=str(tmp_path)),
+            world=world,
+            data=data,
+            verbose=False,
+        )

@@ -2,6 +2,7 @@
 
 Tiny tier with random backbones, CPU execution provider.
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,8 +18,12 @@ import torch
 
 from affordance_core import create_model
 from affordance_core.predictor import AffordancePredictor
-from affordance_core.runtime import (OnnxRuntimeEngine, model_fingerprint, prepare_onnx_cache,
-                                     select_providers)
+from affordance_core.runtime import (
+    OnnxRuntimeEngine,
+    model_fingerprint,
+    prepare_onnx_cache,
+    select_providers,
+)
 
 pytest.importorskip("onnxruntime")
 VOCAB = ["hold", "cut_with", "pour", "sit_on"]
@@ -42,8 +47,10 @@ def onnx_predictor(model, cache) -> AffordancePredictor:
 
 def _frames() -> list[np.ndarray]:
     rng = np.random.default_rng(4)
-    return [(rng.random(shape) * 255).astype(np.uint8) for shape in
-            [(96, 128, 3), (60, 80, 3), (112, 112, 3)]]
+    return [
+        (rng.random(shape) * 255).astype(np.uint8)
+        for shape in [(96, 128, 3), (60, 80, 3), (112, 112, 3)]
+    ]
 
 
 def assert_same_predictions(ref, got, tol: float = 1e-3) -> None:
@@ -69,8 +76,9 @@ def test_onnxruntime_backend_matches_torch(model, onnx_predictor) -> None:
         assert np.abs(got[0].heatmap - got[1].heatmap).max() > 1e-3
     # One action, and a repeated action, work too (symbolic action axis).
     frame = _frames()[0]
-    assert_same_predictions(torch_predictor(frame, ["pour", "pour"]),
-                            onnx_predictor(frame, ["pour", "pour"]))
+    assert_same_predictions(
+        torch_predictor(frame, ["pour", "pour"]), onnx_predictor(frame, ["pour", "pour"])
+    )
 
 
 def test_several_actions_share_one_backbone_pass(onnx_predictor) -> None:
@@ -84,13 +92,15 @@ def test_several_actions_share_one_backbone_pass(onnx_predictor) -> None:
 
         def run(self, *args, **kwargs):
             calls[self.name] += 1
-            return getattr(self.session, "run")(*args, **kwargs)
+            return self.session.run(*args, **kwargs)
 
         def __getattr__(self, attr):
             return getattr(self.session, attr)
 
-    engine.backbone, engine.heads = Counting(engine.backbone, "backbone"), Counting(
-        engine.heads, "heads")
+    engine.backbone, engine.heads = (
+        Counting(engine.backbone, "backbone"),
+        Counting(engine.heads, "heads"),
+    )
     try:
         onnx_predictor.set_image(_frames()[1])
         onnx_predictor.predict(VOCAB)
@@ -127,8 +137,9 @@ def _rebuild_and_check(model, cache, caplog, expected: str) -> None:
     assert prepare_onnx_cache(model, cache).status == "hit"
 
 
-def test_corrupt_cache_file_is_rebuilt_with_a_log_line(model, cache, onnx_predictor,
-                                                       caplog) -> None:
+def test_corrupt_cache_file_is_rebuilt_with_a_log_line(
+    model, cache, onnx_predictor, caplog
+) -> None:
     folder = onnx_predictor._engine.entry.folder
     (folder / "backbone.onnx").write_bytes(b"not an onnx graph")
     _rebuild_and_check(model, cache, caplog, "corrupt (backbone.onnx does not match")
@@ -143,8 +154,9 @@ def test_file_rejected_by_onnxruntime_is_rebuilt(model, cache, onnx_predictor, c
     _rebuild_and_check(model, cache, caplog, "ONNX Runtime cannot load it")
 
 
-def test_stale_cache_entry_is_rebuilt_with_a_log_line(model, cache, onnx_predictor,
-                                                      caplog) -> None:
+def test_stale_cache_entry_is_rebuilt_with_a_log_line(
+    model, cache, onnx_predictor, caplog
+) -> None:
     folder = onnx_predictor._engine.entry.folder
     meta = json.loads((folder / "meta.json").read_text())
     meta["key"]["export_version"] = 0
@@ -176,11 +188,17 @@ def test_missing_onnxruntime_says_how_to_install(model, tmp_path, monkeypatch) -
 def test_provider_order(monkeypatch) -> None:
     import onnxruntime as ort
 
-    monkeypatch.setattr(ort, "get_available_providers", lambda: [
-        "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"])
+    monkeypatch.setattr(
+        ort,
+        "get_available_providers",
+        lambda: ["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"],
+    )
     chosen = select_providers("cuda:1", half=True, trt_cache="/tmp/trt")
     assert [p if isinstance(p, str) else p[0] for p in chosen] == [
-        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+        "TensorrtExecutionProvider",
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
     assert chosen[0][1]["device_id"] == 1 and chosen[0][1]["trt_fp16_enable"] is True
     assert select_providers("cpu") == ["CPUExecutionProvider"]
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
@@ -190,12 +208,15 @@ def test_provider_order(monkeypatch) -> None:
 def test_int8_variant_quantizes_the_backbone_only(model, cache) -> None:
     import onnx
 
-    predictor = AffordancePredictor(model, backend="onnxruntime", onnx_cache_dir=cache,
-                                    onnx_variant="int8")
+    predictor = AffordancePredictor(
+        model, backend="onnxruntime", onnx_cache_dir=cache, onnx_variant="int8"
+    )
     entry = predictor._engine.entry
     assert entry.folder.name.endswith("-int8") and entry.key["variant"] == "int8"
-    ops = {name: {n.op_type for n in onnx.load(str(entry.folder / name)).graph.node}
-           for name in ("backbone.onnx", "heads.onnx")}
+    ops = {
+        name: {n.op_type for n in onnx.load(str(entry.folder / name)).graph.node}
+        for name in ("backbone.onnx", "heads.onnx")
+    }
     assert "DynamicQuantizeLinear" in ops["backbone.onnx"]
     assert not any("Integer" in op or "Quantize" in op for op in ops["heads.onnx"])
     frame = _frames()[0]

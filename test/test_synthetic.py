@@ -1,4 +1,5 @@
 """Synthetic affordance world and its AGD20K-layout corpus."""
+
 from __future__ import annotations
 
 import json
@@ -31,9 +32,17 @@ N_EXO, N_EGO, N_TEST, N_BACKGROUND = 2, 1, 2, 3
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     root = tmp_path_factory.mktemp("agd")
-    stats = write_agd_corpus(root, seed=3, n_exo_per_pair=N_EXO, n_ego_per_pair=N_EGO,
-                             n_test_per_pair=N_TEST, n_background=N_BACKGROUND, size=64,
-                             occlusion_rate=0.5, progress=False)
+    stats = write_agd_corpus(
+        root,
+        seed=3,
+        n_exo_per_pair=N_EXO,
+        n_ego_per_pair=N_EGO,
+        n_test_per_pair=N_TEST,
+        n_background=N_BACKGROUND,
+        size=64,
+        occlusion_rate=0.5,
+        progress=False,
+    )
     return root, stats
 
 
@@ -49,8 +58,9 @@ def test_vocabulary_is_consistent() -> None:
         assert set(spec.parts) <= set(PART_TYPES)
         assert list_actions(obj), obj
         assert obj.replace("_", " ") in object_caption(obj)
-    multi = [o for o in OBJECTS
-             if len({p for a in list_actions(o) for p in afforded_parts(o, a)}) >= 2]
+    multi = [
+        o for o in OBJECTS if len({p for a in list_actions(o) for p in afforded_parts(o, a)}) >= 2
+    ]
     assert len(multi) >= len(OBJECTS) // 2  # the part must be found, not just the object
     with pytest.raises(ValueError, match="does not afford"):
         afforded_parts("knife", "sit_on")
@@ -58,8 +68,7 @@ def test_vocabulary_is_consistent() -> None:
 
 @pytest.mark.parametrize("view", ["ego", "exo"])
 def test_scene_contract(view: str) -> None:
-    scene = render_scene(np.random.default_rng(0), "cup", size=96, view=view,
-                         action="drink_with")
+    scene = render_scene(np.random.default_rng(0), "cup", size=96, view=view, action="drink_with")
     assert scene.image.shape == (96, 96, 3) and scene.image.dtype == np.uint8
     assert scene.part_instance.dtype == np.int16
     assert set(scene.part_masks) == set(OBJECTS["cup"].parts)
@@ -72,8 +81,7 @@ def test_scene_contract(view: str) -> None:
     assert amap is not None and amap.dtype == np.float32
     assert amap.min() >= 0.0 and amap.max() == pytest.approx(1.0)
     assert (scene.hand_mask is None) == (view == "ego")
-    again = render_scene(np.random.default_rng(0), "cup", size=96, view=view,
-                         action="drink_with")
+    again = render_scene(np.random.default_rng(0), "cup", size=96, view=view, action="drink_with")
     np.testing.assert_array_equal(scene.image, again.image)
 
 
@@ -119,18 +127,28 @@ def test_exo_hand_on_afforded_part(action: str, obj: str) -> None:
 
 def test_benchmark_exo_objects_are_closer_views() -> None:
     from affordance_core.synthetic.world import EXO_SCALE_BENCHMARK, EXO_SCALE_PRETRAIN
+
     areas = {}
     for name, scale in (("pretrain", EXO_SCALE_PRETRAIN), ("benchmark", EXO_SCALE_BENCHMARK)):
         rng = np.random.default_rng(7)
-        areas[name] = np.mean([render_scene(rng, obj, size=96, view="exo", action=action,
-                                            exo_scale=scale).object_mask.mean()
-                               for action, obj in PAIRS for _ in range(3)])
+        areas[name] = np.mean(
+            [
+                render_scene(
+                    rng, obj, size=96, view="exo", action=action, exo_scale=scale
+                ).object_mask.mean()
+                for action, obj in PAIRS
+                for _ in range(3)
+            ]
+        )
     assert areas["benchmark"] > 1.5 * areas["pretrain"]
     rng = np.random.default_rng(7)
     action, obj = PAIRS[0]
-    assert np.array_equal(render_scene(rng, obj, view="exo", action=action).image,
-                          render_scene(np.random.default_rng(7), obj, view="exo", action=action,
-                                       exo_scale=EXO_SCALE_PRETRAIN).image)
+    assert np.array_equal(
+        render_scene(rng, obj, view="exo", action=action).image,
+        render_scene(
+            np.random.default_rng(7), obj, view="exo", action=action, exo_scale=EXO_SCALE_PRETRAIN
+        ).image,
+    )
 
 
 def test_corpus_layout(corpus: tuple[Path, object]) -> None:
@@ -139,17 +157,22 @@ def test_corpus_layout(corpus: tuple[Path, object]) -> None:
     for split, objs in DEFAULT_SPLIT_OBJECTS.items():
         train, test = corpus_pairs(objs["train"], objs["test"])
         base = root / split
-        assert sorted(p.name for p in base.iterdir()) == ["testset", "trainset",
-                                                          "vocabulary.txt"]
+        assert sorted(p.name for p in base.iterdir()) == ["testset", "trainset", "vocabulary.txt"]
         assert (base / "vocabulary.txt").read_text().split() == sorted({a for a, _ in train})
-        assert sorted(p.name for p in (base / "testset").iterdir()) == ["GT", "background",
-                                                                         "egocentric"]
+        assert sorted(p.name for p in (base / "testset").iterdir()) == [
+            "GT",
+            "background",
+            "egocentric",
+        ]
         backgrounds = _files(base / "testset/background", "*")
         assert len(backgrounds) == N_BACKGROUND == stats.counts[split]["background"]
         frame = cv2.imread(str(base / "testset/background" / backgrounds[0]))
         assert frame.shape == (64, 64, 3) and frame.std() > 5  # clutter, not a blank frame
         assert sorted(p.name for p in (base / "trainset").iterdir()) == [
-            "egocentric", "exo_meta.json", "exocentric"]
+            "egocentric",
+            "exo_meta.json",
+            "exocentric",
+        ]
         for kind, n in (("exocentric", N_EXO), ("egocentric", N_EGO)):
             files = _files(base / "trainset", f"{kind}/*/*/*")
             assert len(files) == n * len(train)
@@ -163,15 +186,18 @@ def test_corpus_layout(corpus: tuple[Path, object]) -> None:
         meta = json.loads((base / "trainset/exo_meta.json").read_text())
         assert sorted(meta) == _files(base / "trainset", "exocentric/*/*/*")
         assert stats.counts[split]["train_exo"] == len(meta)
-        assert stats.counts[split]["train_exo_occluded"] == sum(m["occluded"] for m in
-                                                               meta.values())
+        assert stats.counts[split]["train_exo_occluded"] == sum(
+            m["occluded"] for m in meta.values()
+        )
         assert stats.counts[split]["test"] == len(test_imgs)
         assert sum(stats.test_parts[split].values()) >= len(test_imgs)
         img = cv2.imread(str(base / "testset/egocentric" / test_imgs[0]))
         gt = cv2.imread(str(base / "testset/GT" / gts[0]), cv2.IMREAD_UNCHANGED)
         assert img.shape == (64, 64, 3) and gt.shape == (64, 64) and gt.dtype == np.uint8
-        assert all(cv2.imread(str(base / "testset/GT" / g), cv2.IMREAD_UNCHANGED).max() == 255
-                   for g in gts)
+        assert all(
+            cv2.imread(str(base / "testset/GT" / g), cv2.IMREAD_UNCHANGED).max() == 255
+            for g in gts
+        )
 
 
 def test_unseen_split_generalises_by_part() -> None:
@@ -187,13 +213,23 @@ def test_unseen_split_generalises_by_part() -> None:
 
 
 def test_corpus_is_deterministic_and_order_independent(
-        corpus: tuple[Path, object], tmp_path: Path) -> None:
+    corpus: tuple[Path, object], tmp_path: Path
+) -> None:
     root, _ = corpus
     small = {"Seen": {"train": ["knife", "cup"], "test": ["cup"]}}
     for run in ("a", "b"):
-        write_agd_corpus(tmp_path / run, seed=3, split_objects=small, n_exo_per_pair=N_EXO,
-                         n_ego_per_pair=N_EGO, n_test_per_pair=N_TEST, size=64,
-                         occlusion_rate=0.5, n_background=2, progress=False)
+        write_agd_corpus(
+            tmp_path / run,
+            seed=3,
+            split_objects=small,
+            n_exo_per_pair=N_EXO,
+            n_ego_per_pair=N_EGO,
+            n_test_per_pair=N_TEST,
+            size=64,
+            occlusion_rate=0.5,
+            n_background=2,
+            progress=False,
+        )
     files = _files(tmp_path / "a", "**/*.*")
     # + 2 background frames, exo_meta, vocabulary
     assert len(files) == 5 * (N_EXO + N_EGO) + 3 * 2 * N_TEST + 2 + 2
@@ -204,8 +240,16 @@ def test_corpus_is_deterministic_and_order_independent(
         if f.endswith((".jpg", ".png")):  # same key -> same image, whatever else is written
             assert data == (root / f).read_bytes(), f
     other = tmp_path / "c"
-    write_agd_corpus(other, seed=4, split_objects=small, n_exo_per_pair=1, n_ego_per_pair=1,
-                     n_test_per_pair=1, size=64, progress=False)
+    write_agd_corpus(
+        other,
+        seed=4,
+        split_objects=small,
+        n_exo_per_pair=1,
+        n_ego_per_pair=1,
+        n_test_per_pair=1,
+        size=64,
+        progress=False,
+    )
     f = "Seen/testset/GT/drink_with/cup/cup_000000.png"
     assert (other / f).read_bytes() != (tmp_path / "a" / f).read_bytes()
 
@@ -218,7 +262,9 @@ def test_pretrain_scenes_are_disjoint_and_reproducible(corpus: tuple[Path, objec
     for s, t in zip(scenes, again, strict=True):
         np.testing.assert_array_equal(s.image, t.image)
     root, _ = corpus
-    bench = [cv2.imread(str(p))[..., ::-1].astype(np.int16)
-             for p in sorted(root.glob("Seen/testset/egocentric/*/*/*.jpg"))[:20]]
+    bench = [
+        cv2.imread(str(p))[..., ::-1].astype(np.int16)
+        for p in sorted(root.glob("Seen/testset/egocentric/*/*/*.jpg"))[:20]
+    ]
     for s in scenes:  # JPEG round trip aside, no pretraining image equals a benchmark image
         assert all(np.abs(s.image.astype(np.int16) - b).mean() > 10 for b in bench)

@@ -3,6 +3,7 @@
 Backbone weights: random tiny backbones saved to a temporary weights directory, so training
 and evaluation see the same frozen features without the repository's pretrained files.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,8 +26,17 @@ from affordance_core.methods import METHODS
 from training import evaluate, train
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = ["--model", "tiny", "--batch-size", "2", "--num-workers", "0", "--log-every", "1",
-        "--no-progress"]
+FAST = [
+    "--model",
+    "tiny",
+    "--batch-size",
+    "2",
+    "--num-workers",
+    "0",
+    "--log-every",
+    "1",
+    "--no-progress",
+]
 
 
 def corrupt_some_training_images(split: Path) -> None:
@@ -51,22 +61,41 @@ def last_json_line(text: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory, make_agd_tree,
-              random_tiny_weights: Path) -> dict[str, Path]:
+def workspace(
+    tmp_path_factory: pytest.TempPathFactory, make_agd_tree, random_tiny_weights: Path
+) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("train")
     root = base / "data"
     make_agd_tree(root, split="Seen", n_exo=3, n_ego=2, n_test=2, seed=1)
     corrupt_root = base / "corrupt"
-    corrupt_some_training_images(make_agd_tree(corrupt_root, split="Seen", n_exo=3, n_ego=2,
-                                             n_test=2, seed=2))
-    return {"base": base, "root": root, "corrupt_root": corrupt_root,
-            "weights": random_tiny_weights}
+    corrupt_some_training_images(
+        make_agd_tree(corrupt_root, split="Seen", n_exo=3, n_ego=2, n_test=2, seed=2)
+    )
+    return {
+        "base": base,
+        "root": root,
+        "corrupt_root": corrupt_root,
+        "weights": random_tiny_weights,
+    }
 
 
 def train_args(ws: dict[str, Path], out: Path, method: str, iters: int, *extra: str) -> list[str]:
-    return ["--data-root", str(ws["root"]), "--split", "Seen", "--method", method,
-            "--out", str(out), "--iters", str(iters), "--weights-dir", str(ws["weights"]),
-            *FAST, *extra]
+    return [
+        "--data-root",
+        str(ws["root"]),
+        "--split",
+        "Seen",
+        "--method",
+        method,
+        "--out",
+        str(out),
+        "--iters",
+        str(iters),
+        "--weights-dir",
+        str(ws["weights"]),
+        *FAST,
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +114,9 @@ def trained_run(workspace: dict[str, Path]) -> tuple[Path, dict]:
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_training_lowers_the_loss_and_writes_the_run_files(workspace, method, capsys):
     out = workspace["base"] / f"run_{method}"
-    status = train.main(train_args(workspace, out, method, 6, "--lr", "0.002",
-                                   "--save-every", "3"))
+    status = train.main(
+        train_args(workspace, out, method, 6, "--lr", "0.002", "--save-every", "3")
+    )
     assert status == 0
     summary = last_json_line(capsys.readouterr().out)
     assert summary["step"] == 6 and summary["skipped"] == 0
@@ -122,21 +152,48 @@ def test_config_layering_puts_flags_over_config_file_over_method_defaults(worksp
     user = tmp_path / "user.yaml"
     user.write_text("train:\n  batch_size: 5\n  lr: 0.5\n  lr_gamma: 0.5\n")
     args = train.build_parser().parse_args(
-        ["--data-root", "d", "--split", "Seen", "--method", "locate", "--out", "o",
-         "--config", str(user), "--lr", "0.02", "--set", "train.save_every=7",
-         "--set", "train.lr_milestones=[0.5]"])
+        [
+            "--data-root",
+            "d",
+            "--split",
+            "Seen",
+            "--method",
+            "locate",
+            "--out",
+            "o",
+            "--config",
+            str(user),
+            "--lr",
+            "0.02",
+            "--set",
+            "train.save_every=7",
+            "--set",
+            "train.lr_milestones=[0.5]",
+        ]
+    )
     config = train.resolve_config(args)
-    assert config["train"]["batch_size"] == 5           # --config over locate.yaml (16)
-    assert config["train"]["lr"] == 0.02                 # flag over --config
-    assert config["train"]["lr_gamma"] == 0.5            # --config over default.yaml
-    assert config["train"]["save_every"] == 7            # --set
+    assert config["train"]["batch_size"] == 5  # --config over locate.yaml (16)
+    assert config["train"]["lr"] == 0.02  # flag over --config
+    assert config["train"]["lr_gamma"] == 0.5  # --config over default.yaml
+    assert config["train"]["save_every"] == 7  # --set
     assert config["train"]["lr_milestones"] == [0.5]
-    assert config["train"]["momentum"] == 0.9            # default.yaml
+    assert config["train"]["momentum"] == 0.9  # default.yaml
     assert config["method"]["name"] == "locate"
 
     bad = train.build_parser().parse_args(
-        ["--data-root", "d", "--split", "Seen", "--method", "ce", "--out", "o",
-         "--set", "train.itres=5"])
+        [
+            "--data-root",
+            "d",
+            "--split",
+            "Seen",
+            "--method",
+            "ce",
+            "--out",
+            "o",
+            "--set",
+            "train.itres=5",
+        ]
+    )
     with pytest.raises(ValueError, match="train.itres"):
         train.resolve_config(bad)
 
@@ -145,36 +202,56 @@ def test_config_layering_puts_flags_over_config_file_over_method_defaults(worksp
 def test_method_tier_file_applies_to_its_model_preset_only(tmp_path):
     def resolve(*extra: str) -> dict:
         args = train.build_parser().parse_args(
-            ["--data-root", "d", "--split", "Seen", "--method", "selectivecl", "--out", "o",
-             *extra])
+            [
+                "--data-root",
+                "d",
+                "--split",
+                "Seen",
+                "--method",
+                "selectivecl",
+                "--out",
+                "o",
+                *extra,
+            ]
+        )
         return train.resolve_config(args)
 
-    tiny = resolve("--model", "tiny")                     # selectivecl.tiny.yaml
+    tiny = resolve("--model", "tiny")  # selectivecl.tiny.yaml
     assert tiny["model"]["proj_residual"] is True
     assert tiny["method"]["contrast_scale"] == pytest.approx(7.14)
-    assert tiny["train"]["batch_size"] == 8               # selectivecl.yaml still applies
+    assert tiny["train"]["batch_size"] == 8  # selectivecl.yaml still applies
 
     paper = resolve("--model", "paper")
     assert "proj_residual" not in paper["model"]
     assert "contrast_scale" not in paper["method"]
 
     user = tmp_path / "user.yaml"
-    user.write_text("model:\n  name: paper\n")            # the preset may come from --config
+    user.write_text("model:\n  name: paper\n")  # the preset may come from --config
     assert "contrast_scale" not in resolve("--config", str(user))["method"]
 
     explicit = resolve("--set", "method.contrast_scale=1.0")
-    assert explicit["method"]["contrast_scale"] == 1.0    # --set over the tier file
+    assert explicit["method"]["contrast_scale"] == 1.0  # --set over the tier file
     assert explicit["model"]["proj_residual"] is True
 
 
 @pytest.mark.timeout(300)
 def test_killed_run_resumes_from_its_checkpoint(workspace):
     out = workspace["base"] / "run_resume"
-    cmd = [sys.executable, "-m", "training.train",
-           *train_args(workspace, out, "ce", 200, "--save-every", "1")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "training.train",
+        *train_args(workspace, out, "ce", 200, "--save-every", "1"),
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     saved = 0
     try:
         deadline = time.monotonic() + 200
@@ -191,16 +268,18 @@ def test_killed_run_resumes_from_its_checkpoint(workspace):
     assert saved >= 2, proc.stderr.read().decode()[-2000:] if proc.stderr else "no log"
     assert proc.returncode == -signal.SIGKILL
 
-    saved_step = torch.load(out / "last.pt", map_location="cpu",
-                            weights_only=False)["extra"]["training"]["step"]
+    saved_step = torch.load(out / "last.pt", map_location="cpu", weights_only=False)["extra"][
+        "training"
+    ]["step"]
     assert saved_step >= saved
     logged = [r["step"] for r in read_log(out) if "event" not in r]
 
-    status = train.main(["--out", str(out), "--resume", "--iters", str(saved_step + 2),
-                         "--no-progress"])
+    status = train.main(
+        ["--out", str(out), "--resume", "--iters", str(saved_step + 2), "--no-progress"]
+    )
     assert status == 0
     records = read_log(out)
-    resumed = [r["step"] for r in records if "event" not in r][len(logged):]
+    resumed = [r["step"] for r in records if "event" not in r][len(logged) :]
     assert resumed == [saved_step + 1, saved_step + 2]
     payload = torch.load(out / "model.pt", map_location="cpu", weights_only=False)
     assert payload["extra"]["step"] == saved_step + 2
@@ -210,19 +289,46 @@ def test_killed_run_resumes_from_its_checkpoint(workspace):
 
 
 @pytest.mark.timeout(120)
-def test_eval_prints_a_final_json_line_and_writes_the_breakdown(workspace, trained_run, capsys,
-                                                                 tmp_path):
+def test_eval_prints_a_final_json_line_and_writes_the_breakdown(
+    workspace, trained_run, capsys, tmp_path
+):
     out_json = tmp_path / "metrics.json"
     viz = tmp_path / "viz"
-    status = evaluate.main(["--data-root", str(workspace["corrupt_root"]), "--split", "Seen",
-                            "--checkpoint", str(trained_run[0] / "model.pt"),
-                            "--weights-dir", str(workspace["weights"]), "--json", str(out_json),
-                            "--viz", str(viz), "--viz-max", "2", "--batch-size", "4",
-                            "--no-progress"])
+    status = evaluate.main(
+        [
+            "--data-root",
+            str(workspace["corrupt_root"]),
+            "--split",
+            "Seen",
+            "--checkpoint",
+            str(trained_run[0] / "model.pt"),
+            "--weights-dir",
+            str(workspace["weights"]),
+            "--json",
+            str(out_json),
+            "--viz",
+            str(viz),
+            "--viz-max",
+            "2",
+            "--batch-size",
+            "4",
+            "--no-progress",
+        ]
+    )
     assert status == 0
     summary = last_json_line(capsys.readouterr().out)
-    assert set(summary) == {"KLD", "SIM", "NSS", "peak_hit", "mask_iou", "action_sensitivity",
-                            "absence_auroc", "empty_on_background", "n", "n_background"}
+    assert set(summary) == {
+        "KLD",
+        "SIM",
+        "NSS",
+        "peak_hit",
+        "mask_iou",
+        "action_sensitivity",
+        "absence_auroc",
+        "empty_on_background",
+        "n",
+        "n_background",
+    }
     assert summary["n_background"] == 0 and summary["empty_on_background"] is None
     assert summary["n"] == 6 and isinstance(summary["n"], int)
     assert all(math.isfinite(summary[k]) for k in ("KLD", "SIM", "NSS"))
@@ -233,8 +339,12 @@ def test_eval_prints_a_final_json_line_and_writes_the_breakdown(workspace, train
     assert len(list(viz.glob("*.png"))) == 2
 
 
-def hand_scores(workspace: dict[str, Path], checkpoint: Path, branch: str,
-                binary_threshold: float | None = None) -> dict[str, float]:
+def hand_scores(
+    workspace: dict[str, Path],
+    checkpoint: Path,
+    branch: str,
+    binary_threshold: float | None = None,
+) -> dict[str, float]:
     """Mean KLD/SIM/NSS of a checkpoint's maps built here from its heads: the labelled CAM of
     ``branch``, times the binarised min-max affinity when ``binary_threshold`` is given."""
     from affordance_core import load_model
@@ -243,8 +353,9 @@ def hand_scores(workspace: dict[str, Path], checkpoint: Path, branch: str,
     from affordance_core.metrics import affordance_metrics, prepare_prediction
 
     model = load_model(checkpoint, weights_dir=workspace["weights"]).eval()
-    data = AffordanceTestDataset(workspace["corrupt_root"], "Seen", model.image_size,
-                                 vocabulary=model.vocabulary)
+    data = AffordanceTestDataset(
+        workspace["corrupt_root"], "Seen", model.image_size, vocabulary=model.vocabulary
+    )
     per_image = []
     with torch.no_grad():
         for item in torch.utils.data.DataLoader(data, batch_size=4):
@@ -260,15 +371,28 @@ def hand_scores(workspace: dict[str, Path], checkpoint: Path, branch: str,
 
 
 @pytest.mark.timeout(180)
-def test_eval_calibration_and_branch_overrides_rescore_the_same_heads(workspace, trained_run,
-                                                                      capsys):
+def test_eval_calibration_and_branch_overrides_rescore_the_same_heads(
+    workspace, trained_run, capsys
+):
     checkpoint = trained_run[0] / "model.pt"
-    base = ["--data-root", str(workspace["corrupt_root"]), "--split", "Seen", "--checkpoint",
-            str(checkpoint), "--weights-dir", str(workspace["weights"]),
-            "--batch-size", "4", "--no-progress"]
-    cases = {"plain": ([], ("ego", None)),
-             "binary": (["--calibration", "binary", "--object-threshold", "0.5"], ("ego", 0.5)),
-             "exo": (["--inference-branch", "exo"], ("exo", None))}
+    base = [
+        "--data-root",
+        str(workspace["corrupt_root"]),
+        "--split",
+        "Seen",
+        "--checkpoint",
+        str(checkpoint),
+        "--weights-dir",
+        str(workspace["weights"]),
+        "--batch-size",
+        "4",
+        "--no-progress",
+    ]
+    cases = {
+        "plain": ([], ("ego", None)),
+        "binary": (["--calibration", "binary", "--object-threshold", "0.5"], ("ego", 0.5)),
+        "exo": (["--inference-branch", "exo"], ("exo", None)),
+    }
     scores = {}
     for name, (flags, (branch, threshold)) in cases.items():
         assert evaluate.main(base + flags) == 0
@@ -286,21 +410,37 @@ def test_eval_calibration_and_branch_overrides_rescore_the_same_heads(workspace,
 
 @pytest.mark.timeout(120)
 def test_selectivecl_switches_reach_the_method_and_optimizer_from_set(workspace, tmp_path):
-    args = train.build_parser().parse_args(train_args(
-        workspace, tmp_path / "run", "selectivecl", 1,
-        "--set", "method.pixel_anchors=object", "--set", "method.pixel_bg_positives=true",
-        "--set", "method.kmeans_iters=300", "--set", "method.aff_norm_lr_mult=1"))
+    args = train.build_parser().parse_args(
+        train_args(
+            workspace,
+            tmp_path / "run",
+            "selectivecl",
+            1,
+            "--set",
+            "method.pixel_anchors=object",
+            "--set",
+            "method.pixel_bg_positives=true",
+            "--set",
+            "method.kmeans_iters=300",
+            "--set",
+            "method.aff_norm_lr_mult=1",
+        )
+    )
     config = train.resolve_config(args)
     trainer = train.build_run(config, tmp_path / "run", progress=False)
     method = trainer.method
     assert (method.pixel_anchors, method.pixel_bg_positives, method.kmeans_iters) == (
-        "object", True, 300)
+        "object",
+        True,
+        300,
+    )
     norm = trainer.model.aff_proj.norm
     lrs = {id(p): g["lr_mult"] for g in trainer.optimizer.param_groups for p in g["params"]}
     assert lrs[id(norm.weight)] == 1.0 and lrs[id(norm.bias)] == 2.0
     assert lrs[id(trainer.model.aff_proj.fc1.weight)] == 10.0
-    bad = train.build_parser().parse_args(train_args(
-        workspace, tmp_path / "bad", "selectivecl", 1, "--set", "method.kmeans_iters=0"))
+    bad = train.build_parser().parse_args(
+        train_args(workspace, tmp_path / "bad", "selectivecl", 1, "--set", "method.kmeans_iters=0")
+    )
     with pytest.raises(ValueError, match="kmeans_iters"):
         train.build_run(train.resolve_config(bad), tmp_path / "bad", progress=False)
 
@@ -324,8 +464,9 @@ def test_lr_milestones_are_fractions_of_the_budget():
 @pytest.mark.timeout(180)
 def test_select_on_test_keeps_best_but_model_pt_is_the_final_step(workspace, capsys):
     out = workspace["base"] / "run_select"
-    status = train.main(train_args(workspace, out, "ce", 2, "--select-on-test",
-                                   "--eval-every", "1"))
+    status = train.main(
+        train_args(workspace, out, "ce", 2, "--select-on-test", "--eval-every", "1")
+    )
     assert status == 0
     summary = last_json_line(capsys.readouterr().out)
     evals = [r for r in read_log(out) if r.get("event") == "eval"]

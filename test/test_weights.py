@@ -27,8 +27,11 @@ def paper_weights(tmp_path_factory):
     torch.save(vit.state_dict(), root / "dino_deitsmall16_pretrain.pth")
     clip = open_clip.create_model("ViT-B-16", pretrained=None, force_quick_gelu=True)
     state = clip.state_dict()
-    state.update(input_resolution=torch.tensor(224), context_length=torch.tensor(77),
-                 vocab_size=torch.tensor(49408))          # extra scalars OpenAI files carry
+    state.update(
+        input_resolution=torch.tensor(224),
+        context_length=torch.tensor(77),
+        vocab_size=torch.tensor(49408),
+    )  # extra scalars OpenAI files carry
     torch.save(state, root / "ViT-B-16.pt")
     return root, vit.state_dict(), clip.state_dict()
 
@@ -65,6 +68,7 @@ def test_corrupt_and_mismatched_weights(tmp_path) -> None:
     with pytest.raises(WeightsError, match="dino_tiny.pt.*corrupt"):
         build_backbones(cfg, weights_dir=tmp_path)
     import timm
+
     other = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0)
     torch.save(other.state_dict(), tmp_path / "dino_tiny.pt")
     with pytest.raises(WeightsError, match="does not match the architecture"):

@@ -33,8 +33,10 @@ __all__ = ["VARIANTS", "run_ablations", "main"]
 VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("default", ()),
     ("pixel_anchors=object", ("method.pixel_anchors=object",)),
-    ("pixel_anchors=object+bg_positives",
-     ("method.pixel_anchors=object", "method.pixel_bg_positives=true")),
+    (
+        "pixel_anchors=object+bg_positives",
+        ("method.pixel_anchors=object", "method.pixel_bg_positives=true"),
+    ),
     ("kmeans_iters=300", ("method.kmeans_iters=300",)),
     ("aff_norm_lr_mult=1", ("method.aff_norm_lr_mult=1",)),
     ("exo_indexing=reference", ("method.exo_indexing=reference",)),
@@ -44,7 +46,7 @@ VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("proto=object", ("method.proto=object",)),
     ("proto=none", ("method.proto=none",)),
     ("pixel=false", ("method.pixel=false",)),
-    ("default, training seed 1", ("train.seed=1",)),   # run-to-run spread of the default
+    ("default, training seed 1", ("train.seed=1",)),  # run-to-run spread of the default
 )
 
 #: The demo's validation choice for SelectiveCL on corpus seed 0 (docs/results.md).
@@ -55,18 +57,47 @@ def _slug(name: str) -> str:
     return name.replace("=", "-").replace("+", "_").replace(", ", "_").replace(" ", "_")
 
 
-def train_variant(sets: Sequence[str], data_root: Path, split: str, run_dir: Path,
-                  budget: dict[str, Any], cache_dir: Path, seed: int = 0) -> list[str]:
+def train_variant(
+    sets: Sequence[str],
+    data_root: Path,
+    split: str,
+    run_dir: Path,
+    budget: dict[str, Any],
+    cache_dir: Path,
+    seed: int = 0,
+) -> list[str]:
     """Train SelectiveCL with the demo's arguments plus ``--set`` overrides (or reuse a
     finished run); returns the ``affordance-train`` arguments."""
     from training.train import main as train_main
 
-    args = ["--data-root", str(data_root), "--split", split, "--method", "selectivecl",
-            "--model", "tiny", "--out", str(run_dir), "--iters", str(budget["iters"]),
-            "--batch-size", str(budget["batch_size"]), "--seed", str(seed),
-            "--cache-features", "--cache-dir", str(cache_dir), "--num-workers", "0",
-            "--save-every", str(max(budget["iters"] // 2, 1)), "--log-every", "5",
-            "--no-progress"]
+    args = [
+        "--data-root",
+        str(data_root),
+        "--split",
+        split,
+        "--method",
+        "selectivecl",
+        "--model",
+        "tiny",
+        "--out",
+        str(run_dir),
+        "--iters",
+        str(budget["iters"]),
+        "--batch-size",
+        str(budget["batch_size"]),
+        "--seed",
+        str(seed),
+        "--cache-features",
+        "--cache-dir",
+        str(cache_dir),
+        "--num-workers",
+        "0",
+        "--save-every",
+        str(max(budget["iters"] // 2, 1)),
+        "--log-every",
+        "5",
+        "--no-progress",
+    ]
     for item in sets:
         args += ["--set", item]
     if not (run_dir / "model.pt").is_file():
@@ -78,13 +109,24 @@ def train_variant(sets: Sequence[str], data_root: Path, split: str, run_dir: Pat
     return args
 
 
-def score(checkpoint: Path, val_root: Path, split: str, flags: Sequence[str],
-          out_json: Path) -> tuple[dict[str, float], list[str]]:
+def score(
+    checkpoint: Path, val_root: Path, split: str, flags: Sequence[str], out_json: Path
+) -> tuple[dict[str, float], list[str]]:
     """``affordance-eval`` on the validation corpus; (KLD/SIM/NSS/n, the arguments)."""
     from training.evaluate import main as eval_main
 
-    args = ["--data-root", str(val_root), "--split", split, "--checkpoint", str(checkpoint),
-            "--json", str(out_json), "--no-progress", *flags]
+    args = [
+        "--data-root",
+        str(val_root),
+        "--split",
+        split,
+        "--checkpoint",
+        str(checkpoint),
+        "--json",
+        str(out_json),
+        "--no-progress",
+        *flags,
+    ]
     if not out_json.is_file():
         with contextlib.redirect_stdout(io.StringIO()):
             code = eval_main(args)
@@ -94,9 +136,12 @@ def score(checkpoint: Path, val_root: Path, split: str, flags: Sequence[str],
     return {k: report[k] for k in ("KLD", "SIM", "NSS", "n")}, args
 
 
-def run_ablations(out: Path, splits: Sequence[str] = ("Seen", "Unseen"),
-                  variants: Sequence[str] | None = None,
-                  eval_flags: Sequence[str] = DEFAULT_EVAL_FLAGS) -> dict[str, Any]:
+def run_ablations(
+    out: Path,
+    splits: Sequence[str] = ("Seen", "Unseen"),
+    variants: Sequence[str] | None = None,
+    eval_flags: Sequence[str] = DEFAULT_EVAL_FLAGS,
+) -> dict[str, Any]:
     """Train and score every variant on every split (variant by variant); each run writes
     ``summary.json`` in its run folder, so several calls with other variants can share one
     ``out``. Returns (and writes) the results of every finished run under ``out``."""
@@ -104,8 +149,10 @@ def run_ablations(out: Path, splits: Sequence[str] = ("Seen", "Unseen"),
 
     unknown = set(variants or ()) - {name for name, _ in VARIANTS}
     if unknown:
-        raise ValueError(f"unknown variants {sorted(unknown)}; choose from "
-                         f"{', '.join(name for name, _ in VARIANTS)}")
+        raise ValueError(
+            f"unknown variants {sorted(unknown)}; choose from "
+            f"{', '.join(name for name, _ in VARIANTS)}"
+        )
     chosen = [v for v in VARIANTS if variants is None or v[0] in variants]
     budget = demo_budget(False)
     out.mkdir(parents=True, exist_ok=True)
@@ -118,22 +165,47 @@ def run_ablations(out: Path, splits: Sequence[str] = ("Seen", "Unseen"),
             if summary_file.is_file():
                 continue
             t0 = time.perf_counter()
-            train_args = train_variant(sets, out / "data", split, run_dir, budget,
-                                       out / "feature_cache" / split)
+            train_args = train_variant(
+                sets, out / "data", split, run_dir, budget, out / "feature_cache" / split
+            )
             seconds = round(time.perf_counter() - t0, 1)
-            own, own_args = score(run_dir / "model.pt", out / "data_val", split, (),
-                                  run_dir / "val_checkpoint_inference.json")
-            picked, picked_args = score(run_dir / "model.pt", out / "data_val", split,
-                                        eval_flags, run_dir / "val_chosen_inference.json")
-            summary_file.write_text(json.dumps(
-                {"sets": list(sets), "eval_flags": list(eval_flags),
-                 "checkpoint_inference": own, "chosen_inference": picked,
-                 "train_seconds": seconds, "train": ["affordance-train", *train_args],
-                 "eval": [["affordance-eval", *own_args], ["affordance-eval", *picked_args]]},
-                indent=1))
-            print(f"{split:7s} {name:38s} own {own['KLD']:.3f}/{own['SIM']:.3f}/"
-                  f"{own['NSS']:.3f}  chosen {picked['KLD']:.3f}/{picked['SIM']:.3f}/"
-                  f"{picked['NSS']:.3f}  ({seconds:.0f} s)", flush=True)
+            own, own_args = score(
+                run_dir / "model.pt",
+                out / "data_val",
+                split,
+                (),
+                run_dir / "val_checkpoint_inference.json",
+            )
+            picked, picked_args = score(
+                run_dir / "model.pt",
+                out / "data_val",
+                split,
+                eval_flags,
+                run_dir / "val_chosen_inference.json",
+            )
+            summary_file.write_text(
+                json.dumps(
+                    {
+                        "sets": list(sets),
+                        "eval_flags": list(eval_flags),
+                        "checkpoint_inference": own,
+                        "chosen_inference": picked,
+                        "train_seconds": seconds,
+                        "train": ["affordance-train", *train_args],
+                        "eval": [
+                            ["affordance-eval", *own_args],
+                            ["affordance-eval", *picked_args],
+                        ],
+                    },
+                    indent=1,
+                )
+            )
+            print(
+                f"{split:7s} {name:38s} own {own['KLD']:.3f}/{own['SIM']:.3f}/"
+                f"{own['NSS']:.3f}  chosen {picked['KLD']:.3f}/{picked['SIM']:.3f}/"
+                f"{picked['NSS']:.3f}  ({seconds:.0f} s)",
+                flush=True,
+            )
     return collect(out)
 
 
@@ -141,8 +213,11 @@ def collect(out: Path) -> dict[str, Any]:
     """Gather every finished run's summary into ``out/ablations.json`` and ``.md``."""
     results: dict[str, Any] = {"splits": {}}
     for split_dir in sorted((out / "runs").glob("*")):
-        rows = {name: json.loads((split_dir / _slug(name) / "summary.json").read_text())
-                for name, _ in VARIANTS if (split_dir / _slug(name) / "summary.json").is_file()}
+        rows = {
+            name: json.loads((split_dir / _slug(name) / "summary.json").read_text())
+            for name, _ in VARIANTS
+            if (split_dir / _slug(name) / "summary.json").is_file()
+        }
         if rows:
             results["splits"][split_dir.name] = rows
     (out / "ablations.json").write_text(json.dumps(results, indent=1))
@@ -151,35 +226,54 @@ def collect(out: Path) -> dict[str, Any]:
 
 
 def _markdown(results: dict[str, Any]) -> str:
-    lines = ["Validation KLD/SIM/NSS of SelectiveCL (tiny tier, demo budget, corpus seed 0, "
-             "validation corpus seed 1000).", ""]
+    lines = [
+        "Validation KLD/SIM/NSS of SelectiveCL (tiny tier, demo budget, corpus seed 0, "
+        "validation corpus seed 1000).",
+        "",
+    ]
     for split, rows in results["splits"].items():
         flags = " ".join(next(iter(rows.values()))["eval_flags"])
-        lines += [f"## {split}", "",
-                  f"| variant | checkpoint's inference | `{flags}` |", "|---|---|---|"]
+        lines += [
+            f"## {split}",
+            "",
+            f"| variant | checkpoint's inference | `{flags}` |",
+            "|---|---|---|",
+        ]
         for name, row in rows.items():
             a, b = row["checkpoint_inference"], row["chosen_inference"]
-            lines.append(f"| {name} | {a['KLD']:.3f}/{a['SIM']:.3f}/{a['NSS']:.3f} | "
-                         f"{b['KLD']:.3f}/{b['SIM']:.3f}/{b['NSS']:.3f} |")
+            lines.append(
+                f"| {name} | {a['KLD']:.3f}/{a['SIM']:.3f}/{a['NSS']:.3f} | "
+                f"{b['KLD']:.3f}/{b['SIM']:.3f}/{b['NSS']:.3f} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.ablations",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m training.ablations", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--out", default="outputs/ablations")
     parser.add_argument("--splits", nargs="+", default=["Seen", "Unseen"])
-    parser.add_argument("--variants", nargs="+", metavar="NAME",
-                        help=f"subset of: {', '.join(name for name, _ in VARIANTS)}")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--eval-flags", nargs=argparse.REMAINDER,
-                        default=list(DEFAULT_EVAL_FLAGS),
-                        help="affordance-eval flags of the second score (last option)")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        metavar="NAME",
+        help=f"subset of: {', '.join(name for name, _ in VARIANTS)}",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
+    )
+    parser.add_argument(
+        "--eval-flags",
+        nargs=argparse.REMAINDER,
+        default=list(DEFAULT_EVAL_FLAGS),
+        help="affordance-eval flags of the second score (last option)",
+    )
     args = parser.parse_args(argv)
     if args.threads > 0:
         import torch
+
         torch.set_num_threads(args.threads)
     run_ablations(Path(args.out), args.splits, args.variants, args.eval_flags)
     return 0

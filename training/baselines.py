@@ -11,6 +11,7 @@ same code, the same test images and the same metrics as the methods:
   normalised, with its un-normalised peak cosine as the score (what calibration multiplies
   the CAM by, without any trained head).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -30,7 +31,7 @@ def centre_gaussian(size: int, sigma: float = 0.25) -> Tensor:
     """(size, size) isotropic Gaussian centred in the frame, sigma as a fraction of size."""
     axis = (torch.arange(size, dtype=torch.float32) + 0.5) / size - 0.5
     yy, xx = torch.meshgrid(axis, axis, indexing="ij")
-    return torch.exp(-(xx ** 2 + yy ** 2) / (2 * sigma ** 2))
+    return torch.exp(-(xx**2 + yy**2) / (2 * sigma**2))
 
 
 class MapBaseline:
@@ -69,7 +70,7 @@ class MapBaseline:
         if self.name == "centre Gaussian":
             gauss = centre_gaussian(h).to(device)
             return gauss.expand(n, a, h, w), torch.full((n, a), 0.5, device=device)
-        text = self.base.ego_text[class_ids].to(feats.clip.dtype)                # (N, A, Dc)
+        text = self.base.ego_text[class_ids].to(feats.clip.dtype)  # (N, A, Dc)
         affinity = torch.einsum("ndhw,nad->nahw", feats.clip, text).float()
         return minmax(affinity), affinity.flatten(2).amax(-1)
 

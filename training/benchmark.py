@@ -25,6 +25,7 @@ last call with all of them only aggregates.
 
 The last stdout line is one JSON object with the headline rows.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,9 @@ __all__ = ["aggregate", "main", "run_benchmark"]
 PER_IMAGE = ("KLD", "SIM", "NSS", "peak_hit", "mask_iou", "action_sensitivity")
 
 
-def aggregate(runs: Sequence[dict[str, dict[str, Any]]], resamples: int = 2000
-              ) -> dict[str, dict[str, Any]]:
+def aggregate(
+    runs: Sequence[dict[str, dict[str, Any]]], resamples: int = 2000
+) -> dict[str, dict[str, Any]]:
     """Combine one split's rows over training seeds.
 
     Args:
@@ -66,31 +68,50 @@ def aggregate(runs: Sequence[dict[str, dict[str, Any]]], resamples: int = 2000
     out: dict[str, dict[str, Any]] = {}
     averaged: dict[str, dict[str, np.ndarray]] = {}
     for name in names:
-        row: dict[str, Any] = {"inference": [run[name].get("inference") for run in runs],
-                               "n": runs[0][name]["n"]}
+        row: dict[str, Any] = {
+            "inference": [run[name].get("inference") for run in runs],
+            "n": runs[0][name]["n"],
+        }
         averaged[name] = {}
         for metric in ROW_METRICS:
             per_seed = [float(run[name][metric]) for run in runs]
-            row[metric] = {"mean": float(np.nanmean(per_seed)) if not np.all(np.isnan(per_seed))
-                           else float("nan"),
-                           "min": float(np.min(per_seed)), "max": float(np.max(per_seed)),
-                           "per_seed": per_seed}
+            row[metric] = {
+                "mean": float(np.nanmean(per_seed))
+                if not np.all(np.isnan(per_seed))
+                else float("nan"),
+                "min": float(np.min(per_seed)),
+                "max": float(np.max(per_seed)),
+                "per_seed": per_seed,
+            }
             if metric in PER_IMAGE:
                 if any(run[name]["per_image"]["key"] != keys for run in runs):
                     raise ValueError(f"{name} was scored on other test images in some seed")
-                values = np.nanmean(np.stack([np.asarray(run[name]["per_image"][metric],
-                                                         dtype=np.float64) for run in runs]), 0)
+                values = np.nanmean(
+                    np.stack(
+                        [
+                            np.asarray(run[name]["per_image"][metric], dtype=np.float64)
+                            for run in runs
+                        ]
+                    ),
+                    0,
+                )
                 averaged[name][metric] = values
                 interval = pair_bootstrap(values, groups, resamples)
-                row[metric].update(low=interval["low"], high=interval["high"],
-                                   pairs=interval["pairs"])
+                row[metric].update(
+                    low=interval["low"], high=interval["high"], pairs=interval["pairs"]
+                )
         out[name] = row
     if "selectivecl" in averaged:
         out["selectivecl"]["gap_to"] = {
-            rival: {m: pair_bootstrap(averaged["selectivecl"][m] - averaged[rival][m], groups,
-                                      resamples)
-                    for m in PER_IMAGE}
-            for rival in names if rival != "selectivecl"}
+            rival: {
+                m: pair_bootstrap(
+                    averaged["selectivecl"][m] - averaged[rival][m], groups, resamples
+                )
+                for m in PER_IMAGE
+            }
+            for rival in names
+            if rival != "selectivecl"
+        }
     return out
 
 
@@ -106,39 +127,61 @@ def _cell(stat: dict[str, Any]) -> str:
 def report(results: dict[str, Any]) -> str:
     """Markdown tables of :func:`aggregate`'s output per corpus seed and split."""
     seeds = results["train_seeds"]
-    lines = ["# Benchmark over training seeds", "",
-             f"Corpus seeds {results['corpus_seeds']} (never used for a design choice), "
-             f"training seeds {seeds}, at most {results['budget']['iters']} iterations of batch "
-             f"{results['budget']['batch_size']}; budget, inference branch and calibration "
-             "chosen on each corpus's validation corpus (seed + 1000). Cells: mean over "
-             "training seeds [95 % interval from a bootstrap over (action, object) pairs of the "
-             "seed-averaged per-image values] (min–max over training seeds). KLD lower is "
-             "better; every other column higher is better.", ""]
+    lines = [
+        "# Benchmark over training seeds",
+        "",
+        f"Corpus seeds {results['corpus_seeds']} (never used for a design choice), "
+        f"training seeds {seeds}, at most {results['budget']['iters']} iterations of batch "
+        f"{results['budget']['batch_size']}; budget, inference branch and calibration "
+        "chosen on each corpus's validation corpus (seed + 1000). Cells: mean over "
+        "training seeds [95 % interval from a bootstrap over (action, object) pairs of the "
+        "seed-averaged per-image values] (min–max over training seeds). KLD lower is "
+        "better; every other column higher is better.",
+        "",
+    ]
     for corpus_seed, splits in results["corpora"].items():
         for split, rows in splits.items():
-            lines += [f"## Corpus seed {corpus_seed}, {split}", "",
-                      "| row | " + " | ".join(SHORT[m] for m in ROW_METRICS) + " |",
-                      "|---" * (len(ROW_METRICS) + 1) + "|"]
+            lines += [
+                f"## Corpus seed {corpus_seed}, {split}",
+                "",
+                "| row | " + " | ".join(SHORT[m] for m in ROW_METRICS) + " |",
+                "|---" * (len(ROW_METRICS) + 1) + "|",
+            ]
             for name, row in rows.items():
-                lines.append(f"| {name} | " + " | ".join(_cell(row[m]) for m in ROW_METRICS)
-                             + " |")
+                lines.append(
+                    f"| {name} | " + " | ".join(_cell(row[m]) for m in ROW_METRICS) + " |"
+                )
             gaps = rows.get("selectivecl", {}).get("gap_to", {})
             if gaps:
-                lines += ["", "SelectiveCL minus each row, per image (seed-averaged; mean "
-                          "[95 % pair-bootstrap interval]):", "",
-                          "| row | " + " | ".join(SHORT[m] for m in PER_IMAGE) + " |",
-                          "|---" * (len(PER_IMAGE) + 1) + "|"]
+                lines += [
+                    "",
+                    "SelectiveCL minus each row, per image (seed-averaged; mean "
+                    "[95 % pair-bootstrap interval]):",
+                    "",
+                    "| row | " + " | ".join(SHORT[m] for m in PER_IMAGE) + " |",
+                    "|---" * (len(PER_IMAGE) + 1) + "|",
+                ]
                 for rival, gap in gaps.items():
-                    lines.append(f"| {rival} | " + " | ".join(
-                        f"{g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]"
-                        for g in (gap[m] for m in PER_IMAGE)) + " |")
+                    lines.append(
+                        f"| {rival} | "
+                        + " | ".join(
+                            f"{g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]"
+                            for g in (gap[m] for m in PER_IMAGE)
+                        )
+                        + " |"
+                    )
             lines.append("")
     lines += [f"Wall time: {results['seconds']:.0f} s.", ""]
     return "\n".join(lines)
 
 
-def seed_rows(shared: Path, corpus_seed: int, train_seed: int, budget: dict[str, Any],
-              jobs: int | None = None) -> dict[str, dict[str, Any]]:
+def seed_rows(
+    shared: Path,
+    corpus_seed: int,
+    train_seed: int,
+    budget: dict[str, Any],
+    jobs: int | None = None,
+) -> dict[str, dict[str, Any]]:
     """One training seed's rows per split (with ``per_image``), from ``rows.json`` in its run
     folder when a run with the same budget wrote it, else by :func:`training.demo.run_demo`
     (which itself reuses finished models). Seeds can thus run in separate processes and be
@@ -146,24 +189,38 @@ def seed_rows(shared: Path, corpus_seed: int, train_seed: int, budget: dict[str,
     from training.demo import run_demo
 
     out = shared / f"train_{train_seed}"
-    key = json.loads(json.dumps({"budget": budget, "corpus_seed": corpus_seed,
-                                 "train_seed": train_seed}))
+    key = json.loads(
+        json.dumps({"budget": budget, "corpus_seed": corpus_seed, "train_seed": train_seed})
+    )
     cache = out / "rows.json"
     if cache.is_file():
         saved = json.loads(cache.read_text())
         if saved.get("key") == key:
             print(f"reusing {cache}")
             return saved["splits"]
-    results = run_demo(out, seed=corpus_seed, train_seed=train_seed, jobs=jobs, budget=budget,
-                       node=False, figures=False, shared=shared)
+    results = run_demo(
+        out,
+        seed=corpus_seed,
+        train_seed=train_seed,
+        jobs=jobs,
+        budget=budget,
+        node=False,
+        figures=False,
+        shared=shared,
+    )
     cache.write_text(json.dumps({"key": key, "splits": results["splits"]}))
     return results["splits"]
 
 
-def run_benchmark(out: Path, corpus_seeds: Sequence[int], train_seeds: Sequence[int],
-                  quick: bool = False, jobs: int | None = None,
-                  methods: Sequence[str] | None = None,
-                  budget: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_benchmark(
+    out: Path,
+    corpus_seeds: Sequence[int],
+    train_seeds: Sequence[int],
+    quick: bool = False,
+    jobs: int | None = None,
+    methods: Sequence[str] | None = None,
+    budget: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Train and score every method for each (corpus seed, training seed); see the module doc.
 
     Returns:
@@ -179,12 +236,17 @@ def run_benchmark(out: Path, corpus_seeds: Sequence[int], train_seeds: Sequence[
     for corpus_seed in corpus_seeds:
         shared = out / f"corpus_{corpus_seed}"
         runs = [seed_rows(shared, corpus_seed, t, budget, jobs) for t in train_seeds]
-        corpora[str(corpus_seed)] = {split: aggregate([r[split] for r in runs])
-                                     for split in SPLITS}
-    results = {"corpus_seeds": list(corpus_seeds), "train_seeds": list(train_seeds),
-               "budget": {k: v for k, v in budget.items() if k != "corpus"},
-               "corpus": budget["corpus"], "corpora": corpora,
-               "seconds": round(time.perf_counter() - start, 1)}
+        corpora[str(corpus_seed)] = {
+            split: aggregate([r[split] for r in runs]) for split in SPLITS
+        }
+    results = {
+        "corpus_seeds": list(corpus_seeds),
+        "train_seeds": list(train_seeds),
+        "budget": {k: v for k, v in budget.items() if k != "corpus"},
+        "corpus": budget["corpus"],
+        "corpora": corpora,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
     (out / "benchmark.json").write_text(json.dumps(results, indent=1))
     text = report(results)
     (out / "benchmark.md").write_text(text)
@@ -196,7 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m training.benchmark",
         description="The demo's methods over several training seeds on corpus seeds no choice "
-                    "looked at, with intervals over (action, object) pairs.")
+        "looked at, with intervals over (action, object) pairs.",
+    )
     add_run_arguments(parser, "outputs/benchmark")
     parser.add_argument("--corpus-seeds", type=int, nargs="+", default=[21])
     parser.add_argument("--train-seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -204,13 +267,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.common import run_cli
 
     def body(_: Sequence[str] | None) -> int:
-        results = run_benchmark(Path(args.out), args.corpus_seeds, args.train_seeds,
-                                args.quick, args.jobs, args.methods)
-        headline = {f"{c}/{s}/{name}": {m: round(rows[name][m]["mean"], 4)
-                                        for m in ("KLD", "SIM", "NSS", "peak_hit")}
-                    for c, splits in results["corpora"].items()
-                    for s, rows in splits.items() for name in rows
-                    if name in ("selectivecl", "ce", "object affinity alone")}
+        results = run_benchmark(
+            Path(args.out),
+            args.corpus_seeds,
+            args.train_seeds,
+            args.quick,
+            args.jobs,
+            args.methods,
+        )
+        headline = {
+            f"{c}/{s}/{name}": {
+                m: round(rows[name][m]["mean"], 4) for m in ("KLD", "SIM", "NSS", "peak_hit")
+            }
+            for c, splits in results["corpora"].items()
+            for s, rows in splits.items()
+            for name in rows
+            if name in ("selectivecl", "ce", "object affinity alone")
+        }
         print(json.dumps(headline), flush=True)
         return 0
 

@@ -13,6 +13,7 @@ Keys of ``train`` and ``data`` must exist in ``default.yaml`` (a typo is an erro
 ``model`` and ``method`` beyond the documented ones are passed on to ``create_model`` and
 ``build_method`` as keyword overrides.
 """
+
 from __future__ import annotations
 
 import copy
@@ -90,8 +91,9 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping at its top level, "
-                         f"got {type(data).__name__}")
+        raise ValueError(
+            f"config file {path} must hold a mapping at its top level, got {type(data).__name__}"
+        )
     return data
 
 
@@ -101,8 +103,11 @@ def write_yaml(data: Mapping[str, Any], path: str | os.PathLike) -> None:
         tmp.write_text(yaml.safe_dump(dict(data), sort_keys=False), encoding="utf-8")
 
 
-def print_json_result(result: Mapping[str, Any], out: str | os.PathLike | None = None,
-                      line: Mapping[str, Any] | None = None) -> None:
+def print_json_result(
+    result: Mapping[str, Any],
+    out: str | os.PathLike | None = None,
+    line: Mapping[str, Any] | None = None,
+) -> None:
     """Prints a CLI's result as one JSON line; also writes it, indented, to ``out`` if given.
 
     Args:
@@ -156,8 +161,9 @@ def parse_set_items(items: Iterable[str]) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         parts = key.strip().split(".")
         if not sep or not all(parts):
-            raise CLIError(f"--set expects KEY=VALUE with a dotted key such as train.lr=0.01, "
-                           f"got {item!r}")
+            raise CLIError(
+                f"--set expects KEY=VALUE with a dotted key such as train.lr=0.01, got {item!r}"
+            )
         node = out
         for part in parts[:-1]:
             node = node.setdefault(part, {})
@@ -167,22 +173,28 @@ def parse_set_items(items: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-def _check_keys(override: Mapping[str, Any], reference: Mapping[str, Any], source: str,
-                prefix: str = "") -> None:
+def _check_keys(
+    override: Mapping[str, Any], reference: Mapping[str, Any], source: str, prefix: str = ""
+) -> None:
     for key, value in override.items():
         name = f"{prefix}{key}"
         if not prefix and key not in reference:
-            raise ValueError(f"unknown config section {name!r} in {source}; "
-                             f"valid sections: {', '.join(reference)}")
+            raise ValueError(
+                f"unknown config section {name!r} in {source}; "
+                f"valid sections: {', '.join(reference)}"
+            )
         if prefix.split(".")[0] in STRICT_SECTIONS and key not in reference:
-            raise ValueError(f"unknown config key {name!r} in {source}; valid keys: "
-                             f"{', '.join(sorted(reference))}")
+            raise ValueError(
+                f"unknown config key {name!r} in {source}; valid keys: "
+                f"{', '.join(sorted(reference))}"
+            )
         if isinstance(value, Mapping) and isinstance(reference.get(key), Mapping):
             _check_keys(value, reference[key], source, f"{name}.")
 
 
-def apply_overrides(config: Mapping[str, Any], override: Mapping[str, Any],
-                    source: str) -> dict[str, Any]:
+def apply_overrides(
+    config: Mapping[str, Any], override: Mapping[str, Any], source: str
+) -> dict[str, Any]:
     """Merges ``override`` into ``config`` after checking its keys against ``config``.
 
     Args:
@@ -197,8 +209,11 @@ def apply_overrides(config: Mapping[str, Any], override: Mapping[str, Any],
     return deep_merge(config, override)
 
 
-def layered_config(method: str, config_file: str | os.PathLike | None = None,
-                   overrides: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+def layered_config(
+    method: str,
+    config_file: str | os.PathLike | None = None,
+    overrides: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
     """Resolves a training config: default < <method>.yaml < <method>.<model>.yaml <
     ``config_file`` < ``overrides``.
 
@@ -252,8 +267,9 @@ def setup_logging(verbose: bool = False, log_file: str | os.PathLike | None = No
         handler = _OWN_HANDLERS.pop()
         root.removeHandler(handler)
         handler.close()
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
-                                  datefmt="%H:%M:%S")
+    formatter = logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:
         handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
@@ -300,11 +316,14 @@ def choose_device(name: str | None = "auto") -> torch.device:
         raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but CUDA is not available; "
-                             f"use --device cpu")
+            raise ValueError(
+                f"device {name!r} requested but CUDA is not available; use --device cpu"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r} does not exist: {torch.cuda.device_count()} "
-                             f"CUDA device(s) visible")
+            raise ValueError(
+                f"device {name!r} does not exist: {torch.cuda.device_count()} "
+                f"CUDA device(s) visible"
+            )
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError("device 'mps' requested but MPS is not available; use --device cpu")
     elif device.type not in ("cpu", "cuda", "mps"):
@@ -321,8 +340,11 @@ def seed_everything(seed: int) -> None:
 
 def get_rng_state() -> dict[str, Any]:
     """Snapshot of the Python, NumPy, torch CPU and CUDA random generators."""
-    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
-                             "torch": torch.get_rng_state()}
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -342,8 +364,11 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
             torch.cuda.set_rng_state_all(cuda)
 
 
-def run_cli(prog: str, main: Callable[[Sequence[str] | None], int | None],
-            argv: Sequence[str] | None = None) -> int:
+def run_cli(
+    prog: str,
+    main: Callable[[Sequence[str] | None], int | None],
+    argv: Sequence[str] | None = None,
+) -> int:
     """Runs a CLI body and turns expected failures into one-line errors.
 
     ``CLIError`` exits with status 2; ``ValueError``, ``FileNotFoundError``, ``RuntimeError``
@@ -358,6 +383,7 @@ def run_cli(prog: str, main: Callable[[Sequence[str] | None], int | None],
     Returns:
         The exit status.
     """
+
     def fail(message: str, status: int) -> int:
         if os.environ.get("AFFORDANCE_DEBUG"):
             logger.exception("traceback")

@@ -19,6 +19,7 @@ single process would read with the same seed, and BatchNorm statistics are compu
 the global batch, so a W-process run follows the single-process loss curve up to float
 reduction order (for augmentation-free data and deterministic methods).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -107,13 +108,17 @@ def init_distributed(device: torch.device) -> tuple[DistContext, torch.device]:
         raise RuntimeError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
     missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
-        raise RuntimeError(f"WORLD_SIZE={world} but {', '.join(missing)} is not set; launch "
-                           f"with torchrun --nproc_per_node=N -m training.train ...")
+        raise RuntimeError(
+            f"WORLD_SIZE={world} but {', '.join(missing)} is not set; launch "
+            f"with torchrun --nproc_per_node=N -m training.train ..."
+        )
     rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} "
-                               f"CUDA device(s) visible; lower --nproc_per_node")
+            raise RuntimeError(
+                f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} "
+                f"CUDA device(s) visible; lower --nproc_per_node"
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         backend = "nccl"
@@ -121,8 +126,11 @@ def init_distributed(device: torch.device) -> tuple[DistContext, torch.device]:
         device = torch.device("cpu")
         backend = "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30),
-                                **({"device_id": device} if backend == "nccl" else {}))
+        dist.init_process_group(
+            backend=backend,
+            timeout=datetime.timedelta(minutes=30),
+            **({"device_id": device} if backend == "nccl" else {}),
+        )
     return DistContext(world, rank, local_rank, backend), device
 
 
@@ -145,8 +153,9 @@ def current() -> DistContext:
     """The context of an already initialised process group (single-process when none)."""
     if not (dist.is_available() and dist.is_initialized()):
         return DistContext()
-    return DistContext(dist.get_world_size(), dist.get_rank(), _env_int("LOCAL_RANK", 0),
-                       dist.get_backend())
+    return DistContext(
+        dist.get_world_size(), dist.get_rank(), _env_int("LOCAL_RANK", 0), dist.get_backend()
+    )
 
 
 def barrier() -> None:
@@ -217,9 +226,11 @@ class ShardedBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.batch_sampler:
             if len(batch) % self.world_size:
-                raise RuntimeError(f"a global batch of {len(batch)} items does not split over "
-                                   f"{self.world_size} processes")
-            yield list(batch)[self.rank::self.world_size]
+                raise RuntimeError(
+                    f"a global batch of {len(batch)} items does not split over "
+                    f"{self.world_size} processes"
+                )
+            yield list(batch)[self.rank :: self.world_size]
 
     def __len__(self) -> int:
         return len(self.batch_sampler)  # type: ignore[arg-type]
@@ -235,26 +246,34 @@ class CrossRankBatchNorm2d(nn.BatchNorm2d):
     """
 
     def forward(self, input: Tensor) -> Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized()
-                and dist.get_world_size() > 1):
+        if not (
+            self.training
+            and dist.is_available()
+            and dist.is_initialized()
+            and dist.get_world_size() > 1
+        ):
             return super().forward(input)
         from torch.distributed.nn.functional import all_reduce
 
         self._check_input_dim(input)
         x64 = input.double()
-        count = torch.full((1,), float(input.numel() // input.shape[1]), dtype=torch.float64,
-                           device=input.device)
+        count = torch.full(
+            (1,), float(input.numel() // input.shape[1]), dtype=torch.float64, device=input.device
+        )
         stats = torch.cat([count, x64.sum((0, 2, 3)), (x64 * x64).sum((0, 2, 3))])
         stats = all_reduce(stats, op=dist.ReduceOp.SUM)
         channels = input.shape[1]
         n = stats[0]
-        mean = stats[1:1 + channels] / n
-        var = (stats[1 + channels:] / n - mean * mean).clamp_min(0.0)
+        mean = stats[1 : 1 + channels] / n
+        var = (stats[1 + channels :] / n - mean * mean).clamp_min(0.0)
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
-                momentum = (1.0 / float(self.num_batches_tracked) if self.momentum is None
-                            else self.momentum)
+                momentum = (
+                    1.0 / float(self.num_batches_tracked)
+                    if self.momentum is None
+                    else self.momentum
+                )
                 unbiased = var * (n / (n - 1).clamp_min(1.0))
                 self.running_mean.mul_(1 - momentum).add_(momentum * mean.to(input.dtype))
                 self.running_var.mul_(1 - momentum).add_(momentum * unbiased.to(input.dtype))
@@ -282,8 +301,13 @@ def convert_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
         return module
     for name, child in list(module.named_children()):
         if type(child) is nn.BatchNorm2d:
-            new = CrossRankBatchNorm2d(child.num_features, child.eps, child.momentum,
-                                       child.affine, child.track_running_stats)
+            new = CrossRankBatchNorm2d(
+                child.num_features,
+                child.eps,
+                child.momentum,
+                child.affine,
+                child.track_running_stats,
+            )
             if child.affine:
                 new.weight, new.bias = child.weight, child.bias
             if child.track_running_stats:

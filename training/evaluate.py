@@ -10,6 +10,7 @@ resized bilinearly to 224 x 224 and min-max normalised, and the means are over i
 last line on stdout is one JSON object ``{"KLD": .., "SIM": .., "NSS": .., "n": ..}``; the
 ``--json`` file adds the per-affordance breakdown.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,16 +41,28 @@ from affordance_core.metrics import (
 from affordance_core.visualize import heatmap_overlay
 from training.common import choose_device, run_cli, setup_logging
 
-__all__ = ["ExtractedTestSet", "background_scores", "choose_on_validation", "evaluate_model", "extract_background",
-           "extract_test_set", "feature_batches", "inference_key", "main",
-           "score_batch", "select_inference", "viz_panel"]
+__all__ = [
+    "ExtractedTestSet",
+    "background_scores",
+    "choose_on_validation",
+    "evaluate_model",
+    "extract_background",
+    "extract_test_set",
+    "feature_batches",
+    "inference_key",
+    "main",
+    "score_batch",
+    "select_inference",
+    "viz_panel",
+]
 
 PROG = "affordance-eval"
 logger = logging.getLogger(__name__)
 
 
-def viz_panel(image: torch.Tensor, gt: torch.Tensor, pred: torch.Tensor,
-              title: str = "") -> np.ndarray:
+def viz_panel(
+    image: torch.Tensor, gt: torch.Tensor, pred: torch.Tensor, title: str = ""
+) -> np.ndarray:
     """Image | GT overlay | prediction overlay, side by side at the GT's resolution.
 
     Args:
@@ -62,14 +75,18 @@ def viz_panel(image: torch.Tensor, gt: torch.Tensor, pred: torch.Tensor,
         (G, 3G, 3) uint8 RGB.
     """
     size = tuple(gt.shape[-2:])
-    rgb = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0)
+    rgb = image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0
     rgb = cv2.resize(rgb.astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    panels = [rgb, heatmap_overlay(rgb, gt.cpu().numpy()),
-              heatmap_overlay(rgb, pred.cpu().numpy())]
+    panels = [
+        rgb,
+        heatmap_overlay(rgb, gt.cpu().numpy()),
+        heatmap_overlay(rgb, pred.cpu().numpy()),
+    ]
     panel = np.concatenate(panels, axis=1)
     if title:
-        cv2.putText(panel, title, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1,
-                    cv2.LINE_AA)
+        cv2.putText(
+            panel, title, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA
+        )
     return panel
 
 
@@ -105,8 +122,9 @@ def _batch_info(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {"afforded": batch["afforded"].to(device), "key": list(batch["key"])}
 
 
-def extract_background(model: nn.Module, dataset: Dataset, *, device: torch.device,
-                       batch_size: int = 32) -> Any:
+def extract_background(
+    model: nn.Module, dataset: Dataset, *, device: torch.device, batch_size: int = 32
+) -> Any:
     """Backbone features of every frame of a :class:`~affordance_core.data.BackgroundFrames`
     set in one :class:`~affordance_core.model.Features` (None for an empty set)."""
     from affordance_core.model import Features
@@ -118,13 +136,19 @@ def extract_background(model: nn.Module, dataset: Dataset, *, device: torch.devi
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
             parts.append(model.extract(batch["image"].to(device)))
     clip = None if parts[0].clip is None else torch.cat([f.clip for f in parts])
-    return Features(torch.cat([f.keys for f in parts]),
-                    torch.cat([f.cls_attention for f in parts]), clip)
+    return Features(
+        torch.cat([f.keys for f in parts]), torch.cat([f.cls_attention for f in parts]), clip
+    )
 
 
-def extract_test_set(model: nn.Module, dataset: Dataset, *, device: torch.device,
-                     batch_size: int = 32, background: Dataset | None = None
-                     ) -> ExtractedTestSet:
+def extract_test_set(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    device: torch.device,
+    batch_size: int = 32,
+    background: Dataset | None = None,
+) -> ExtractedTestSet:
     """Run the backbones once over a test (or validation) set and, when given, its background
     frames; see :class:`ExtractedTestSet`."""
     from affordance_core.feature_cache import backbone_fingerprint
@@ -133,16 +157,31 @@ def extract_test_set(model: nn.Module, dataset: Dataset, *, device: torch.device
     with torch.inference_mode():
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
             labels = batch["label"].to(device)
-            batches.append((model.extract(batch["image"].to(device)), labels, batch["gt"],
-                            _batch_info(batch, device)))
-    bg = None if background is None else extract_background(model, background, device=device,
-                                                            batch_size=batch_size)
+            batches.append(
+                (
+                    model.extract(batch["image"].to(device)),
+                    labels,
+                    batch["gt"],
+                    _batch_info(batch, device),
+                )
+            )
+    bg = (
+        None
+        if background is None
+        else extract_background(model, background, device=device, batch_size=batch_size)
+    )
     return ExtractedTestSet(batches, backbone_fingerprint(model), bg)
 
 
-def feature_batches(model: nn.Module, data: Dataset | ExtractedTestSet, *,
-                    device: torch.device, batch_size: int = 32, num_workers: int = 0,
-                    progress: bool = False):
+def feature_batches(
+    model: nn.Module,
+    data: Dataset | ExtractedTestSet,
+    *,
+    device: torch.device,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    progress: bool = False,
+):
     """Yield ``(features, labels, gt, info)`` over a dataset (extracting each batch) or over an
     :class:`ExtractedTestSet`. ``info`` holds ``afforded`` (B, C) bool and ``key``, and, from
     a dataset, ``image`` (B, 3, S, S).
@@ -154,24 +193,42 @@ def feature_batches(model: nn.Module, data: Dataset | ExtractedTestSet, *,
         from affordance_core.feature_cache import backbone_fingerprint
 
         if backbone_fingerprint(model) != data.backbone:
-            raise ValueError("these features were extracted by other backbones than this "
-                             "model's; extract the test set again with this model")
-        for feats, labels, gt, info in tqdm(data.batches, desc="eval", disable=not progress,
-                                            file=sys.stderr, dynamic_ncols=True):
+            raise ValueError(
+                "these features were extracted by other backbones than this "
+                "model's; extract the test set again with this model"
+            )
+        for feats, labels, gt, info in tqdm(
+            data.batches, desc="eval", disable=not progress, file=sys.stderr, dynamic_ncols=True
+        ):
             yield feats, labels, gt, info
         return
-    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
-    for batch in tqdm(loader, desc="eval", disable=not progress, file=sys.stderr,
-                      dynamic_ncols=True):
+    loader = DataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    for batch in tqdm(
+        loader, desc="eval", disable=not progress, file=sys.stderr, dynamic_ncols=True
+    ):
         feats = model.extract(batch["image"].to(device, non_blocking=True))
-        yield feats, batch["label"].to(device), batch["gt"], {
-            **_batch_info(batch, device), "image": batch["image"]}
+        yield (
+            feats,
+            batch["label"].to(device),
+            batch["gt"],
+            {**_batch_info(batch, device), "image": batch["image"]},
+        )
 
 
-def score_batch(model: nn.Module, feats: Any, labels: torch.Tensor, gt: torch.Tensor,
-                afforded: torch.Tensor, mask_threshold: float = 0.5
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+def score_batch(
+    model: nn.Module,
+    feats: Any,
+    labels: torch.Tensor,
+    gt: torch.Tensor,
+    afforded: torch.Tensor,
+    mask_threshold: float = 0.5,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """Every per-image metric of one batch from one pass of the heads over all actions.
 
     Args:
@@ -192,28 +249,29 @@ def score_batch(model: nn.Module, feats: Any, labels: torch.Tensor, gt: torch.Te
 
     b, size = len(labels), tuple(gt.shape[-2:])
     every = torch.arange(model.num_classes, device=labels.device).expand(b, -1)
-    maps, scores = model.infer(feats, every)                                    # (B, C, h, w)
+    maps, scores = model.infer(feats, every)  # (B, C, h, w)
     maps = maps.float().cpu()
     labels_cpu, afforded = labels.cpu(), afforded.cpu().bool()
     rows = torch.arange(b)
-    pred = _prepare(model, maps[rows, labels_cpu], size)                        # (B, G, G)
+    pred = _prepare(model, maps[rows, labels_cpu], size)  # (B, G, G)
     values = affordance_metrics(pred, gt)
     values["peak_hit"] = peak_hit(pred, gt)
-    values["mask_iou"] = mask_iou(torch.from_numpy(grasp_masks(pred.numpy(), mask_threshold)),
-                                  gt)
+    values["mask_iou"] = mask_iou(torch.from_numpy(grasp_masks(pred.numpy(), mask_threshold)), gt)
     others = afforded.clone()
     others[rows, labels_cpu] = False
     other_kld = torch.full(others.shape, float("nan"), dtype=torch.float64)
     if others.any():
         img, act = others.nonzero(as_tuple=True)
-        other_kld[img, act] = affordance_metrics(_prepare(model, maps[img, act], size),
-                                                 gt[img])["KLD"]
+        other_kld[img, act] = affordance_metrics(_prepare(model, maps[img, act], size), gt[img])[
+            "KLD"
+        ]
     values["action_sensitivity"] = action_sensitivity(values["KLD"], other_kld, others)
     return pred, values, scores.float().cpu()
 
 
-def background_scores(model: nn.Module, feats: Any, size: int = EVAL_SIZE,
-                      mask_threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+def background_scores(
+    model: nn.Module, feats: Any, size: int = EVAL_SIZE, mask_threshold: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores (M, C) of every action on M background-only frames and whether the predictor's
     grasp mask is empty there, (M, C) bool."""
     from affordance_core.predictor import grasp_masks
@@ -234,15 +292,24 @@ def _prepare(model: Any, maps: torch.Tensor, size: int | tuple[int, int]) -> tor
     (``minmax_maps = False``: the uniform baseline, which min-max would turn to zeros)."""
     if getattr(model, "minmax_maps", True):
         return prepare_prediction(maps, size=size)
-    return torch.nn.functional.interpolate(maps[:, None].double(), size=size, mode="bilinear",
-                                           align_corners=False)[:, 0].float()
+    return torch.nn.functional.interpolate(
+        maps[:, None].double(), size=size, mode="bilinear", align_corners=False
+    )[:, 0].float()
 
 
-def evaluate_model(model: nn.Module, dataset: Dataset | ExtractedTestSet, *,
-                   device: torch.device, batch_size: int = 16, num_workers: int = 0,
-                   viz_dir: str | os.PathLike | None = None, viz_max: int = 16,
-                   progress: bool = True, background: Dataset | None = None,
-                   mask_threshold: float = 0.5) -> dict[str, Any]:
+def evaluate_model(
+    model: nn.Module,
+    dataset: Dataset | ExtractedTestSet,
+    *,
+    device: torch.device,
+    batch_size: int = 16,
+    num_workers: int = 0,
+    viz_dir: str | os.PathLike | None = None,
+    viz_max: int = 16,
+    progress: bool = True,
+    background: Dataset | None = None,
+    mask_threshold: float = 0.5,
+) -> dict[str, Any]:
     """Runs a model over a test set and computes the protocol's and the planner's metrics.
 
     Args:
@@ -284,11 +351,17 @@ def evaluate_model(model: nn.Module, dataset: Dataset | ExtractedTestSet, *,
     size = EVAL_SIZE
     with torch.inference_mode():
         for feats, labels, gt, info in feature_batches(
-                model, dataset, device=device, batch_size=batch_size, num_workers=num_workers,
-                progress=progress):
+            model,
+            dataset,
+            device=device,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            progress=progress,
+        ):
             size = int(gt.shape[-1])
-            pred, values, scores = score_batch(model, feats, labels, gt, info["afforded"],
-                                               mask_threshold)
+            pred, values, scores = score_batch(
+                model, feats, labels, gt, info["afforded"], mask_threshold
+            )
             per_image["key"] += info["key"]
             for k in PER_IMAGE_NAMES:
                 per_image[k].append(values[k])
@@ -306,11 +379,18 @@ def evaluate_model(model: nn.Module, dataset: Dataset | ExtractedTestSet, *,
                     name = key.replace("/", "__") + ".png"
                     cv2.imwrite(str(viz_path / name), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
                     written += 1
-        bg_feats = (dataset.background if isinstance(dataset, ExtractedTestSet)
-                    else None if background is None
-                    else extract_background(model, background, device=device))
-        bg_scores, bg_empty = (background_scores(model, bg_feats, size, mask_threshold)
-                               if bg_feats is not None else (None, None))
+        bg_feats = (
+            dataset.background
+            if isinstance(dataset, ExtractedTestSet)
+            else None
+            if background is None
+            else extract_background(model, background, device=device)
+        )
+        bg_scores, bg_empty = (
+            background_scores(model, bg_feats, size, mask_threshold)
+            if bg_feats is not None
+            else (None, None)
+        )
     columns = {k: torch.cat(v) for k, v in per_image.items() if k != "key"}
     result: dict[str, Any] = {k: float(columns[k].nanmean()) for k in PER_IMAGE_NAMES}
     result["n"] = int(columns["KLD"].numel())
@@ -319,14 +399,19 @@ def evaluate_model(model: nn.Module, dataset: Dataset | ExtractedTestSet, *,
         scores = torch.cat([scores, bg_scores])
         positive = torch.cat([positive, torch.zeros_like(bg_scores, dtype=torch.bool)])
     result["absence_auroc"] = auroc(scores.flatten(), positive.flatten())
-    result["empty_on_background"] = (float(bg_empty.float().mean()) if bg_empty is not None
-                                     else float("nan"))
+    result["empty_on_background"] = (
+        float(bg_empty.float().mean()) if bg_empty is not None else float("nan")
+    )
     result["n_background"] = 0 if bg_scores is None else int(bg_scores.shape[0])
     result["per_affordance"] = {
         vocabulary[c]: _mean_dict(class_sums[c], int(class_counts[c]))
-        for c in range(len(vocabulary)) if class_counts[c] > 0}
-    result["per_image"] = {"key": per_image["key"],
-                           **{k: columns[k].tolist() for k in PER_IMAGE_NAMES}}
+        for c in range(len(vocabulary))
+        if class_counts[c] > 0
+    }
+    result["per_image"] = {
+        "key": per_image["key"],
+        **{k: columns[k].tolist() for k in PER_IMAGE_NAMES},
+    }
     return result
 
 
@@ -335,12 +420,16 @@ def inference_key(branch: str, calibration: str) -> str:
     return f"{branch}/{calibration}"
 
 
-def select_inference(model: nn.Module, dataset: Dataset | ExtractedTestSet, *,
-                     device: torch.device,
-                     branches: Sequence[str] = ("ego", "exo", "ego+exo"),
-                     calibrations: Sequence[str] = ("binary", "product", "reference"),
-                     metric: str = "KLD", batch_size: int = 32,
-                     ) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+def select_inference(
+    model: nn.Module,
+    dataset: Dataset | ExtractedTestSet,
+    *,
+    device: torch.device,
+    branches: Sequence[str] = ("ego", "exo", "ego+exo"),
+    calibrations: Sequence[str] = ("binary", "product", "reference"),
+    metric: str = "KLD",
+    batch_size: int = 32,
+) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
     """Choose how a trained model maps ego images, on a *validation* set.
 
     Two choices leave the trained heads unchanged, so they belong to held-out data:
@@ -382,33 +471,40 @@ def select_inference(model: nn.Module, dataset: Dataset | ExtractedTestSet, *,
     if metric not in METRIC_NAMES:
         raise ValueError(f"metric must be one of {METRIC_NAMES}, got {metric!r}")
     if model.config.inference_branch == "pixel" or set(branches) - {"ego", "exo", "ego+exo"}:
-        raise ValueError(f"select_inference compares the 'ego', 'exo' and 'ego+exo' branches, got "
-                         f"{list(branches)} for a model whose branch is "
-                         f"{model.config.inference_branch!r}")
+        raise ValueError(
+            f"select_inference compares the 'ego', 'exo' and 'ego+exo' branches, got "
+            f"{list(branches)} for a model whose branch is "
+            f"{model.config.inference_branch!r}"
+        )
     original = model.config
     choices = [(b, c) for b in branches for c in calibrations]
     accumulators = {choice: MetricAccumulator() for choice in choices}
     try:
         with torch.inference_mode():
-            for feats, labels, gt, _ in feature_batches(model, dataset, device=device,
-                                                        batch_size=batch_size):
+            for feats, labels, gt, _ in feature_batches(
+                model, dataset, device=device, batch_size=batch_size
+            ):
                 for (branch, calibration), acc in accumulators.items():
-                    model.config = dataclasses.replace(original, inference_branch=branch,
-                                                       calibration=calibration)
+                    model.config = dataclasses.replace(
+                        original, inference_branch=branch, calibration=calibration
+                    )
                     maps = model.maps_from_features(feats, labels).float().cpu()
-                    acc.update(prepare_prediction(maps, size=tuple(gt.shape[-2:])), gt,
-                               prepared=True)
+                    acc.update(
+                        prepare_prediction(maps, size=tuple(gt.shape[-2:])), gt, prepared=True
+                    )
     finally:
         model.config = original
     scores = {inference_key(*choice): dict(acc.compute()) for choice, acc in accumulators.items()}
     sign = 1.0 if metric == "KLD" else -1.0
-    branch, calibration = min(choices,
-                              key=lambda ch: sign * float(scores[inference_key(*ch)][metric]))
+    branch, calibration = min(
+        choices, key=lambda ch: sign * float(scores[inference_key(*ch)][metric])
+    )
     return {"inference_branch": branch, "calibration": calibration}, scores
 
 
-def _validation_scores(model: nn.Module, val: ExtractedTestSet, device: torch.device
-                       ) -> dict[str, float | int]:
+def _validation_scores(
+    model: nn.Module, val: ExtractedTestSet, device: torch.device
+) -> dict[str, float | int]:
     """KLD / SIM / NSS of a model's current inference settings on validation features."""
     acc = MetricAccumulator()
     with torch.inference_mode():
@@ -418,9 +514,15 @@ def _validation_scores(model: nn.Module, val: ExtractedTestSet, device: torch.de
     return acc.compute()
 
 
-def choose_on_validation(run_dir: str | os.PathLike, val_root: str | os.PathLike, split: str,
-                         *, device: torch.device, weights_dir: str | os.PathLike | None = None,
-                         metric: str = "KLD") -> dict[str, Any]:
+def choose_on_validation(
+    run_dir: str | os.PathLike,
+    val_root: str | os.PathLike,
+    split: str,
+    *,
+    device: torch.device,
+    weights_dir: str | os.PathLike | None = None,
+    metric: str = "KLD",
+) -> dict[str, Any]:
     """Choose a finished run's inference branch, calibration and training budget on validation
     data, and make the winner ``RUN_DIR/model.pt``.
 
@@ -472,27 +574,34 @@ def choose_on_validation(run_dir: str | os.PathLike, val_root: str | os.PathLike
 
     model = load_model(final, device=str(device), weights_dir=weights_dir).to(device).eval()
     try:
-        dataset = AffordanceTestDataset(val_root, split, model.image_size,
-                                        vocabulary=model.vocabulary)
+        dataset = AffordanceTestDataset(
+            val_root, split, model.image_size, vocabulary=model.vocabulary
+        )
     except ValueError as exc:
         raise ValueError(f"validation data {val_root} ({split}): {exc}") from None
     val = extract_test_set(model, dataset, device=device)
     final_step = step_of(final)
     if model.config.inference_branch == "pixel":
         choice = {"inference_branch": "pixel", "calibration": model.config.calibration}
-        scores = {inference_key("pixel", choice["calibration"]):
-                  _validation_scores(model, val, device)}
+        scores = {
+            inference_key("pixel", choice["calibration"]): _validation_scores(model, val, device)
+        }
     else:
-        calibrations = (("none", "binary", "product", "reference")
-                        if model.clip is not None else ("none",))
-        choice, scores = select_inference(model, val, device=device, calibrations=calibrations,
-                                          metric=metric)
+        calibrations = (
+            ("none", "binary", "product", "reference") if model.clip is not None else ("none",)
+        )
+        choice, scores = select_inference(
+            model, val, device=device, calibrations=calibrations, metric=metric
+        )
     key = inference_key(choice["inference_branch"], choice["calibration"])
     table = {f"{final_step}/{k}": v for k, v in scores.items()}
     best = (float(scores[key][metric]), final, final_step)
     for path in sorted(run_dir.glob("snapshot_*.pt")):
-        snapshot = load_model(path, device=str(device), weights_dir=weights_dir,
-                              **choice).to(device).eval()
+        snapshot = (
+            load_model(path, device=str(device), weights_dir=weights_dir, **choice)
+            .to(device)
+            .eval()
+        )
         step = step_of(path)
         table[f"{step}/{key}"] = _validation_scores(snapshot, val, device)
         value = float(table[f"{step}/{key}"][metric])
@@ -504,17 +613,29 @@ def choose_on_validation(run_dir: str | os.PathLike, val_root: str | os.PathLike
         payload.setdefault("extra", {})["chosen_from"] = path.name
         atomic_save(payload, final)
     update_checkpoint_config(final, **choice)
-    record = {"step": step, **choice, metric: round(value, 4), "candidates": len(table),
-              "split": split, "val_root": str(val_root),
-              "scores": {k: {m: round(float(x), 4) for m, x in v.items()}
-                         for k, v in table.items()}}
-    (run_dir / "validation.json").write_text(json.dumps(record, indent=1) + "\n",
-                                             encoding="utf-8")
-    logger.info("validation choice (%s of %d candidates): step %d, branch %s, calibration %s, "
-                "%s %.4f", metric, len(table), step, choice["inference_branch"],
-                choice["calibration"], metric, value)
-    return {k: record[k] for k in ("step", "inference_branch", "calibration", metric,
-                                   "candidates")}
+    record = {
+        "step": step,
+        **choice,
+        metric: round(value, 4),
+        "candidates": len(table),
+        "split": split,
+        "val_root": str(val_root),
+        "scores": {k: {m: round(float(x), 4) for m, x in v.items()} for k, v in table.items()},
+    }
+    (run_dir / "validation.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    logger.info(
+        "validation choice (%s of %d candidates): step %d, branch %s, calibration %s, %s %.4f",
+        metric,
+        len(table),
+        step,
+        choice["inference_branch"],
+        choice["calibration"],
+        metric,
+        value,
+    )
+    return {
+        k: record[k] for k in ("step", "inference_branch", "calibration", metric, "candidates")
+    }
 
 
 def _rounded(result: dict[str, Any]) -> dict[str, Any]:
@@ -532,32 +653,56 @@ def _rounded(result: dict[str, Any]) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description="Evaluate a trained affordance model on a test split "
-        "(KLD, SIM, NSS of the AGD20K protocol). The last stdout line is a JSON object.")
+        prog=PROG,
+        description="Evaluate a trained affordance model on a test split "
+        "(KLD, SIM, NSS of the AGD20K protocol). The last stdout line is a JSON object.",
+    )
     parser.add_argument("--data-root", required=True, help="dataset root (AGD20K layout)")
-    parser.add_argument("--split", required=True,
-                        help="Seen, Unseen, HICO-IIF or the name of your own split folder")
-    parser.add_argument("--checkpoint", required=True,
-                        help="model file written by affordance-train (model.pt, best.pt, last.pt)")
-    parser.add_argument("--json", metavar="OUT.json", help="also write metrics and the "
-                        "per-affordance breakdown to this file")
+    parser.add_argument(
+        "--split",
+        required=True,
+        help="Seen, Unseen, HICO-IIF or the name of your own split folder",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="model file written by affordance-train (model.pt, best.pt, last.pt)",
+    )
+    parser.add_argument(
+        "--json",
+        metavar="OUT.json",
+        help="also write metrics and the per-affordance breakdown to this file",
+    )
     parser.add_argument("--viz", metavar="DIR", help="write image | GT | prediction overlays")
     parser.add_argument("--viz-max", type=int, default=16, help="overlays to write (default 16)")
     parser.add_argument("--weights-dir", help="directory with the backbone weights")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--calibration", choices=["none", "binary", "product", "reference"],
-                        help="score with this CAM calibration instead of the checkpoint's "
-                        "(an ablation: the trained heads are unchanged)")
-    parser.add_argument("--inference-branch", choices=["ego", "exo", "ego+exo"],
-                        help="map the ego image with this branch's CAM instead of the "
-                        "checkpoint's (an ablation; not for LoopTrans' pixel decoder)")
-    parser.add_argument("--object-threshold", type=float, metavar="GAMMA",
-                        help="threshold on the min-max object affinity for binary calibration")
-    parser.add_argument("--mask-threshold", type=float, default=0.5,
-                        help="grasp-mask level of mask_iou and empty_on_background (the "
-                        "predictor's default, 0.5)")
+    parser.add_argument(
+        "--calibration",
+        choices=["none", "binary", "product", "reference"],
+        help="score with this CAM calibration instead of the checkpoint's "
+        "(an ablation: the trained heads are unchanged)",
+    )
+    parser.add_argument(
+        "--inference-branch",
+        choices=["ego", "exo", "ego+exo"],
+        help="map the ego image with this branch's CAM instead of the "
+        "checkpoint's (an ablation; not for LoopTrans' pixel decoder)",
+    )
+    parser.add_argument(
+        "--object-threshold",
+        type=float,
+        metavar="GAMMA",
+        help="threshold on the min-max object affinity for binary calibration",
+    )
+    parser.add_argument(
+        "--mask-threshold",
+        type=float,
+        default=0.5,
+        help="grasp-mask level of mask_iou and empty_on_background (the predictor's default, 0.5)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
@@ -575,40 +720,72 @@ def _run(argv: Sequence[str] | None) -> int:
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
-    overrides = {k: v for k, v in (("calibration", args.calibration),
-                                   ("inference_branch", args.inference_branch),
-                                   ("object_threshold", args.object_threshold)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (
+            ("calibration", args.calibration),
+            ("inference_branch", args.inference_branch),
+            ("object_threshold", args.object_threshold),
+        )
+        if v is not None
+    }
     if "object_threshold" in overrides and not 0.0 <= overrides["object_threshold"] <= 1.0:
         raise ValueError(f"--object-threshold must be in [0, 1], got {args.object_threshold}")
-    model = load_model(checkpoint, device=str(device), weights_dir=args.weights_dir,
-                       **overrides)
+    model = load_model(checkpoint, device=str(device), weights_dir=args.weights_dir, **overrides)
     model.to(device).eval()
     try:
-        dataset = AffordanceTestDataset(args.data_root, args.split, model.config.image_size,
-                                        vocabulary=model.vocabulary)
+        dataset = AffordanceTestDataset(
+            args.data_root, args.split, model.config.image_size, vocabulary=model.vocabulary
+        )
     except ValueError as exc:
-        raise ValueError(f"{exc} (checkpoint {checkpoint} knows: "
-                         f"{', '.join(model.vocabulary)})") from None
+        raise ValueError(
+            f"{exc} (checkpoint {checkpoint} knows: {', '.join(model.vocabulary)})"
+        ) from None
     if not 0.0 <= args.mask_threshold <= 1.0:
         raise ValueError(f"--mask-threshold must be in [0, 1], got {args.mask_threshold}")
     background = BackgroundFrames(args.data_root, args.split, model.config.image_size)
-    logger.info("evaluating %s on %d test images and %d background frames of %s", checkpoint,
-                len(dataset), len(background), args.split)
+    logger.info(
+        "evaluating %s on %d test images and %d background frames of %s",
+        checkpoint,
+        len(dataset),
+        len(background),
+        args.split,
+    )
     if not len(background):
-        logger.info("no testset/background folder: absence_auroc uses the actions each "
-                    "object does not afford only, and empty_on_background is null")
-    result = evaluate_model(model, dataset, device=device, batch_size=args.batch_size,
-                            num_workers=args.num_workers, viz_dir=args.viz,
-                            viz_max=max(0, args.viz_max), progress=not args.no_progress,
-                            background=background, mask_threshold=args.mask_threshold)
+        logger.info(
+            "no testset/background folder: absence_auroc uses the actions each "
+            "object does not afford only, and empty_on_background is null"
+        )
+    result = evaluate_model(
+        model,
+        dataset,
+        device=device,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        viz_dir=args.viz,
+        viz_max=max(0, args.viz_max),
+        progress=not args.no_progress,
+        background=background,
+        mask_threshold=args.mask_threshold,
+    )
     for action, values in result["per_affordance"].items():
-        logger.info("%-14s KLD %.4f  SIM %.4f  NSS %.4f  (n=%d)", action, values["KLD"],
-                    values["SIM"], values["NSS"], values["n"])
+        logger.info(
+            "%-14s KLD %.4f  SIM %.4f  NSS %.4f  (n=%d)",
+            action,
+            values["KLD"],
+            values["SIM"],
+            values["NSS"],
+            values["n"],
+        )
     summary = _rounded(result)
     if args.json:
-        report = {**summary, "split": args.split, "checkpoint": str(checkpoint),
-                  "per_affordance": {a: _rounded(v) for a, v in result["per_affordance"].items()},
-                  "per_image": result["per_image"]}
+        report = {
+            **summary,
+            "split": args.split,
+            "checkpoint": str(checkpoint),
+            "per_affordance": {a: _rounded(v) for a, v in result["per_affordance"].items()},
+            "per_image": result["per_image"],
+        }
         out = Path(args.json)
         if out.parent != Path(""):
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ Test images of one pair share the object category, the action and its GT part, s
 independent draws: a bootstrap over single images understates the spread. These helpers
 resample whole pairs (a cluster bootstrap), vectorised over the resamples.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -26,9 +27,13 @@ def pair_groups(keys: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     return np.asarray(ids, dtype=np.int64), list(names)
 
 
-def pair_bootstrap(values: Sequence[float] | np.ndarray | torch.Tensor, groups: np.ndarray,
-                   resamples: int = 2000, seed: int = 0,
-                   level: float = 0.95) -> dict[str, float]:
+def pair_bootstrap(
+    values: Sequence[float] | np.ndarray | torch.Tensor,
+    groups: np.ndarray,
+    resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, float]:
     """Mean over images with a percentile interval from resampling whole pairs.
 
     Each resample draws as many pairs as there are, with replacement, and takes the mean over
@@ -52,8 +57,9 @@ def pair_bootstrap(values: Sequence[float] | np.ndarray | torch.Tensor, groups: 
     x = torch.as_tensor(np.asarray(values, dtype=np.float64))
     g = torch.as_tensor(np.asarray(groups, dtype=np.int64))
     if x.shape != g.shape or x.ndim != 1:
-        raise ValueError(f"values {tuple(x.shape)} and groups {tuple(g.shape)} must be two (N,) "
-                         f"arrays")
+        raise ValueError(
+            f"values {tuple(x.shape)} and groups {tuple(g.shape)} must be two (N,) arrays"
+        )
     valid = ~torch.isnan(x)
     n_groups = int(g.max()) + 1 if len(g) else 0
     sums = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, g, torch.where(valid, x, 0.0))
@@ -62,20 +68,28 @@ def pair_bootstrap(values: Sequence[float] | np.ndarray | torch.Tensor, groups: 
     if total == 0:
         nan = float("nan")
         return {"mean": nan, "low": nan, "high": nan, "pairs": n_groups, "n": 0}
-    draws = torch.randint(n_groups, (resamples, n_groups),
-                          generator=torch.Generator().manual_seed(seed))
+    draws = torch.randint(
+        n_groups, (resamples, n_groups), generator=torch.Generator().manual_seed(seed)
+    )
     weight = torch.zeros(resamples, n_groups, dtype=torch.float64).scatter_add_(
-        1, draws, torch.ones_like(draws, dtype=torch.float64))               # (R, G) multiplicity
+        1, draws, torch.ones_like(draws, dtype=torch.float64)
+    )  # (R, G) multiplicity
     means = (weight @ sums) / (weight @ counts).clamp_min(1e-12)
     means = means[(weight @ counts) > 0]
     tail = (1.0 - level) / 2
     low, high = torch.quantile(means, torch.tensor([tail, 1.0 - tail], dtype=means.dtype))
-    return {"mean": float(sums.sum() / total), "low": float(low), "high": float(high),
-            "pairs": n_groups, "n": int(total)}
+    return {
+        "mean": float(sums.sum() / total),
+        "low": float(low),
+        "high": float(high),
+        "pairs": n_groups,
+        "n": int(total),
+    }
 
 
-def paired_gaps(rows: dict[str, dict[str, Any]], ours: str, theirs: str,
-                resamples: int = 2000, seed: int = 0) -> dict[str, dict[str, float]]:
+def paired_gaps(
+    rows: dict[str, dict[str, Any]], ours: str, theirs: str, resamples: int = 2000, seed: int = 0
+) -> dict[str, dict[str, float]]:
     """Per-image gap ``ours - theirs`` on the same test images, with a 95 % interval from a
     bootstrap over (action, object) pairs (:func:`pair_bootstrap`).
 
@@ -96,5 +110,8 @@ def paired_gaps(rows: dict[str, dict[str, Any]], ours: str, theirs: str,
     if a["key"] != b["key"]:
         raise ValueError(f"{ours} and {theirs} were scored on different test images")
     groups, _ = pair_groups(a["key"])
-    return {k: pair_bootstrap(np.asarray(a[k]) - np.asarray(b[k]), groups, resamples, seed)
-            for k in a if k != "key"}
+    return {
+        k: pair_bootstrap(np.asarray(a[k]) - np.asarray(b[k]), groups, resamples, seed)
+        for k in a
+        if k != "key"
+    }

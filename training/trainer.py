@@ -23,6 +23,7 @@ shows the progress bar; logged terms are means over the ranks. ``train.amp`` tur
 automatic mixed precision on CUDA (``true``/``bf16``: bfloat16 autocast; ``fp16``: float16
 autocast with a gradient scaler); it is ignored on other devices.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -58,8 +59,10 @@ CHECKPOINT_KIND = "affordance-train-state"
 def move_to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     """Moves the tensors of a collated batch to ``device``; other values are kept as they are."""
     non_blocking = device.type == "cuda"
-    return {k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v
-            for k, v in batch.items()}
+    return {
+        k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v
+        for k, v in batch.items()
+    }
 
 
 def _worker_init(_: int) -> None:
@@ -93,8 +96,9 @@ def resolve_amp(value: Any, device: torch.device) -> torch.dtype | None:
     if text not in ("true", "auto", "on", "yes", "1", "bf16", "bfloat16", "fp16", "float16"):
         raise ValueError(f"train.amp must be false, true, bf16 or fp16, got {value!r}")
     if device.type != "cuda":
-        logger.warning("train.amp=%s ignored: mixed precision is only used on CUDA (device %s)",
-                       value, device)
+        logger.warning(
+            "train.amp=%s ignored: mixed precision is only used on CUDA (device %s)", value, device
+        )
         return None
     if text in ("fp16", "float16"):
         return torch.float16
@@ -123,9 +127,17 @@ class Trainer:
             does not divide.
     """
 
-    def __init__(self, config: Mapping[str, Any], run_dir: str | os.PathLike, model: nn.Module,
-                 method: nn.Module, train_dataset: Dataset, device: torch.device,
-                 eval_dataset: Dataset | None = None, progress: bool = True) -> None:
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        run_dir: str | os.PathLike,
+        model: nn.Module,
+        method: nn.Module,
+        train_dataset: Dataset,
+        device: torch.device,
+        eval_dataset: Dataset | None = None,
+        progress: bool = True,
+    ) -> None:
         self.config = dict(config)
         self.train_cfg = dict(config["train"])
         self.run_dir = Path(run_dir)
@@ -140,25 +152,32 @@ class Trainer:
         self.iters = int(self.train_cfg["iters"])
         self.batch_size = int(self.train_cfg["batch_size"])
         if self.iters < 1 or self.batch_size < 1:
-            raise ValueError(f"train.iters and train.batch_size must be >= 1, got {self.iters} "
-                             f"and {self.batch_size}")
+            raise ValueError(
+                f"train.iters and train.batch_size must be >= 1, got {self.iters} "
+                f"and {self.batch_size}"
+            )
         if len(train_dataset) == 0:
             raise ValueError("the training set is empty; check --data-root and --split")
         self.milestones = sorted(float(m) for m in self.train_cfg.get("lr_milestones") or [])
         if any(not 0.0 < m < 1.0 for m in self.milestones):
-            raise ValueError(f"train.lr_milestones are fractions of the budget in (0, 1), "
-                             f"got {self.milestones}")
+            raise ValueError(
+                f"train.lr_milestones are fractions of the budget in (0, 1), got {self.milestones}"
+            )
         if self.train_cfg.get("select_on_test") and eval_dataset is None:
             raise ValueError("train.select_on_test needs the split's testset/ with GT maps")
         self.dist = distributed.current()
         self.is_main = self.dist.is_main
         world = self.dist.world_size
         if self.batch_size % world:
-            raise ValueError(f"train.batch_size {self.batch_size} (the global batch) must be "
-                             f"divisible by the {world} processes")
+            raise ValueError(
+                f"train.batch_size {self.batch_size} (the global batch) must be "
+                f"divisible by the {world} processes"
+            )
         if world > 1 and len(train_dataset) < self.batch_size:
-            raise ValueError(f"the training set has {len(train_dataset)} items, fewer than one "
-                             f"global batch of {self.batch_size}; lower --batch-size")
+            raise ValueError(
+                f"the training set has {len(train_dataset)} items, fewer than one "
+                f"global batch of {self.batch_size}; lower --batch-size"
+            )
         self.local_batch_size = self.batch_size // world
         if world > 1:
             distributed.convert_batchnorm(model, device)
@@ -172,9 +191,12 @@ class Trainer:
             group.setdefault("lr_mult", float(group["lr"]) / base_lr)
         self.base_lr = base_lr
         self.optimizer = torch.optim.SGD(
-            groups, lr=base_lr, momentum=float(self.train_cfg["momentum"]),
+            groups,
+            lr=base_lr,
+            momentum=float(self.train_cfg["momentum"]),
             nesterov=bool(self.train_cfg["nesterov"]),
-            weight_decay=float(self.train_cfg["weight_decay"]))
+            weight_decay=float(self.train_cfg["weight_decay"]),
+        )
 
         self.step = 0
         self.skipped = 0
@@ -190,21 +212,26 @@ class Trainer:
         """DDP over the method module; the frozen backbones are neither broadcast nor reduced."""
         frozen = [name for name, p in self.method.named_parameters() if not p.requires_grad]
         frozen_modules = {name.rsplit(".", 1)[0] for name in frozen}
-        frozen += [name for name, _ in self.method.named_buffers()
-                   if name.rsplit(".", 1)[0] in frozen_modules]
+        frozen += [
+            name
+            for name, _ in self.method.named_buffers()
+            if name.rsplit(".", 1)[0] in frozen_modules
+        ]
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.method, frozen)
         cuda = self.device.type == "cuda"
         # Some heads or terms are unused by some methods or before the warm-up ends; the
         # BatchNorm statistics are already global, so buffers need no broadcast.
         return DistributedDataParallel(
-            self.method, device_ids=[self.device.index] if cuda else None,
+            self.method,
+            device_ids=[self.device.index] if cuda else None,
             output_device=self.device.index if cuda else None,
-            find_unused_parameters=True, broadcast_buffers=False)
+            find_unused_parameters=True,
+            broadcast_buffers=False,
+        )
 
     # ------------------------------------------------------------------ set-up helpers
     def _model_prefixes(self) -> list[str]:
-        return [f"{name}." for name, child in self.method.named_children()
-                if child is self.model]
+        return [f"{name}." for name, child in self.method.named_children() if child is self.model]
 
     def _method_only_parameters(self) -> list[nn.Parameter]:
         own = {id(p) for p in self.model.parameters()}
@@ -213,8 +240,11 @@ class Trainer:
     def method_state_dict(self) -> dict[str, torch.Tensor]:
         """State of the method module that the model does not already hold (may be empty)."""
         prefixes = tuple(self._model_prefixes())
-        return {k: v for k, v in self.method.state_dict().items()
-                if not (prefixes and k.startswith(prefixes))}
+        return {
+            k: v
+            for k, v in self.method.state_dict().items()
+            if not (prefixes and k.startswith(prefixes))
+        }
 
     def _method_generator_state(self) -> torch.Tensor | None:
         generator = getattr(self.method, "generator", None)
@@ -239,20 +269,33 @@ class Trainer:
         if self.dist.enabled:
             # The global batches a single process would draw (same sampler and generator use),
             # each process keeping items rank, rank + W, ...
-            global_batches = BatchSampler(RandomSampler(self.train_dataset, generator=generator),
-                                          self.batch_size, drop_last=True)
+            global_batches = BatchSampler(
+                RandomSampler(self.train_dataset, generator=generator),
+                self.batch_size,
+                drop_last=True,
+            )
             return DataLoader(
-                self.train_dataset, num_workers=workers,
+                self.train_dataset,
+                num_workers=workers,
                 batch_sampler=distributed.ShardedBatchSampler(
-                    global_batches, self.dist.world_size, self.dist.rank),
-                pin_memory=self.device.type == "cuda", generator=generator,
+                    global_batches, self.dist.world_size, self.dist.rank
+                ),
+                pin_memory=self.device.type == "cuda",
+                generator=generator,
                 persistent_workers=workers > 0,
-                worker_init_fn=_worker_init if workers else None)
+                worker_init_fn=_worker_init if workers else None,
+            )
         return DataLoader(
-            self.train_dataset, batch_size=self.batch_size, shuffle=True,
-            drop_last=len(self.train_dataset) >= self.batch_size, num_workers=workers,
-            pin_memory=self.device.type == "cuda", generator=generator,
-            persistent_workers=workers > 0, worker_init_fn=_worker_init if workers else None)
+            self.train_dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=len(self.train_dataset) >= self.batch_size,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            generator=generator,
+            persistent_workers=workers > 0,
+            worker_init_fn=_worker_init if workers else None,
+        )
 
     def _batches(self) -> Iterator[dict[str, Any]]:
         loader = self._loader()
@@ -342,22 +385,29 @@ class Trainer:
             ValueError: if ``state`` is not a training state or does not fit this run.
         """
         if not isinstance(state, Mapping) or state.get("kind") != CHECKPOINT_KIND:
-            raise ValueError(f"{source} holds no training state (optimizer, step); resume from "
-                             f"a last.pt written by affordance-train")
+            raise ValueError(
+                f"{source} holds no training state (optimizer, step); resume from "
+                f"a last.pt written by affordance-train"
+            )
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError) as exc:
-            raise ValueError(f"optimizer state in {source} does not fit this model ({exc}); "
-                             f"resume with the same --model and --method") from None
+            raise ValueError(
+                f"optimizer state in {source} does not fit this model ({exc}); "
+                f"resume with the same --model and --method"
+            ) from None
         method_state = state.get("method_state") or {}
         if method_state:
             prefixes = tuple(self._model_prefixes())
-            own = {k for k in self.method.state_dict()
-                   if not (prefixes and k.startswith(prefixes))}
+            own = {
+                k for k in self.method.state_dict() if not (prefixes and k.startswith(prefixes))
+            }
             if set(method_state) != own:
-                raise ValueError(f"method state in {source} does not match --method "
-                                 f"{self.config['method']['name']}: saved "
-                                 f"{sorted(method_state)[:3]}, expected {sorted(own)[:3]}")
+                raise ValueError(
+                    f"method state in {source} does not match --method "
+                    f"{self.config['method']['name']}: saved "
+                    f"{sorted(method_state)[:3]}, expected {sorted(own)[:3]}"
+                )
             self.method.load_state_dict(method_state, strict=False)
         self.step = int(state["step"])
         self.skipped = int(state.get("skipped", 0))
@@ -390,11 +440,15 @@ class Trainer:
         self.model.eval()
         try:
             result = evaluate_model(
-                self.model, self.eval_dataset, device=self.device,
+                self.model,
+                self.eval_dataset,
+                device=self.device,
                 batch_size=int(self.train_cfg.get("eval_batch_size", 16)),
-                num_workers=resolve_num_workers(self.config["data"].get("num_workers"),
-                                                self.device),
-                progress=False)
+                num_workers=resolve_num_workers(
+                    self.config["data"].get("num_workers"), self.device
+                ),
+                progress=False,
+            )
         finally:
             self.model.train()
         metrics = {k: result[k] for k in ("KLD", "SIM", "NSS", "n")}
@@ -402,13 +456,25 @@ class Trainer:
         self.log_record({"event": "eval", "step": self.step, **metrics})
         if self.best is None or metrics["KLD"] < self.best["KLD"]:
             self.best = {"step": self.step, **metrics}
-            save_model(self.run_dir / "best.pt", self.model,
-                       extra={"step": self.step, "train_config": self.config,
-                              "selected_on": "test", "metrics": metrics})
+            save_model(
+                self.run_dir / "best.pt",
+                self.model,
+                extra={
+                    "step": self.step,
+                    "train_config": self.config,
+                    "selected_on": "test",
+                    "metrics": metrics,
+                },
+            )
             logger.info("step %d: test KLD %.4f, new best (best.pt)", self.step, metrics["KLD"])
         else:
-            logger.info("step %d: test KLD %.4f (best %.4f at step %d)", self.step,
-                        metrics["KLD"], self.best["KLD"], self.best["step"])
+            logger.info(
+                "step %d: test KLD %.4f (best %.4f at step %d)",
+                self.step,
+                metrics["KLD"],
+                self.best["KLD"],
+                self.best["step"],
+            )
         return metrics
 
     # ------------------------------------------------------------------ loop
@@ -416,8 +482,9 @@ class Trainer:
         """One optimisation step on a collated batch; returns the detached scalar terms."""
         batch = move_to_device(batch, self.device)
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype,
-                            enabled=self.amp_dtype is not None):
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+        ):
             out = self._forward(batch, min(1.0, self.step / self.iters))
         loss = out["loss"]
         if not torch.is_tensor(loss) or loss.numel() != 1:
@@ -438,8 +505,9 @@ class Trainer:
                 terms[key] = scalar
         return terms
 
-    def _loop(self, bar: tqdm, log_every: int, save_every: int, eval_every: int,
-              select: bool) -> Path:
+    def _loop(
+        self, bar: tqdm, log_every: int, save_every: int, eval_every: int, select: bool
+    ) -> Path:
         """The optimisation loop of :meth:`fit`; returns the path of ``model.pt``."""
         batches = self._batches()
         snapshots = {int(s) for s in self.train_cfg.get("snapshots") or ()}
@@ -462,31 +530,39 @@ class Trainer:
                     # Means over the ranks; corrupt-file counts are summed.
                     pending = torch.tensor(float(self.skipped - synced_skipped))
                     reduced = distributed.all_reduce_mean(
-                        {**sums, "__skipped__": pending}, self._collective_device())
+                        {**sums, "__skipped__": pending}, self._collective_device()
+                    )
                     self.skipped = synced_skipped + round(
-                        float(reduced.pop("__skipped__")) * self.dist.world_size)
+                        float(reduced.pop("__skipped__")) * self.dist.world_size
+                    )
                     synced_skipped = self.skipped
                     sums = reduced
                 means = {k: float(v) / count for k, v in sums.items()}
                 if not math.isfinite(means.get("loss", 0.0)):
-                    raise RuntimeError(f"the loss became {means['loss']} before step "
-                                       f"{self.step}; lower --lr or check the data")
+                    raise RuntimeError(
+                        f"the loss became {means['loss']} before step "
+                        f"{self.step}; lower --lr or check the data"
+                    )
                 self.last_loss = means.get("loss", float("nan"))
                 record = {"step": self.step, "lr": lr, **means, "skipped": self.skipped}
                 self.log_record(record)
-                self._scalars("train", {**means, "lr": lr, "skipped": self.skipped},
-                              self.step)
+                self._scalars("train", {**means, "lr": lr, "skipped": self.skipped}, self.step)
                 bar.set_postfix(loss=f"{self.last_loss:.4f}", skipped=self.skipped)
                 if not self.progress:
-                    logger.info("step %d/%d loss %.4f lr %.2e skipped %d", self.step,
-                                self.iters, self.last_loss, lr, self.skipped)
+                    logger.info(
+                        "step %d/%d loss %.4f lr %.2e skipped %d",
+                        self.step,
+                        self.iters,
+                        self.last_loss,
+                        lr,
+                        self.skipped,
+                    )
                 sums, count = {}, 0
             if self.step in snapshots and self.step < self.iters:
                 self.save_snapshot()
             if save_every and self.step % save_every == 0 and self.step < self.iters:
                 self.save_last()
-            if select and eval_every and self.step % eval_every == 0 \
-                    and self.step < self.iters:
+            if select and eval_every and self.step % eval_every == 0 and self.step < self.iters:
                 self.evaluate()
         if select:
             self.evaluate()
@@ -514,8 +590,14 @@ class Trainer:
         self.method.train()
         start_step, start = self.step, time.perf_counter()
         show = self.progress and self.is_main
-        bar = tqdm(total=self.iters, initial=self.step, desc="train", dynamic_ncols=True,
-                   disable=not show, file=sys.stderr)
+        bar = tqdm(
+            total=self.iters,
+            initial=self.step,
+            desc="train",
+            dynamic_ncols=True,
+            disable=not show,
+            file=sys.stderr,
+        )
         redirect = logging_redirect_tqdm() if show else contextlib.nullcontext()
         with redirect:
             try:
@@ -523,8 +605,9 @@ class Trainer:
             except KeyboardInterrupt:
                 if self.step > start_step and self.is_main:
                     self.save_last()
-                    logger.warning("interrupted at step %d; saved last.pt (continue with "
-                                   "--resume)", self.step)
+                    logger.warning(
+                        "interrupted at step %d; saved last.pt (continue with --resume)", self.step
+                    )
                 raise
             finally:
                 bar.close()
@@ -532,8 +615,19 @@ class Trainer:
         distributed.barrier()
         seconds = time.perf_counter() - start
         done = self.step - start_step
-        logger.info("trained steps %d-%d in %.1f s (%.2f steps/s)", start_step + 1, self.step,
-                    seconds, done / seconds if seconds > 0 else float("nan"))
+        logger.info(
+            "trained steps %d-%d in %.1f s (%.2f steps/s)",
+            start_step + 1,
+            self.step,
+            seconds,
+            done / seconds if seconds > 0 else float("nan"),
+        )
         logger.info("skipped %d corrupt images", self.skipped)
-        return {"step": self.step, "loss": self.last_loss, "skipped": self.skipped,
-                "seconds": round(seconds, 3), "model": str(model_path), "best": self.best}
+        return {
+            "step": self.step,
+            "loss": self.last_loss,
+            "skipped": self.skipped,
+            "seconds": round(seconds, 3),
+            "model": str(model_path),
+            "best": self.best,
+        }

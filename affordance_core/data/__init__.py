@@ -1,4 +1,5 @@
 """Datasets, vocabularies and image transforms for AGD20K-layout data."""
+
 from affordance_core.data.datasets import AffordanceTestDataset as AffordanceTestDataset
 from affordance_core.data.datasets import AffordanceTrainDataset as AffordanceTrainDataset
 from affordance_core.data.datasets import BackgroundFrames as BackgroundFrames

@@ -3,6 +3,7 @@
 Layout and vocabularies: :mod:`affordance_core.data.vocab`. Images come out as float32
 (3, S, S) tensors in [0, 1], RGB, not normalised (each backbone normalises on its own).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,14 +16,23 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from affordance_core.data.transforms import (center_resize, load_gray, load_rgb, to_tensor,
-                                             train_augment)
-from affordance_core.data.vocab import (IMAGE_EXTENSIONS, LAYOUT_HELP, list_subdirs,
-                                        resolve_vocabulary, split_dir)
+from affordance_core.data.transforms import (
+    center_resize,
+    load_gray,
+    load_rgb,
+    to_tensor,
+    train_augment,
+)
+from affordance_core.data.vocab import (
+    IMAGE_EXTENSIONS,
+    LAYOUT_HELP,
+    list_subdirs,
+    resolve_vocabulary,
+    split_dir,
+)
 from affordance_core.metrics import EVAL_SIZE, prepare_gt
 
-__all__ = ["AffordanceTestDataset", "AffordanceTrainDataset", "BackgroundFrames",
-           "holdout_split"]
+__all__ = ["AffordanceTestDataset", "AffordanceTrainDataset", "BackgroundFrames", "holdout_split"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +42,11 @@ _MAX_ITEM_RETRIES = 10
 def _list_images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir()
-                  if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                  and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith(".")
+    )
 
 
 def _require_dir(path: Path) -> None:
@@ -48,8 +60,10 @@ def _check_vocabulary(vocabulary: Sequence[str], found: Sequence[str], where: Pa
         raise ValueError(f"vocabulary must be a non-empty list of unique names, got {vocab}")
     unknown = sorted(set(found) - set(vocab))
     if unknown:
-        raise ValueError(f"affordance folders {unknown} under {where} are not in the vocabulary "
-                         f"{vocab}; pass a vocabulary that contains them or remove the folders")
+        raise ValueError(
+            f"affordance folders {unknown} under {where} are not in the vocabulary "
+            f"{vocab}; pass a vocabulary that contains them or remove the folders"
+        )
     return vocab
 
 
@@ -115,10 +129,17 @@ class AffordanceTrainDataset(Dataset):
             ``indices`` out of range.
     """
 
-    def __init__(self, root: str | Path, split: str, image_size: int,
-                 vocabulary: Sequence[str] | None = None, num_exo: int = 3,
-                 augment: bool = True, seed: int = 0,
-                 indices: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        image_size: int,
+        vocabulary: Sequence[str] | None = None,
+        num_exo: int = 3,
+        augment: bool = True,
+        seed: int = 0,
+        indices: Sequence[int] | None = None,
+    ) -> None:
         if int(image_size) < 1:
             raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
         if int(num_exo) < 1:
@@ -162,16 +183,25 @@ class AffordanceTrainDataset(Dataset):
                     continue
                 groups.append(_Group(aff, obj, label, tuple(exo), tuple(ego)))
             if not found_any:
-                raise ValueError(f"affordance folder {exo_root / aff} holds no images under "
-                                 f"<obj>/ subfolders; remove it or add images "
-                                 f"({exo_root / aff}/<obj>/*.jpg)")
+                raise ValueError(
+                    f"affordance folder {exo_root / aff} holds no images under "
+                    f"<obj>/ subfolders; remove it or add images "
+                    f"({exo_root / aff}/<obj>/*.jpg)"
+                )
         if dropped_images:
-            logger.warning("dropped %d exocentric images in %d <aff>/<obj> folders that have no "
-                           "egocentric images under %s (e.g. %s)", dropped_images,
-                           len(dropped_folders), ego_root, ", ".join(dropped_folders[:3]))
+            logger.warning(
+                "dropped %d exocentric images in %d <aff>/<obj> folders that have no "
+                "egocentric images under %s (e.g. %s)",
+                dropped_images,
+                len(dropped_folders),
+                ego_root,
+                ", ".join(dropped_folders[:3]),
+            )
         if not groups:
-            raise ValueError(f"no usable training items under {base / 'trainset'}: no "
-                             f"<aff>/<obj> folder has both exocentric and egocentric images")
+            raise ValueError(
+                f"no usable training items under {base / 'trainset'}: no "
+                f"<aff>/<obj> folder has both exocentric and egocentric images"
+            )
         self.dropped_items = dropped_images
         self._groups = groups
         sizes = np.array([len(g.exo) for g in groups])
@@ -180,8 +210,10 @@ class AffordanceTrainDataset(Dataset):
         if indices is not None:
             keep = np.asarray(indices, dtype=np.int64).reshape(-1)
             if keep.size and (keep.min() < 0 or keep.max() >= sizes.sum()):
-                raise ValueError(f"indices must lie in [0, {int(sizes.sum())}), the number of "
-                                 f"exocentric images; got min {keep.min()}, max {keep.max()}")
+                raise ValueError(
+                    f"indices must lie in [0, {int(sizes.sum())}), the number of "
+                    f"exocentric images; got min {keep.min()}, max {keep.max()}"
+                )
             self._item_group, self._item_pos = self._item_group[keep], self._item_pos[keep]
         self.labels = np.array([g.label for g in groups], dtype=np.int64)[self._item_group]
         self.samples: list[tuple[Path, str, str]] = [
@@ -213,11 +245,13 @@ class AffordanceTrainDataset(Dataset):
         self.corrupt_files.add(path)
         self._bad_events += 1
         if self._bad_events <= 5 or self._bad_events % 100 == 0:
-            logger.warning("unreadable or truncated image %s replaced (%d so far)", path,
-                           self._bad_events)
+            logger.warning(
+                "unreadable or truncated image %s replaced (%d so far)", path, self._bad_events
+            )
 
-    def _load_from(self, paths: Sequence[Path], first: int,
-                   rng: np.random.Generator) -> tuple[np.ndarray | None, int]:
+    def _load_from(
+        self, paths: Sequence[Path], first: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray | None, int]:
         """Decodes ``paths[first]``, falling back on other readable files of the folder."""
         i, skipped = first, 0
         while True:
@@ -262,9 +296,12 @@ class AffordanceTrainDataset(Dataset):
         skipped += bad
         if ego is None:
             return None, skipped
-        item = {"ego": self._transform(ego, rng), "exo": torch.stack(exo),
-                "label": torch.tensor(group.label, dtype=torch.int64),
-                "index": torch.tensor(index, dtype=torch.int64)}
+        item = {
+            "ego": self._transform(ego, rng),
+            "exo": torch.stack(exo),
+            "label": torch.tensor(group.label, dtype=torch.int64),
+            "index": torch.tensor(index, dtype=torch.int64),
+        }
         return item, skipped
 
     def __getitem__(self, index: int) -> dict:
@@ -281,9 +318,11 @@ class AffordanceTrainDataset(Dataset):
                 item["skipped"] = torch.tensor(skipped, dtype=torch.int64)
                 return item
             candidate = int(rng.integers(len(self)))
-        raise RuntimeError(f"could not build a training item after {_MAX_ITEM_RETRIES} tries: "
-                           f"{len(self.corrupt_files)} unreadable files so far under "
-                           f"{self.root}; check the dataset's integrity")
+        raise RuntimeError(
+            f"could not build a training item after {_MAX_ITEM_RETRIES} tries: "
+            f"{len(self.corrupt_files)} unreadable files so far under "
+            f"{self.root}; check the dataset's integrity"
+        )
 
 
 class AffordanceTestDataset(Dataset):
@@ -314,11 +353,18 @@ class AffordanceTestDataset(Dataset):
             decoded (the message names the file).
     """
 
-    def __init__(self, root: str | Path, split: str, image_size: int,
-                 vocabulary: Sequence[str] | None = None, eval_size: int = EVAL_SIZE) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        image_size: int,
+        vocabulary: Sequence[str] | None = None,
+        eval_size: int = EVAL_SIZE,
+    ) -> None:
         if int(image_size) < 1 or int(eval_size) < 1:
-            raise ValueError(f"image_size and eval_size must be positive, got {image_size}, "
-                             f"{eval_size}")
+            raise ValueError(
+                f"image_size and eval_size must be positive, got {image_size}, {eval_size}"
+            )
         self.root = Path(root)
         self.split = split
         self.image_size = int(image_size)
@@ -343,19 +389,24 @@ class AffordanceTestDataset(Dataset):
                     if gt_path.is_file():
                         self.samples.append((path, gt_path, label, f"{aff}/{obj}/{path.stem}"))
         if not self.samples:
-            raise ValueError(f"no test image under {image_root} has a GT <stem>.png under "
-                             f"{gt_root}; {LAYOUT_HELP}")
+            raise ValueError(
+                f"no test image under {image_root} has a GT <stem>.png under "
+                f"{gt_root}; {LAYOUT_HELP}"
+            )
         self.keys = [s[3] for s in self.samples]
         self.labels = np.array([s[2] for s in self.samples], dtype=np.int64)
         self.objects = [key.split("/")[1] for key in self.keys]
         pairs = {(aff, obj) for aff in affordances for obj in list_subdirs(image_root / aff)}
         for view in ("egocentric", "exocentric"):
             view_root = base / "trainset" / view
-            pairs |= {(aff, obj) for aff in list_subdirs(view_root)
-                      for obj in list_subdirs(view_root / aff)}
-        self.afforded = np.array([[(aff, obj) in pairs for aff in self.vocabulary]
-                                  for obj in self.objects], dtype=bool).reshape(
-                                      len(self.samples), len(self.vocabulary))
+            pairs |= {
+                (aff, obj)
+                for aff in list_subdirs(view_root)
+                for obj in list_subdirs(view_root / aff)
+            }
+        self.afforded = np.array(
+            [[(aff, obj) in pairs for aff in self.vocabulary] for obj in self.objects], dtype=bool
+        ).reshape(len(self.samples), len(self.vocabulary))
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -368,11 +419,13 @@ class AffordanceTestDataset(Dataset):
         gt = load_gray(gt_path)
         if gt is None:
             raise ValueError(f"cannot decode ground-truth map {gt_path}; replace or remove it")
-        return {"image": to_tensor(center_resize(image, self.image_size)),
-                "label": torch.tensor(label, dtype=torch.int64),
-                "gt": prepare_gt(gt, self.eval_size),
-                "key": key,
-                "afforded": torch.from_numpy(self.afforded[index])}
+        return {
+            "image": to_tensor(center_resize(image, self.image_size)),
+            "label": torch.tensor(label, dtype=torch.int64),
+            "gt": prepare_gt(gt, self.eval_size),
+            "key": key,
+            "afforded": torch.from_numpy(self.afforded[index]),
+        }
 
 
 class BackgroundFrames(Dataset):
@@ -402,12 +455,15 @@ class BackgroundFrames(Dataset):
         image = load_rgb(path)
         if image is None:
             raise ValueError(f"cannot decode background frame {path}; replace or remove it")
-        return {"image": to_tensor(center_resize(image, self.image_size)),
-                "key": f"background/{path.stem}"}
+        return {
+            "image": to_tensor(center_resize(image, self.image_size)),
+            "key": f"background/{path.stem}",
+        }
 
 
-def holdout_split(dataset: AffordanceTrainDataset, fraction: float,
-                  seed: int = 0) -> tuple[list[int], list[int]]:
+def holdout_split(
+    dataset: AffordanceTrainDataset, fraction: float, seed: int = 0
+) -> tuple[list[int], list[int]]:
     """Deterministic train / validation split of a training set, for model selection.
 
     Each exocentric image key is hashed with ``seed``; within every class the
@@ -431,9 +487,15 @@ def holdout_split(dataset: AffordanceTrainDataset, fraction: float,
         raise ValueError(f"fraction must be in (0, 1), got {fraction}")
     keys = list(dataset.keys)
     labels = np.asarray(dataset.labels)
-    hashes = np.array([int.from_bytes(hashlib.blake2b(f"{seed}/{k}".encode(),
-                                                      digest_size=8).digest(), "little")
-                       for k in keys], dtype=np.uint64)
+    hashes = np.array(
+        [
+            int.from_bytes(
+                hashlib.blake2b(f"{seed}/{k}".encode(), digest_size=8).digest(), "little"
+            )
+            for k in keys
+        ],
+        dtype=np.uint64,
+    )
     order = np.lexsort((hashes, labels))  # by class, then by hash
     sorted_labels = labels[order]
     starts = np.searchsorted(sorted_labels, sorted_labels, side="left")

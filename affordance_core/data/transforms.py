@@ -3,6 +3,7 @@
 Images stay uint8 until :func:`to_tensor`, which gives float32 (3, H, W) in [0, 1]. No
 mean/std normalisation happens here: each backbone normalises with its own statistics.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -51,6 +52,7 @@ def _jpeg_is_truncated(data: np.ndarray) -> bool:
         import io
 
         from PIL import Image
+
         with Image.open(io.BytesIO(raw)) as im:
             im.load()
     except Exception:  # noqa: BLE001 - any decoder failure means the file is unusable
@@ -141,7 +143,7 @@ def random_crop(image: np.ndarray, side: int, rng: np.random.Generator) -> np.nd
         raise ValueError(f"cannot crop {side}x{side} from a {h}x{w} image; resize it first")
     top = int(rng.integers(0, h - side + 1))
     left = int(rng.integers(0, w - side + 1))
-    return image[top:top + side, left:left + side]
+    return image[top : top + side, left : left + side]
 
 
 def random_hflip(image: np.ndarray, rng: np.random.Generator, p: float = 0.5) -> np.ndarray:

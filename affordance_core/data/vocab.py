@@ -9,6 +9,7 @@ Layout (AGD20K; HICO-IIF is the same tree without the ``<split>`` level)::
 
 The order of an official vocabulary defines the class ids.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,21 +27,75 @@ __all__ = [
 ]
 
 AGD20K_SEEN: tuple[str, ...] = (
-    "beat", "boxing", "brush_with", "carry", "catch", "cut", "cut_with", "drag", "drink_with",
-    "eat", "hit", "hold", "jump", "kick", "lie_on", "lift", "look_out", "open", "pack", "peel",
-    "pick_up", "pour", "push", "ride", "sip", "sit_on", "stick", "stir", "swing", "take_photo",
-    "talk_on", "text_on", "throw", "type_on", "wash", "write",
+    "beat",
+    "boxing",
+    "brush_with",
+    "carry",
+    "catch",
+    "cut",
+    "cut_with",
+    "drag",
+    "drink_with",
+    "eat",
+    "hit",
+    "hold",
+    "jump",
+    "kick",
+    "lie_on",
+    "lift",
+    "look_out",
+    "open",
+    "pack",
+    "peel",
+    "pick_up",
+    "pour",
+    "push",
+    "ride",
+    "sip",
+    "sit_on",
+    "stick",
+    "stir",
+    "swing",
+    "take_photo",
+    "talk_on",
+    "text_on",
+    "throw",
+    "type_on",
+    "wash",
+    "write",
 )
 """The 36 AGD20K-Seen affordances; the position is the class id."""
 
-_UNSEEN_EXCLUDED = frozenset({"beat", "boxing", "brush_with", "drag", "lift", "look_out", "pack",
-                              "stir", "talk_on", "text_on", "write"})
+_UNSEEN_EXCLUDED = frozenset(
+    {
+        "beat",
+        "boxing",
+        "brush_with",
+        "drag",
+        "lift",
+        "look_out",
+        "pack",
+        "stir",
+        "talk_on",
+        "text_on",
+        "write",
+    }
+)
 
 AGD20K_UNSEEN: tuple[str, ...] = tuple(a for a in AGD20K_SEEN if a not in _UNSEEN_EXCLUDED)
 """The 25 AGD20K-Unseen affordances (Seen minus 11, same relative order)."""
 
 HICO_IIF: tuple[str, ...] = (
-    "cut_with", "drink_with", "hold", "open", "pour", "sip", "stick", "stir", "swing", "type_on",
+    "cut_with",
+    "drink_with",
+    "hold",
+    "open",
+    "pour",
+    "sip",
+    "stick",
+    "stir",
+    "swing",
+    "type_on",
 )
 """The 10 HICO-IIF affordances."""
 
@@ -56,7 +111,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", 
 LAYOUT_HELP = (
     "expected the AGD20K layout <root>/<split>/trainset/{egocentric,exocentric}/<aff>/<obj>/*.jpg"
     " and <root>/<split>/testset/{egocentric/<aff>/<obj>/*.jpg, GT/<aff>/<obj>/<stem>.png}"
-    " (HICO-IIF: the same tree without the <split> level; see README, \"Data\")"
+    ' (HICO-IIF: the same tree without the <split> level; see README, "Data")'
 )
 
 
@@ -93,8 +148,9 @@ def split_dir(root: str | Path, split: str) -> Path:
     path = root / split
     if not path.is_dir():
         found = list_subdirs(root)
-        raise ValueError(f"split directory {path} does not exist (found {found} under {root}); "
-                         f"{LAYOUT_HELP}")
+        raise ValueError(
+            f"split directory {path} does not exist (found {found} under {root}); {LAYOUT_HELP}"
+        )
     if not ((path / "trainset").is_dir() or (path / "testset").is_dir()):
         raise ValueError(f"{path} holds neither trainset/ nor testset/; {LAYOUT_HELP}")
     return path
@@ -108,10 +164,10 @@ def resolve_vocabulary(root: str | Path, split: str) -> list[str]:
     """Affordance vocabulary (class order) of a dataset on disk.
 
     A ``vocabulary.txt`` in the split folder (one action per line) pins the class order and
-    wins over everything else. For Seen / Unseen / HICO-IIF, the official list when every affordance directory found in
-    the split (trainset and testset) belongs to it. Otherwise (a user's own data) the sorted
-    directory names under ``trainset/exocentric`` (``testset/egocentric`` when there is no
-    trainset).
+    wins over everything else. For Seen / Unseen / HICO-IIF, the official list when every
+    affordance directory found in the split (trainset and testset) belongs to it. Otherwise
+    (a user's own data) the sorted directory names under ``trainset/exocentric``
+    (``testset/egocentric`` when there is no trainset).
 
     Args:
         root: dataset root directory.
@@ -136,7 +192,8 @@ def resolve_vocabulary(root: str | Path, split: str) -> list[str]:
     if official is not None and present and present <= set(official):
         return list(official)
     names = list_subdirs(base / "trainset" / "exocentric") or list_subdirs(
-        base / "testset" / "egocentric")
+        base / "testset" / "egocentric"
+    )
     if not names:
         raise ValueError(f"no affordance directories found under {base}; {LAYOUT_HELP}")
     return names

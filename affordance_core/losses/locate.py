@@ -29,14 +29,15 @@ def concentration_loss(cams: Tensor, floor: float = 1e-3) -> Tensor:
     p = p / p.sum((-1, -2), keepdim=True)
     ys = torch.arange(h, device=cams.device, dtype=cams.dtype) / h * 2 - 1
     xs = torch.arange(w, device=cams.device, dtype=cams.dtype) / w * 2 - 1
-    py, px = p.sum(-1), p.sum(-2)                                            # (B, C, h), (B, C, w)
+    py, px = p.sum(-1), p.sum(-2)  # (B, C, h), (B, C, w)
     cy, cx = (py * ys).sum(-1, keepdim=True), (px * xs).sum(-1, keepdim=True)
     var = (py * (ys - cy) ** 2).sum(-1) + (px * (xs - cx) ** 2).sum(-1)
     return var.mean()
 
 
-def prototype_distillation_loss(ego_embedding: Tensor, prototype: Tensor, has_prototype: Tensor,
-                                margin: float = 0.5) -> Tensor:
+def prototype_distillation_loss(
+    ego_embedding: Tensor, prototype: Tensor, has_prototype: Tensor, margin: float = 0.5
+) -> Tensor:
     """max(0, 1 - cos(ego embedding, part prototype) - margin), over samples with a prototype.
 
     Args:

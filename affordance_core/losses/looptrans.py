@@ -18,8 +18,15 @@ from torch import Tensor
 
 from ..backbones import minmax
 
-__all__ = ["PseudoMasks", "select_pseudo_masks", "pseudo_mask_loss", "correlation_loss",
-           "cam_pooled_descriptors", "info_nce", "denoising_distillation_loss"]
+__all__ = [
+    "PseudoMasks",
+    "select_pseudo_masks",
+    "pseudo_mask_loss",
+    "correlation_loss",
+    "cam_pooled_descriptors",
+    "info_nce",
+    "denoising_distillation_loss",
+]
 
 
 @dataclass
@@ -41,8 +48,13 @@ class PseudoMasks:
     valid: Tensor
 
 
-def select_pseudo_masks(clusters: Tensor, cross_cam: Tensor, saliency: Tensor,
-                        num_clusters: int, cam_threshold: float = 0.92) -> PseudoMasks:
+def select_pseudo_masks(
+    clusters: Tensor,
+    cross_cam: Tensor,
+    saliency: Tensor,
+    num_clusters: int,
+    cam_threshold: float = 0.92,
+) -> PseudoMasks:
     """Pick, per sample, the cluster that best matches the cross CAM as the pixel pseudo-label.
 
     The cross CAM is min-max normalised and thresholded at ``cam_threshold``. The non-empty
@@ -64,12 +76,12 @@ def select_pseudo_masks(clusters: Tensor, cross_cam: Tensor, saliency: Tensor,
     b, h, w = cross_cam.shape
     k = num_clusters
     with torch.no_grad():
-        member = F.one_hot(clusters.reshape(b, -1), k).transpose(1, 2).bool()     # (B, K, P)
-        cam_mask = (minmax(cross_cam) >= cam_threshold).reshape(b, 1, -1)           # (B, 1, P)
-        count = member.sum(-1)                                                      # (B, K)
+        member = F.one_hot(clusters.reshape(b, -1), k).transpose(1, 2).bool()  # (B, K, P)
+        cam_mask = (minmax(cross_cam) >= cam_threshold).reshape(b, 1, -1)  # (B, 1, P)
+        count = member.sum(-1)  # (B, K)
         iou = (member & cam_mask).sum(-1) / (member | cam_mask).sum(-1).clamp_min(1)
         sal = (member * saliency.reshape(b, 1, -1)).sum(-1) / count.clamp_min(1)
-        background = sal.masked_fill(count == 0, float("inf")).argmin(1)            # (B,)
+        background = sal.masked_fill(count == 0, float("inf")).argmin(1)  # (B,)
         ids = torch.arange(k, device=clusters.device)
         candidate = (count > 0) & (ids[None] != background[:, None])
         best, cluster = iou.masked_fill(~candidate, -1.0).max(1)
@@ -78,8 +90,9 @@ def select_pseudo_masks(clusters: Tensor, cross_cam: Tensor, saliency: Tensor,
     return PseudoMasks(mask.view(b, h, w), cluster, background, best.clamp_min(0.0), valid)
 
 
-def pseudo_mask_loss(cam: Tensor, mask: Tensor, active: Tensor | None = None,
-                     smooth: float = 1.0) -> tuple[Tensor, Tensor]:
+def pseudo_mask_loss(
+    cam: Tensor, mask: Tensor, active: Tensor | None = None, smooth: float = 1.0
+) -> tuple[Tensor, Tensor]:
     """MSE and Dice between the min-max normalised pixel CAM and a binary pseudo-mask.
 
     Args:
@@ -92,7 +105,7 @@ def pseudo_mask_loss(cam: Tensor, mask: Tensor, active: Tensor | None = None,
         (mse, dice) scalars, each averaged over the active samples (0 when none is active,
         still attached to the graph). Both are 0 when the normalised CAM equals the mask.
     """
-    pred = minmax(cam).flatten(1)                                                   # (B, P)
+    pred = minmax(cam).flatten(1)  # (B, P)
     target = mask.flatten(1).to(pred.dtype)
     mse = (pred - target).pow(2).mean(1)
     dice = 1 - (2 * (pred * target).sum(1) + smooth) / (pred.sum(1) + target.sum(1) + smooth)
@@ -115,8 +128,8 @@ def correlation_loss(ego_cams: Tensor, exo_cams: Tensor) -> Tensor:
     Returns:
         scalar in [0, 2]; 0 when the Gram matrices are proportional.
     """
-    ego = ego_cams.flatten(2)                                                       # (B, C', P)
-    exo = exo_cams.transpose(1, 2).flatten(2)                                       # (B, C', E*P)
+    ego = ego_cams.flatten(2)  # (B, C', P)
+    exo = exo_cams.transpose(1, 2).flatten(2)  # (B, C', E*P)
     gram_ego = ego @ ego.transpose(1, 2)
     gram_exo = exo @ exo.transpose(1, 2)
     return (1 - F.cosine_similarity(gram_ego, gram_exo, dim=-1, eps=1e-8)).mean()
@@ -135,8 +148,9 @@ def cam_pooled_descriptors(cams: Tensor, keys: Tensor) -> Tensor:
     return torch.einsum("nkhw,ndhw->nkd", cams, keys) / (cams.shape[-1] * cams.shape[-2])
 
 
-def info_nce(query: Tensor, positive: Tensor, negatives: Tensor,
-             temperature: float = 1.0) -> Tensor:
+def info_nce(
+    query: Tensor, positive: Tensor, negatives: Tensor, temperature: float = 1.0
+) -> Tensor:
     """InfoNCE on cosine similarities with the positive first.
 
     Args:
@@ -149,14 +163,20 @@ def info_nce(query: Tensor, positive: Tensor, negatives: Tensor,
         scalar, mean over samples of -log softmax(cos / tau)[positive]; with M = 0 it is 0.
     """
     q = F.normalize(query, dim=-1)
-    keys = F.normalize(torch.cat([positive[:, None], negatives], 1), dim=-1)      # (B, 1+M, D)
+    keys = F.normalize(torch.cat([positive[:, None], negatives], 1), dim=-1)  # (B, 1+M, D)
     logits = torch.einsum("bd,bmd->bm", q, keys) / temperature
     return (torch.logsumexp(logits, 1) - logits[:, 0]).mean()
 
 
-def denoising_distillation_loss(exo_cams: Tensor, exo_keys: Tensor, ego_cam: Tensor,
-                                ego_keys: Tensor, labels: Tensor, num_classes: int,
-                                temperature: float = 1.0) -> Tensor:
+def denoising_distillation_loss(
+    exo_cams: Tensor,
+    exo_keys: Tensor,
+    ego_cam: Tensor,
+    ego_keys: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    temperature: float = 1.0,
+) -> Tensor:
     """LoopTrans' denoising knowledge distillation (the ego-to-exo back-transfer).
 
     The query pools the exo descriptors with the GT-class exo CAMs, the positive pools the ego
@@ -179,9 +199,9 @@ def denoising_distillation_loss(exo_cams: Tensor, exo_keys: Tensor, ego_cam: Ten
     """
     b, e, c_all, h, w = exo_cams.shape
     noise = torch.arange(num_classes, c_all, device=labels.device)
-    channels = torch.cat([labels[:, None], noise[None].expand(b, -1)], 1)           # (B, 1+N)
+    channels = torch.cat([labels[:, None], noise[None].expand(b, -1)], 1)  # (B, 1+N)
     picked = exo_cams.gather(2, channels[:, None, :, None, None].expand(b, e, -1, h, w))
     pooled = cam_pooled_descriptors(picked.flatten(0, 1), exo_keys.detach().flatten(0, 1))
-    pooled = pooled.view(b, e, -1, pooled.shape[-1]).mean(1)                        # (B, 1+N, D)
+    pooled = pooled.view(b, e, -1, pooled.shape[-1]).mean(1)  # (B, 1+N, D)
     positive = cam_pooled_descriptors(ego_cam[:, None], ego_keys.detach())[:, 0]
     return info_nce(pooled[:, 0], positive, pooled[:, 1:], temperature)

@@ -22,9 +22,16 @@ def weighted_prototypes(features: Tensor, weights: Tensor) -> Tensor:
     return F.normalize((features * weights[:, None]).mean((-1, -2)), dim=-1)
 
 
-def prototype_contrast_loss(anchors: Tensor, labels: Tensor, ego_pos: Tensor, ego_bg: Tensor,
-                            exo_pos: Tensor, exo_bg: Tensor, temperature: float = 0.5,
-                            scale: float = 1.0) -> Tensor:
+def prototype_contrast_loss(
+    anchors: Tensor,
+    labels: Tensor,
+    ego_pos: Tensor,
+    ego_bg: Tensor,
+    exo_pos: Tensor,
+    exo_bg: Tensor,
+    temperature: float = 0.5,
+    scale: float = 1.0,
+) -> Tensor:
     """Selective prototypical contrast.
 
     For anchor b (label y): positives are the ego positive prototypes of the *other* samples
@@ -47,18 +54,23 @@ def prototype_contrast_loss(anchors: Tensor, labels: Tensor, ego_pos: Tensor, eg
     """
     b, e, _ = exo_pos.shape
     cand = torch.cat([ego_pos, ego_bg, exo_pos.reshape(b * e, -1), exo_bg.reshape(b * e, -1)])
-    owner = torch.cat([torch.arange(b, device=labels.device)] * 2
-                      + [torch.arange(b, device=labels.device).repeat_interleave(e)] * 2)
+    owner = torch.cat(
+        [torch.arange(b, device=labels.device)] * 2
+        + [torch.arange(b, device=labels.device).repeat_interleave(e)] * 2
+    )
     cand_label = labels[owner]
     is_pos = torch.zeros(len(cand), dtype=torch.bool, device=labels.device)
     is_pos[:b] = True
-    is_pos[2 * b:2 * b + b * e] = True
+    is_pos[2 * b : 2 * b + b * e] = True
     is_ego = torch.zeros_like(is_pos)
-    is_ego[:2 * b] = True
+    is_ego[: 2 * b] = True
 
-    same = labels[:, None] == cand_label[None]                                   # (B, M)
-    own_ego_pos = is_pos[None] & is_ego[None] & (owner[None] == torch.arange(
-        b, device=labels.device)[:, None])
+    same = labels[:, None] == cand_label[None]  # (B, M)
+    own_ego_pos = (
+        is_pos[None]
+        & is_ego[None]
+        & (owner[None] == torch.arange(b, device=labels.device)[:, None])
+    )
     positives = is_pos[None] & same & ~own_ego_pos
     denominator = positives | (is_pos[None] & ~same) | (~is_pos[None] & same)
 
@@ -70,9 +82,14 @@ def prototype_contrast_loss(anchors: Tensor, labels: Tensor, ego_pos: Tensor, eg
     return scale * per_anchor.mean()
 
 
-def pixel_contrast_loss(features: Tensor, positive: Tensor, temperature: float = 0.5,
-                        scale: float = 1.0, anchors: Tensor | None = None,
-                        background_positives: bool = False) -> Tensor:
+def pixel_contrast_loss(
+    features: Tensor,
+    positive: Tensor,
+    temperature: float = 0.5,
+    scale: float = 1.0,
+    anchors: Tensor | None = None,
+    background_positives: bool = False,
+) -> Tensor:
     """Selective pixel contrast on the ego feature map.
 
     By default the paper's formulation: anchors are the positive pixels Q+; each anchor's
@@ -95,19 +112,19 @@ def pixel_contrast_loss(features: Tensor, positive: Tensor, temperature: float =
         scalar: the mean over contributing samples of the mean over their anchors of
         -mean log-probability of the anchor's positives (0 when no sample contributes).
     """
-    z = F.normalize(features.flatten(2), dim=1)                                 # (B, F, P)
-    pos = positive.flatten(1)                                                   # (B, P)
+    z = F.normalize(features.flatten(2), dim=1)  # (B, F, P)
+    pos = positive.flatten(1)  # (B, P)
     anchor_set = pos if anchors is None else anchors.flatten(1)
     p = pos.shape[1]
     eye = torch.eye(p, dtype=torch.bool, device=features.device)[None]
     logits = (z.transpose(1, 2) @ z / temperature).masked_fill(eye, float("-inf"))
-    log_prob = logits - torch.logsumexp(logits, dim=-1, keepdim=True)           # (B, P, P)
+    log_prob = logits - torch.logsumexp(logits, dim=-1, keepdim=True)  # (B, P, P)
     if background_positives:
         same = pos[:, :, None] == pos[:, None, :]
     else:
         same = pos[:, :, None] & pos[:, None, :]
     pair = anchor_set[:, :, None] & same & ~eye
-    count = pair.sum(-1)                                                        # (B, P)
+    count = pair.sum(-1)  # (B, P)
     per_anchor = -(log_prob.masked_fill(~pair, 0.0)).sum(-1) / count.clamp_min(1)
     anchor = anchor_set & (count > 0)
     per_sample = (per_anchor * anchor).sum(1) / anchor.sum(1).clamp_min(1)

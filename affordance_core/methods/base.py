@@ -54,13 +54,13 @@ class StepInputs:
     Shapes: B samples, E exo images each, C' classifier channels, D descriptor width.
     """
 
-    labels: Tensor          # (B,)
-    ego: Features           # B images
-    exo: Features           # B*E images, sample-major
-    ego_feat: Tensor        # (B, D, h, w) ego view projection
-    ego_cam: Tensor         # (B, C', h, w)
-    exo_feat: Tensor        # (B*E, D, h, w)
-    exo_cam: Tensor         # (B*E, C', h, w)
+    labels: Tensor  # (B,)
+    ego: Features  # B images
+    exo: Features  # B*E images, sample-major
+    ego_feat: Tensor  # (B, D, h, w) ego view projection
+    ego_cam: Tensor  # (B, C', h, w)
+    exo_feat: Tensor  # (B*E, D, h, w)
+    exo_cam: Tensor  # (B*E, C', h, w)
     num_exo: int
 
     @property
@@ -68,20 +68,19 @@ class StepInputs:
         return self.labels.repeat_interleave(self.num_exo)
 
 
-
 def pick_action_maps(cams: Tensor, labels: Tensor) -> Tensor:
     """(N, C, h, w), (N,) -> (N, h, w) the labelled channel."""
     return cams.gather(1, labels.view(-1, 1, 1, 1).expand(-1, 1, *cams.shape[2:]))[:, 0]
 
 
-
 def check_kmeans_iters(iters: Any) -> int:
     """Validate a K-means iteration count (a positive int; ValueError otherwise)."""
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-        raise ValueError(f"kmeans_iters must be a positive integer (10 here, 300 in the "
-                         f"reference), not {iters!r}")
+        raise ValueError(
+            f"kmeans_iters must be a positive integer (10 here, 300 in the "
+            f"reference), not {iters!r}"
+        )
     return iters
-
 
 
 class Method(nn.Module):
@@ -102,13 +101,23 @@ class Method(nn.Module):
     name = "ce"
     spec = MethodSpec(proj_residual=True, calibration="none")
 
-    def __init__(self, model: AffordanceModel, warmup: float = 0.1, seed: int = 0,
-                 aff_norm_lr_mult: float = 10.0) -> None:
+    def __init__(
+        self,
+        model: AffordanceModel,
+        warmup: float = 0.1,
+        seed: int = 0,
+        aff_norm_lr_mult: float = 10.0,
+    ) -> None:
         super().__init__()
-        if isinstance(aff_norm_lr_mult, bool) or not isinstance(aff_norm_lr_mult, (int, float)) \
-                or not aff_norm_lr_mult > 0:
-            raise ValueError(f"aff_norm_lr_mult must be a positive number (10: with the token "
-                             f"MLP, 1: the reference code), not {aff_norm_lr_mult!r}")
+        if (
+            isinstance(aff_norm_lr_mult, bool)
+            or not isinstance(aff_norm_lr_mult, (int, float))
+            or not aff_norm_lr_mult > 0
+        ):
+            raise ValueError(
+                f"aff_norm_lr_mult must be a positive number (10: with the token "
+                f"MLP, 1: the reference code), not {aff_norm_lr_mult!r}"
+            )
         self.model = model
         self.warmup = warmup
         self.generator = torch.Generator().manual_seed(seed)
@@ -117,6 +126,7 @@ class Method(nn.Module):
     def features(self, batch: dict[str, Tensor]) -> tuple[Features, Features]:
         """Backbone features of ego and exo images (precomputed ones are used when present)."""
         if "ego_keys" in batch:
+
             def make(prefix: str) -> Features:
                 keys = batch[f"{prefix}_keys"]
                 attn = batch[f"{prefix}_attn"]
@@ -124,8 +134,8 @@ class Method(nn.Module):
                 if prefix == "exo":
                     keys, attn = keys.flatten(0, 1), attn.flatten(0, 1)
                     clip = clip.flatten(0, 1) if clip is not None else None
-                return Features(keys.float(), attn.float(),
-                                None if clip is None else clip.float())
+                return Features(keys.float(), attn.float(), None if clip is None else clip.float())
+
             return make("ego"), make("exo")
         ego, exo = batch["ego"], batch["exo"]
         feats = self.model.extract(torch.cat([ego, exo.flatten(0, 1)]))
@@ -137,8 +147,16 @@ class Method(nn.Module):
         labels = batch["label"]
         ego_feat, ego_cam = self.model.cam(ego.keys, "ego")
         exo_feat, exo_cam = self.model.cam(exo.keys, "exo")
-        return StepInputs(labels, ego, exo, ego_feat, ego_cam, exo_feat, exo_cam,
-                          exo.keys.shape[0] // labels.shape[0])
+        return StepInputs(
+            labels,
+            ego,
+            exo,
+            ego_feat,
+            ego_cam,
+            exo_feat,
+            exo_cam,
+            exo.keys.shape[0] // labels.shape[0],
+        )
 
     def ce_terms(self, s: StepInputs) -> dict[str, Tensor]:
         ce_ego = F.cross_entropy(s.ego_cam.mean((-1, -2)), s.labels)
@@ -155,4 +173,3 @@ class Method(nn.Module):
         loss_terms = [v for k, v in terms.items() if not k.startswith("stat_")]
         terms["loss"] = torch.stack(loss_terms).sum()
         return terms
-

@@ -17,8 +17,12 @@ from torch import Tensor
 from ..clustering import Clusterer, KMeansClusterer
 from ..discovery import piou
 from ..losses.locate import concentration_loss
-from ..losses.looptrans import (correlation_loss, denoising_distillation_loss, pseudo_mask_loss,
-                                select_pseudo_masks)
+from ..losses.looptrans import (
+    correlation_loss,
+    denoising_distillation_loss,
+    pseudo_mask_loss,
+    select_pseudo_masks,
+)
 from ..model import AffordanceModel
 from .base import Method, MethodSpec, StepInputs, pick_action_maps
 
@@ -60,20 +64,35 @@ class LoopTransMethod(Method):
     """
 
     name = "looptrans"
-    spec = MethodSpec(proj_residual=True, calibration="none", num_noise_classes=15,
-                      inference_branch="pixel")
+    spec = MethodSpec(
+        proj_residual=True, calibration="none", num_noise_classes=15, inference_branch="pixel"
+    )
 
-    def __init__(self, model: AffordanceModel, warmup: float = 0.0, seed: int = 0,
-                 ego_pixel_ce: bool = True, gate: bool = False, piou_threshold: float = 0.6,
-                 cam_threshold: float = 0.92, mse_weight: float = 10.0,
-                 dice_weight: float = 2.0, correlation_weight: float = 1.5,
-                 denoise_weight: float = 0.05, concentration_weight: float = 0.07,
-                 temperature: float = 1.0, num_clusters: int = 4, cluster_iters: int = 10,
-                 clusterer: Clusterer | None = None) -> None:
+    def __init__(
+        self,
+        model: AffordanceModel,
+        warmup: float = 0.0,
+        seed: int = 0,
+        ego_pixel_ce: bool = True,
+        gate: bool = False,
+        piou_threshold: float = 0.6,
+        cam_threshold: float = 0.92,
+        mse_weight: float = 10.0,
+        dice_weight: float = 2.0,
+        correlation_weight: float = 1.5,
+        denoise_weight: float = 0.05,
+        concentration_weight: float = 0.07,
+        temperature: float = 1.0,
+        num_clusters: int = 4,
+        cluster_iters: int = 10,
+        clusterer: Clusterer | None = None,
+    ) -> None:
         super().__init__(model, warmup, seed)
         if model.pixel_proj is None or model.config.num_noise_classes <= 0:
-            raise ValueError("LoopTrans needs a model with the pixel decoder and noise classes: "
-                             "create_model(..., method='looptrans')")
+            raise ValueError(
+                "LoopTrans needs a model with the pixel decoder and noise classes: "
+                "create_model(..., method='looptrans')"
+            )
         self.ego_pixel_ce = ego_pixel_ce
         self.gate = gate
         self.piou_threshold = piou_threshold
@@ -84,8 +103,9 @@ class LoopTransMethod(Method):
         self.denoise_weight = denoise_weight
         self.concentration_weight = concentration_weight
         self.temperature = temperature
-        self.clusterer = clusterer if clusterer is not None else KMeansClusterer(
-            num_clusters, cluster_iters)
+        self.clusterer = (
+            clusterer if clusterer is not None else KMeansClusterer(num_clusters, cluster_iters)
+        )
 
     def prepare(self, batch: dict[str, Tensor]) -> LoopTransInputs:
         ego, exo = self.features(batch)
@@ -93,13 +113,25 @@ class LoopTransMethod(Method):
         pixel_feat, pixel_cam = self.model.cam(ego.keys, "pixel")
         cross_feat, cross_cam = self.model.cam(ego.keys, "exo")
         exo_feat, exo_cam = self.model.cam(exo.keys, "exo")
-        return LoopTransInputs(labels, ego, exo, pixel_feat, pixel_cam, exo_feat, exo_cam,
-                               exo.keys.shape[0] // labels.shape[0], cross_feat, cross_cam)
+        return LoopTransInputs(
+            labels,
+            ego,
+            exo,
+            pixel_feat,
+            pixel_cam,
+            exo_feat,
+            exo_cam,
+            exo.keys.shape[0] // labels.shape[0],
+            cross_feat,
+            cross_cam,
+        )
 
     def ce_terms(self, s: StepInputs) -> dict[str, Tensor]:
         assert isinstance(s, LoopTransInputs)
-        terms = {"ce_cross": F.cross_entropy(s.cross_cam.mean((-1, -2)), s.labels),
-                 "ce_exo": F.cross_entropy(s.exo_cam.mean((-1, -2)), s.exo_labels)}
+        terms = {
+            "ce_cross": F.cross_entropy(s.cross_cam.mean((-1, -2)), s.labels),
+            "ce_exo": F.cross_entropy(s.exo_cam.mean((-1, -2)), s.exo_labels),
+        }
         if self.ego_pixel_ce:
             terms["ce_ego"] = F.cross_entropy(s.ego_cam.mean((-1, -2)), s.labels)
         return terms
@@ -109,16 +141,20 @@ class LoopTransMethod(Method):
         terms = self.ce_terms(s)
         b, e = s.labels.shape[0], s.num_exo
         c_all, h, w = s.ego_cam.shape[1:]
-        pixel_gt = pick_action_maps(s.ego_cam, s.labels)                                       # (B, h, w)
+        pixel_gt = pick_action_maps(s.ego_cam, s.labels)  # (B, h, w)
         exo_cams = s.exo_cam.view(b, e, c_all, h, w)
 
-        clusters = self.clusterer(s.ego.keys, self.generator)                       # (B, h, w)
-        found = select_pseudo_masks(clusters, pick_action_maps(s.cross_cam, s.labels).detach(),
-                                    s.ego.saliency(binarize_heads=False),
-                                    self.clusterer.num_clusters, self.cam_threshold)
+        clusters = self.clusterer(s.ego.keys, self.generator)  # (B, h, w)
+        found = select_pseudo_masks(
+            clusters,
+            pick_action_maps(s.cross_cam, s.labels).detach(),
+            s.ego.saliency(binarize_heads=False),
+            self.clusterer.num_clusters,
+            self.cam_threshold,
+        )
         sal = s.ego.saliency()
         sal_mask = (sal > sal.flatten(1).mean(1)[:, None, None]).flatten(1)
-        score = piou(found.mask.flatten(1)[:, None], sal_mask)[:, 0]                # (B,)
+        score = piou(found.mask.flatten(1)[:, None], sal_mask)[:, 0]  # (B,)
         active = found.valid & (progress >= self.warmup)
         passed = score >= self.piou_threshold
         if self.gate:
@@ -128,8 +164,14 @@ class LoopTransMethod(Method):
         terms["pseudo_dice"] = self.dice_weight * dice
         terms["correlation"] = self.correlation_weight * correlation_loss(s.ego_cam, exo_cams)
         terms["denoise"] = self.denoise_weight * denoising_distillation_loss(
-            exo_cams, s.exo.keys.view(b, e, -1, h, w), pixel_gt, s.ego.keys, s.labels,
-            self.model.num_classes, self.temperature)
+            exo_cams,
+            s.exo.keys.view(b, e, -1, h, w),
+            pixel_gt,
+            s.ego.keys,
+            s.labels,
+            self.model.num_classes,
+            self.temperature,
+        )
         terms["concentration"] = self.concentration_weight * concentration_loss(s.ego_cam)
 
         valid = found.valid.to(score.dtype)
@@ -150,4 +192,3 @@ class GatedLoopTransMethod(LoopTransMethod):
 
     def __init__(self, model: AffordanceModel, gate: bool = True, **options: Any) -> None:
         super().__init__(model, gate=gate, **options)
-

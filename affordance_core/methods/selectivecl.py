@@ -14,17 +14,26 @@ from torch import Tensor
 from ..affinity import exo_object_affinity
 from ..backbones import minmax
 from ..discovery import discover_parts
-from ..losses import (pixel_contrast_loss, prototype_contrast_loss, weighted_prototypes)
+from ..losses import pixel_contrast_loss, prototype_contrast_loss, weighted_prototypes
 from ..model import AffordanceModel
 from .base import Method, MethodSpec, StepInputs, check_kmeans_iters, pick_action_maps
 
-__all__ = ["SelectiveCLMethod", "interaction_map", "reference_exo_rows", "part_relevance",
-           "select_part_maps", "background_weights", "anchor_weights", "pixel_threshold",
-           "pixel_labels"]
+__all__ = [
+    "SelectiveCLMethod",
+    "interaction_map",
+    "reference_exo_rows",
+    "part_relevance",
+    "select_part_maps",
+    "background_weights",
+    "anchor_weights",
+    "pixel_threshold",
+    "pixel_labels",
+]
 
 
 # Shapes: B samples, E exo images each, h x w grid, D descriptor width; every tensor is
 # float32 unless said otherwise.
+
 
 def interaction_map(a_exo: Tensor, cam_exo: Tensor, warm: bool) -> Tensor:
     """The exo interaction map M_exo that part discovery thresholds.
@@ -59,7 +68,7 @@ def reference_exo_rows(interaction: Tensor, a_exo: Tensor) -> tuple[Tensor, Tens
          (B, E, h, w) the code's exo fallback part maps).
     """
     b, e, h, w = interaction.shape
-    rows = interaction.reshape(b * e, h, w)[:b, :e]                           # (B, E, w)
+    rows = interaction.reshape(b * e, h, w)[:b, :e]  # (B, E, w)
     seen = rows.amin(-1)[..., None, None].expand(b, e, h, w).clone()
     seen[:, :, 0] = rows
     fallback_rows = a_exo.reshape(b * e, h, w)[:b, :e]
@@ -82,8 +91,8 @@ def part_relevance(centroid: Tensor, exo_keys: Tensor, ego_keys: Tensor) -> tupl
         ((B, h, w) ego part map, (B, E, h, w) exo part map).
     """
     b, e, _, h, w = exo_keys.shape
-    exo_desc = F.normalize(exo_keys.flatten(3), dim=2)                      # (B, E, D, P)
-    ego_desc = F.normalize(ego_keys.flatten(2), dim=1)                      # (B, D, P)
+    exo_desc = F.normalize(exo_keys.flatten(3), dim=2)  # (B, E, D, P)
+    ego_desc = F.normalize(ego_keys.flatten(2), dim=1)  # (B, D, P)
     exo_cos = torch.einsum("bd,bedp->bep", centroid, exo_desc)
     ego_cos = torch.einsum("bd,bdp->bp", centroid, ego_desc)
     exo_soft = (-(exo_desc - centroid[:, None, :, None]).norm(dim=2)).flatten(1)
@@ -93,8 +102,13 @@ def part_relevance(centroid: Tensor, exo_keys: Tensor, ego_keys: Tensor) -> tupl
     return ego_part.view(b, h, w), exo_part.view(b, e, h, w)
 
 
-def select_part_maps(reliable: Tensor, ego_relevance: Tensor, exo_relevance: Tensor,
-                     a_ego: Tensor, exo_fallback: Tensor) -> tuple[Tensor, Tensor]:
+def select_part_maps(
+    reliable: Tensor,
+    ego_relevance: Tensor,
+    exo_relevance: Tensor,
+    a_ego: Tensor,
+    exo_fallback: Tensor,
+) -> tuple[Tensor, Tensor]:
     """Selective part maps: part level where discovery is reliable, object level otherwise.
 
     Args:
@@ -107,12 +121,15 @@ def select_part_maps(reliable: Tensor, ego_relevance: Tensor, exo_relevance: Ten
         ((B, h, w) ego part maps, (B, E, h, w) exo part maps).
     """
     rel = reliable.view(-1, 1, 1)
-    return (torch.where(rel, ego_relevance, a_ego),
-            torch.where(rel[..., None], exo_relevance, exo_fallback))
+    return (
+        torch.where(rel, ego_relevance, a_ego),
+        torch.where(rel[..., None], exo_relevance, exo_fallback),
+    )
 
 
-def background_weights(ego_part: Tensor, exo_part: Tensor, cam_ego: Tensor, cam_exo: Tensor,
-                       warm: bool) -> tuple[Tensor, Tensor]:
+def background_weights(
+    ego_part: Tensor, exo_part: Tensor, cam_ego: Tensor, cam_exo: Tensor, warm: bool
+) -> tuple[Tensor, Tensor]:
     """Background weight maps of the prototypical contrast.
 
     ``1 - part`` during warm-up, ``1 - part * relu(CAM)`` after; not detached, so the loss
@@ -158,8 +175,9 @@ def pixel_threshold(exo_to_ego: Tensor) -> Tensor:
     return exo_to_ego.reshape(b, e, -1).amax(-1).amin(-1)
 
 
-def pixel_labels(a_ego: Tensor, rho: Tensor, object_threshold: float
-                 ) -> tuple[Tensor, Tensor, Tensor]:
+def pixel_labels(
+    a_ego: Tensor, rho: Tensor, object_threshold: float
+) -> tuple[Tensor, Tensor, Tensor]:
     """Q+ of the selective pixel contrast, with the object-level fallback.
 
     Args:
@@ -178,7 +196,6 @@ def pixel_labels(a_ego: Tensor, rho: Tensor, object_threshold: float
     fallback = ~positive.flatten(1).any(1)
     positive = torch.where(fallback.view(b, 1, 1), object_mask, positive)
     return positive, fallback, object_mask
-
 
 
 class SelectiveCLMethod(Method):
@@ -210,17 +227,31 @@ class SelectiveCLMethod(Method):
     name = "selectivecl"
     spec = MethodSpec(proj_residual=False, calibration="binary", contrast_heads=True)
 
-    def __init__(self, model: AffordanceModel, warmup: float = 0.1, seed: int = 0,
-                 proto: str = "part", pixel: bool = True, exo_indexing: str = "paper",
-                 temperature: float = 0.5, contrast_scale: float = 1.0,
-                 region_threshold: float = 0.6, piou_threshold: float = 0.6,
-                 proto_weight: float = 1.0, pixel_weight: float = 1.0,
-                 pixel_anchors: str = "positive", pixel_bg_positives: bool = False,
-                 kmeans_iters: int = 10, aff_norm_lr_mult: float = 10.0) -> None:
+    def __init__(
+        self,
+        model: AffordanceModel,
+        warmup: float = 0.1,
+        seed: int = 0,
+        proto: str = "part",
+        pixel: bool = True,
+        exo_indexing: str = "paper",
+        temperature: float = 0.5,
+        contrast_scale: float = 1.0,
+        region_threshold: float = 0.6,
+        piou_threshold: float = 0.6,
+        proto_weight: float = 1.0,
+        pixel_weight: float = 1.0,
+        pixel_anchors: str = "positive",
+        pixel_bg_positives: bool = False,
+        kmeans_iters: int = 10,
+        aff_norm_lr_mult: float = 10.0,
+    ) -> None:
         super().__init__(model, warmup, seed, aff_norm_lr_mult)
         if model.clip is None or model.proto_head is None:
-            raise ValueError("SelectiveCL needs a model built with CLIP and contrast heads: "
-                             "create_model(..., method='selectivecl')")
+            raise ValueError(
+                "SelectiveCL needs a model built with CLIP and contrast heads: "
+                "create_model(..., method='selectivecl')"
+            )
         if proto not in ("part", "object", "none"):
             raise ValueError(f"proto must be part, object or none, not {proto!r}")
         if exo_indexing not in ("paper", "reference"):
@@ -228,14 +259,19 @@ class SelectiveCLMethod(Method):
         if not isinstance(pixel, bool):
             raise ValueError(f"pixel must be true or false, not {pixel!r}")
         if pixel_anchors not in ("positive", "object"):
-            raise ValueError(f"pixel_anchors must be positive (Q+, the paper) or object (the "
-                             f"binary object mask, the reference code), not {pixel_anchors!r}")
+            raise ValueError(
+                f"pixel_anchors must be positive (Q+, the paper) or object (the "
+                f"binary object mask, the reference code), not {pixel_anchors!r}"
+            )
         if not isinstance(pixel_bg_positives, bool):
-            raise ValueError(f"pixel_bg_positives must be true or false, not "
-                             f"{pixel_bg_positives!r}")
+            raise ValueError(
+                f"pixel_bg_positives must be true or false, not {pixel_bg_positives!r}"
+            )
         if pixel_bg_positives and pixel_anchors != "object":
-            raise ValueError("pixel_bg_positives=true needs pixel_anchors=object: with Q+ "
-                             "anchors no anchor is background, so the switch would do nothing")
+            raise ValueError(
+                "pixel_bg_positives=true needs pixel_anchors=object: with Q+ "
+                "anchors no anchor is background, so the switch would do nothing"
+            )
         self.proto = proto
         self.pixel = pixel
         self.exo_indexing = exo_indexing
@@ -257,7 +293,7 @@ class SelectiveCLMethod(Method):
         b, e = s.labels.shape[0], s.num_exo
         h, w = s.ego_cam.shape[-2:]
         warm = progress < self.warmup
-        a_ego = model.affinity(s.ego.clip, s.labels, "ego")                     # (B, h, w)
+        a_ego = model.affinity(s.ego.clip, s.labels, "ego")  # (B, h, w)
         exo_to_ego = model.affinity(s.exo.clip, s.exo_labels, "ego")
         a_exo = exo_object_affinity(model, s.exo.clip, s.exo_labels, exo_to_ego).view(b, e, h, w)
         cam_ego = pick_action_maps(s.ego_cam, s.labels)
@@ -272,17 +308,22 @@ class SelectiveCLMethod(Method):
         stats: dict[str, Tensor] = {}
         if self.proto == "part":
             sal = s.ego.saliency()
-            found = discover_parts(exo_keys, interaction.detach(), s.ego.keys,
-                                   sal > sal.flatten(1).mean(1)[:, None, None],
-                                   self.region_threshold, self.piou_threshold,
-                                   iters=self.kmeans_iters, generator=self.generator)
+            found = discover_parts(
+                exo_keys,
+                interaction.detach(),
+                s.ego.keys,
+                sal > sal.flatten(1).mean(1)[:, None, None],
+                self.region_threshold,
+                self.piou_threshold,
+                iters=self.kmeans_iters,
+                generator=self.generator,
+            )
             reliable = found.reliable
             stats["stat_reliable_rate"] = reliable.float().mean()
             stats["stat_enough_points_rate"] = found.enough_points.float().mean()
             stats["stat_best_piou"] = found.best_piou.mean()
             ego_rel, exo_rel = part_relevance(found.centroid, exo_keys, s.ego.keys)
-            ego_part, exo_part = select_part_maps(reliable, ego_rel, exo_rel, a_ego,
-                                                  exo_fallback)
+            ego_part, exo_part = select_part_maps(reliable, ego_rel, exo_rel, a_ego, exo_fallback)
         else:
             ego_part, exo_part = a_ego, exo_fallback
 
@@ -293,21 +334,30 @@ class SelectiveCLMethod(Method):
             f_exo = model.proto_head(s.exo_feat)
             fdim = f_ego.shape[1]
             terms["proto"] = self.proto_weight * prototype_contrast_loss(
-                weighted_prototypes(f_ego, anchor_w), s.labels,
-                weighted_prototypes(f_ego, ego_part), weighted_prototypes(f_ego, ego_bg),
+                weighted_prototypes(f_ego, anchor_w),
+                s.labels,
+                weighted_prototypes(f_ego, ego_part),
+                weighted_prototypes(f_ego, ego_bg),
                 weighted_prototypes(f_exo, exo_part.flatten(0, 1)).view(b, e, fdim),
                 weighted_prototypes(f_exo, exo_bg.flatten(0, 1)).view(b, e, fdim),
-                self.temperature, self.contrast_scale)
+                self.temperature,
+                self.contrast_scale,
+            )
 
         if self.pixel:
-            rho = pixel_threshold(exo_to_ego.view(b, e, h, w))                  # (B,)
-            positive, fallback, object_mask = pixel_labels(a_ego, rho,
-                                                           model.config.object_threshold)
+            rho = pixel_threshold(exo_to_ego.view(b, e, h, w))  # (B,)
+            positive, fallback, object_mask = pixel_labels(
+                a_ego, rho, model.config.object_threshold
+            )
             anchors = object_mask if self.pixel_anchors == "object" else None
             terms["pix"] = self.pixel_weight * pixel_contrast_loss(
-                model.pixel_head(s.ego_feat), positive, self.temperature, self.contrast_scale,
-                anchors=anchors, background_positives=self.pixel_bg_positives)
+                model.pixel_head(s.ego_feat),
+                positive,
+                self.temperature,
+                self.contrast_scale,
+                anchors=anchors,
+                background_positives=self.pixel_bg_positives,
+            )
             stats["stat_pixel_fallback_rate"] = fallback.float().mean()
         terms.update(stats)
         return terms
-

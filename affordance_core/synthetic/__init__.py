@@ -4,6 +4,7 @@
 directory layout (``write_agd_corpus``) and streams pretraining scenes from a disjoint seed
 space (``iter_pretrain_scenes``).
 """
+
 from .corpus import (
     DEFAULT_SPLIT_OBJECTS,
     CorpusStats,
@@ -28,8 +29,22 @@ from .world import (
 )
 
 __all__ = [
-    "AFFORDANCES", "DEFAULT_SPLIT_OBJECTS", "OBJECTS", "PART_TYPES", "CorpusStats", "ObjectSpec",
-    "Part", "Scene", "affordance_heatmap", "afforded_parts", "corpus_image_rng", "corpus_pairs",
-    "iter_pretrain_scenes", "list_actions", "make_contact_sheet", "object_caption",
-    "render_scene", "write_agd_corpus",
+    "AFFORDANCES",
+    "DEFAULT_SPLIT_OBJECTS",
+    "OBJECTS",
+    "PART_TYPES",
+    "CorpusStats",
+    "ObjectSpec",
+    "Part",
+    "Scene",
+    "affordance_heatmap",
+    "afforded_parts",
+    "corpus_image_rng",
+    "corpus_pairs",
+    "iter_pretrain_scenes",
+    "list_actions",
+    "make_contact_sheet",
+    "object_caption",
+    "render_scene",
+    "write_agd_corpus",
 ]

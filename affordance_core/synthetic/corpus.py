@@ -14,6 +14,7 @@ by name, so the output does not depend on the writing order and the same seed re
 same bytes. Pretraining scenes (``iter_pretrain_scenes``) use another salt, so no benchmark
 image is ever drawn for pretraining.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,16 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .world import (AFFORDANCES, EXO_SCALE_BENCHMARK, OBJECTS, Scene, afforded_parts,
-                    background_image, list_actions, render_scene)
+from .world import (
+    AFFORDANCES,
+    EXO_SCALE_BENCHMARK,
+    OBJECTS,
+    Scene,
+    afforded_parts,
+    background_image,
+    list_actions,
+    render_scene,
+)
 
 __all__ = [
     "DEFAULT_SPLIT_OBJECTS",
@@ -51,8 +60,16 @@ DEFAULT_SPLIT_OBJECTS: dict[str, dict[str, list[str]]] = {
     "Seen": {"train": sorted(OBJECTS), "test": sorted(OBJECTS)},
     "Unseen": {
         "train": ["axe", "bicycle", "bottle", "chair", "cup", "hammer", "knife", "laptop"],
-        "test": ["bench", "cell_phone", "kettle", "motorcycle", "mug", "scissors",
-                 "tennis_racket", "wine_glass"],
+        "test": [
+            "bench",
+            "cell_phone",
+            "kettle",
+            "motorcycle",
+            "mug",
+            "scissors",
+            "tennis_racket",
+            "wine_glass",
+        ],
     },
 }
 
@@ -80,10 +97,15 @@ class CorpusStats:
 
     def to_dict(self) -> dict:
         """JSON-serialisable form."""
-        return {"counts": self.counts, "test_parts": self.test_parts,
-                "pairs": {s: {k: [list(p) for p in v] for k, v in d.items()}
-                          for s, d in self.pairs.items()},
-                "seconds": self.seconds, "total_images": self.total_images}
+        return {
+            "counts": self.counts,
+            "test_parts": self.test_parts,
+            "pairs": {
+                s: {k: [list(p) for p in v] for k, v in d.items()} for s, d in self.pairs.items()
+            },
+            "seconds": self.seconds,
+            "total_images": self.total_images,
+        }
 
 
 def _key(*names: str | int) -> list[int]:
@@ -91,8 +113,9 @@ def _key(*names: str | int) -> list[int]:
     return [n if isinstance(n, int) else zlib.crc32(n.encode()) for n in names]
 
 
-def corpus_image_rng(seed: int, split: str, kind: str, aff: str, obj: str,
-                     index: int) -> np.random.Generator:
+def corpus_image_rng(
+    seed: int, split: str, kind: str, aff: str, obj: str, index: int
+) -> np.random.Generator:
     """The generator ``write_agd_corpus(seed=seed)`` draws one image from.
 
     Args:
@@ -111,8 +134,10 @@ def corpus_image_rng(seed: int, split: str, kind: str, aff: str, obj: str,
     return np.random.default_rng(_key(seed, _BENCH_SALT, split, kind, aff, obj, index))
 
 
-def corpus_pairs(train_objects: Sequence[str], test_objects: Sequence[str],
-                 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+def corpus_pairs(
+    train_objects: Sequence[str],
+    test_objects: Sequence[str],
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(aff, obj) pairs of a split's training and test sets.
 
     Test pairs keep only actions that occur in training, as AGD20K's test vocabulary is a
@@ -123,12 +148,17 @@ def corpus_pairs(train_objects: Sequence[str], test_objects: Sequence[str],
     """
     for o in (*train_objects, *test_objects):
         if o not in OBJECTS:
-            raise ValueError(f"unknown object {o!r} in split_objects; choose from "
-                             f"{sorted(OBJECTS)}")
+            raise ValueError(
+                f"unknown object {o!r} in split_objects; choose from {sorted(OBJECTS)}"
+            )
     train = [(a, o) for a in AFFORDANCES for o in sorted(train_objects) if o in AFFORDANCES[a]]
     train_actions = {a for a, _ in train}
-    test = [(a, o) for a in AFFORDANCES for o in sorted(test_objects)
-            if o in AFFORDANCES[a] and a in train_actions]
+    test = [
+        (a, o)
+        for a in AFFORDANCES
+        for o in sorted(test_objects)
+        if o in AFFORDANCES[a] and a in train_actions
+    ]
     return train, test
 
 
@@ -138,13 +168,20 @@ def _write_jpg(path: Path, rgb: np.ndarray) -> None:
         raise OSError(f"could not write {path}")
 
 
-def write_agd_corpus(root: Path | str, *, seed: int,
-                     split_objects: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
-                     n_exo_per_pair: int = 12, n_ego_per_pair: int = 4,
-                     n_test_per_pair: int = 4, n_background: int = 20, size: int = 128,
-                     occlusion_rate: float = 0.25,
-                     exo_scale: tuple[float, float] = EXO_SCALE_BENCHMARK,
-                     progress: bool = True) -> CorpusStats:
+def write_agd_corpus(
+    root: Path | str,
+    *,
+    seed: int,
+    split_objects: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
+    n_exo_per_pair: int = 12,
+    n_ego_per_pair: int = 4,
+    n_test_per_pair: int = 4,
+    n_background: int = 20,
+    size: int = 128,
+    occlusion_rate: float = 0.25,
+    exo_scale: tuple[float, float] = EXO_SCALE_BENCHMARK,
+    progress: bool = True,
+) -> CorpusStats:
     """Render and write a benchmark corpus in the AGD20K layout (see the module docstring).
 
     Args:
@@ -183,41 +220,57 @@ def write_agd_corpus(root: Path | str, *, seed: int,
     stats = CorpusStats()
     for split, objs in split_objects.items():
         if set(objs) != {"train", "test"}:
-            raise ValueError(f"split_objects[{split!r}] needs exactly the keys 'train' and "
-                             f"'test', got {sorted(objs)}")
+            raise ValueError(
+                f"split_objects[{split!r}] needs exactly the keys 'train' and "
+                f"'test', got {sorted(objs)}"
+            )
         train, test = corpus_pairs(objs["train"], objs["test"])
         if not test:
             raise ValueError(f"split {split!r} has no test pair whose action occurs in training")
         stats.pairs[split] = {"train": train, "test": test}
-        for kind, pairs, n in (("exo", train, n_exo_per_pair), ("ego", train, n_ego_per_pair),
-                               ("test", test, n_test_per_pair)):
+        for kind, pairs, n in (
+            ("exo", train, n_exo_per_pair),
+            ("ego", train, n_ego_per_pair),
+            ("test", test, n_test_per_pair),
+        ):
             jobs += [(split, kind, a, o, i) for a, o in pairs for i in range(n)]
         jobs += [(split, "background", "", "", i) for i in range(n_background)]
 
     meta: dict[str, dict[str, dict[str, bool]]] = {s: {} for s in split_objects}
     counts = {s: Counter() for s in split_objects}
     parts = {s: Counter() for s in split_objects}
-    for split, kind, aff, obj, i in tqdm(jobs, desc="synthetic corpus", unit="img",
-                                         disable=not progress):
+    for split, kind, aff, obj, i in tqdm(
+        jobs, desc="synthetic corpus", unit="img", disable=not progress
+    ):
         rng = corpus_image_rng(seed, split, kind, aff, obj, i)
         stem = f"{obj}_{i:06d}"
         if kind == "exo":
             occluded = bool(rng.random() < occlusion_rate)
-            scene = render_scene(rng, obj, size=size, view="exo", action=aff,
-                                 occlude_part=occluded, exo_scale=exo_scale)
+            scene = render_scene(
+                rng,
+                obj,
+                size=size,
+                view="exo",
+                action=aff,
+                occlude_part=occluded,
+                exo_scale=exo_scale,
+            )
             rel = f"exocentric/{aff}/{obj}/{stem}.jpg"
             _write_jpg(root / split / "trainset" / rel, scene.image)
             meta[split][rel] = {"occluded": occluded}
             counts[split]["train_exo"] += 1
             counts[split]["train_exo_occluded"] += int(occluded)
         elif kind == "background":
-            _write_jpg(root / split / "testset" / "background" / f"background_{i:06d}.jpg",
-                       background_image(rng, size))
+            _write_jpg(
+                root / split / "testset" / "background" / f"background_{i:06d}.jpg",
+                background_image(rng, size),
+            )
             counts[split]["background"] += 1
         elif kind == "ego":
             scene = render_scene(rng, obj, size=size, view="ego", action=aff)
-            _write_jpg(root / split / "trainset" / "egocentric" / aff / obj / f"{stem}.jpg",
-                       scene.image)
+            _write_jpg(
+                root / split / "trainset" / "egocentric" / aff / obj / f"{stem}.jpg", scene.image
+            )
             counts[split]["train_ego"] += 1
         else:
             scene = _test_scene(rng, obj, aff, size)
@@ -239,9 +292,10 @@ def write_agd_corpus(root: Path | str, *, seed: int,
         path.write_text(json.dumps(dict(sorted(meta[split].items())), indent=1) + "\n")
         actions = sorted({a for a, _ in stats.pairs[split]["train"]})
         (root / split / "vocabulary.txt").write_text("\n".join(actions) + "\n")
-        stats.counts[split] = {k: int(counts[split][k]) for k in
-                               ("train_exo", "train_exo_occluded", "train_ego", "test",
-                                "background")}
+        stats.counts[split] = {
+            k: int(counts[split][k])
+            for k in ("train_exo", "train_exo_occluded", "train_ego", "test", "background")
+        }
         stats.test_parts[split] = dict(sorted(parts[split].items()))
     stats.seconds = time.perf_counter() - t0
     return stats
@@ -256,8 +310,9 @@ def _test_scene(rng: np.random.Generator, obj: str, aff: str, size: int) -> Scen
     raise RuntimeError(f"could not render a visible afforded part for {aff}/{obj}")
 
 
-def iter_pretrain_scenes(seed: int, n: int, size: int = 112, *,
-                         objects: Sequence[str] | None = None) -> Iterator[Scene]:
+def iter_pretrain_scenes(
+    seed: int, n: int, size: int = 112, *, objects: Sequence[str] | None = None
+) -> Iterator[Scene]:
     """Scenes for pretraining the tiny backbones, from a seed space disjoint from benchmarks.
 
     Objects are drawn uniformly from all categories (or ``objects``), views half ego half exo,
@@ -284,5 +339,11 @@ def iter_pretrain_scenes(seed: int, n: int, size: int = 112, *,
         acts = list_actions(obj)
         action = acts[int(rng.integers(0, len(acts)))]
         view = "ego" if rng.random() < 0.5 else "exo"
-        yield render_scene(rng, obj, size=size, view=view, action=action,
-                           occlude_part=bool(view == "exo" and rng.random() < 0.25))
+        yield render_scene(
+            rng,
+            obj,
+            size=size,
+            view=view,
+            action=action,
+            occlude_part=bool(view == "exo" and rng.random() < 0.25),
+        )

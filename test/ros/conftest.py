@@ -4,18 +4,17 @@ Isolation: each pytest session takes a free ROS_DOMAIN_ID (domain_coordinator, e
 pid), restricts discovery to localhost, logs into a temporary ROS_LOG_DIR and uses the Fast DDS
 profile with 4 MB socket buffers (config/fastdds.xml).
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from ros_helpers import REPO, NodeProcess
+from ros_helpers import REPO
 
 VOCAB = ["hold", "cut_with", "pour"]
 
@@ -28,8 +27,11 @@ def pytest_configure(config: pytest.Config) -> None:
 def msg_prefix() -> Path:
     """Prefix holding the generated affordance_ros messages (scripts/build_msgs.sh)."""
     prefix = REPO / "build" / "ros_msgs"
-    res = subprocess.run(["bash", str(REPO / "scripts" / "build_msgs.sh"), str(prefix)],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        ["bash", str(REPO / "scripts" / "build_msgs.sh"), str(prefix)],
+        capture_output=True,
+        text=True,
+    )
     if res.returncode != 0:
         pytest.fail(f"scripts/build_msgs.sh failed:\n{res.stdout}\n{res.stderr}")
     return prefix

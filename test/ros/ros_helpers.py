@@ -1,4 +1,5 @@
 """Helpers for the ROS graph tests: node processes and an in-process client node."""
+
 from __future__ import annotations
 
 import os
@@ -7,9 +8,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -20,12 +22,18 @@ STUBS = Path(__file__).resolve().parent / "stubs"
 class NodeProcess:
     """A node in its own OS process, with its combined output captured to a file."""
 
-    def __init__(self, cmd: list[str], env: dict[str, str], log_path: Path,
-                 cwd: Path | None = None) -> None:
+    def __init__(
+        self, cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None
+    ) -> None:
         self.log_path = log_path
         self._log = open(log_path, "w")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     cwd=str(cwd or log_path.parent))
+        self.proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=str(cwd or log_path.parent),
+        )
 
     def output(self) -> str:
         if not self._log.closed:
@@ -100,8 +108,13 @@ class Client:
         transport: The node's ``transport`` parameter (which image publisher it listens to).
     """
 
-    def __init__(self, ns: str = "", image_topic: str = "image", transport: str = "raw",
-                 action_topic: str = "action") -> None:
+    def __init__(
+        self,
+        ns: str = "",
+        image_topic: str = "image",
+        transport: str = "raw",
+        action_topic: str = "action",
+    ) -> None:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import SingleThreadedExecutor
@@ -121,14 +134,23 @@ class Client:
         self.pub_action = self.node.create_publisher(String, act, rel)
         self._listened = self.pub_compressed if transport == "compressed" else self.pub_image
         self.inbox = Inbox()
-        outs = {"heatmap": Image, "mask": Image, "overlay": Image,
-                "result": AffordanceResult, "results": AffordanceResultArray}
+        outs = {
+            "heatmap": Image,
+            "mask": Image,
+            "overlay": Image,
+            "result": AffordanceResult,
+            "results": AffordanceResultArray,
+        }
         for name, typ in outs.items():
             self.node.create_subscription(
-                typ, p + "affordance/" + name,
-                lambda m, n=name: self.inbox.add(n, m), QoSProfile(depth=50))
-        self.node.create_subscription(DiagnosticArray, "/diagnostics",
-                                      lambda m: self.inbox.add("diagnostics", m), 10)
+                typ,
+                p + "affordance/" + name,
+                lambda m, n=name: self.inbox.add(n, m),
+                QoSProfile(depth=50),
+            )
+        self.node.create_subscription(
+            DiagnosticArray, "/diagnostics", lambda m: self.inbox.add("diagnostics", m), 10
+        )
         self._String = String
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
@@ -138,12 +160,15 @@ class Client:
     def wait_connected(self, timeout: float = 20.0) -> None:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if (self._listened.get_subscription_count() > 0
-                    and self.pub_action.get_subscription_count() > 0
-                    and self.node.count_publishers(self._listened.topic_name) >= 1):
+            if (
+                self._listened.get_subscription_count() > 0
+                and self.pub_action.get_subscription_count() > 0
+                and self.node.count_publishers(self._listened.topic_name) >= 1
+            ):
                 # also wait until our result subscriptions see the node's publishers
-                if all(self.node.count_publishers(s.topic_name) > 0
-                       for s in self.node.subscriptions):
+                if all(
+                    self.node.count_publishers(s.topic_name) > 0 for s in self.node.subscriptions
+                ):
                     return
             time.sleep(0.05)
         raise TimeoutError("node under test did not connect")
@@ -176,8 +201,9 @@ class Client:
         self.node.destroy_node()
 
 
-def make_image(rgb: np.ndarray, stamp_ns: int, frame_id: str = "camera",
-               encoding: str = "rgb8") -> Any:
+def make_image(
+    rgb: np.ndarray, stamp_ns: int, frame_id: str = "camera", encoding: str = "rgb8"
+) -> Any:
     """An Image message from an RGB array, stamped ``stamp_ns`` nanoseconds."""
     from affordance_ros.conversions import array_to_image
 
@@ -191,8 +217,10 @@ def test_image(h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:
     """(H, W, 3) uint8 RGB with distinct structure per channel."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w]
-    img = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1),
-                    rng.integers(0, 256, (h, w))], axis=2)
+    img = np.stack(
+        [xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), rng.integers(0, 256, (h, w))],
+        axis=2,
+    )
     return img.astype(np.uint8)
 
 
@@ -211,9 +239,14 @@ def write_params(path: Path, params: dict[str, object], node: str = "/**") -> Pa
     return path
 
 
-def start_node(tmp: Path, env: dict[str, str], params: dict[str, object],
-               extra_args: list[str] = (), name: str = "node",
-               cmd: list[str] | None = None) -> NodeProcess:
+def start_node(
+    tmp: Path,
+    env: dict[str, str],
+    params: dict[str, object],
+    extra_args: list[str] = (),
+    name: str = "node",
+    cmd: list[str] | None = None,
+) -> NodeProcess:
     """Start ``python -m affordance_ros.node`` (or ``cmd``) with a params file and --ros-args."""
     pfile = write_params(tmp / f"{name}_params.yaml", params)
     base = cmd or [sys.executable, "-m", "affordance_ros.node"]

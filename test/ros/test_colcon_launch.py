@@ -8,6 +8,7 @@ argument wiring, parameter files, namespace and remaps on a live graph; it does 
 `ros2 launch` itself, event handlers, conditions, OpaqueFunction, composable nodes or
 launch_testing.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,14 +18,35 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from ros_helpers import (REPO, STUBS, Client, NodeProcess, make_image, stamp_key, test_image,
-                         write_params)
+from ros_helpers import (
+    REPO,
+    STUBS,
+    Client,
+    NodeProcess,
+    make_image,
+    stamp_key,
+    test_image,
+    write_params,
+)
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(300)]
 
-_SKIP = {".git", ".venv", "build", "install", "log", "runs", "outputs", ".pytest_cache",
-         "__pycache__", ".whl", ".gl", "test", "bench", "docs"}
+_SKIP = {
+    ".git",
+    ".venv",
+    "build",
+    "install",
+    "log",
+    "runs",
+    "outputs",
+    ".pytest_cache",
+    "__pycache__",
+    ".whl",
+    ".gl",
+    "test",
+    "bench",
+    "docs",
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,19 +55,40 @@ def colcon_install(tmp_path_factory) -> Path:
     if shutil.which("colcon", path=str(Path(sys.executable).parent)) is None:
         pytest.skip("colcon is not installed in this environment (see the Makefile)")
     ws = tmp_path_factory.mktemp("ws")
-    shutil.copytree(REPO, ws / "src" / "affordance_ros",
-                    ignore=lambda d, names: [n for n in names if n in _SKIP])
+    shutil.copytree(
+        REPO,
+        ws / "src" / "affordance_ros",
+        ignore=lambda d, names: [n for n in names if n in _SKIP],
+    )
     venv = sys.prefix
     env = {k: v for k, v in os.environ.items() if not k.startswith("AMENT")}
-    env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", AMENT_PREFIX_PATH=venv,
-               CMAKE_PREFIX_PATH=venv)
+    env.update(
+        PATH=f"{Path(sys.executable).parent}:{env['PATH']}",
+        AMENT_PREFIX_PATH=venv,
+        CMAKE_PREFIX_PATH=venv,
+    )
     # The wheels' exported cmake files need the include-path fix that build_msgs.sh applies.
-    subprocess.run(["bash", str(REPO / "scripts" / "build_msgs.sh"),
-                    str(REPO / "build" / "ros_msgs")], check=True, capture_output=True)
+    subprocess.run(
+        ["bash", str(REPO / "scripts" / "build_msgs.sh"), str(REPO / "build" / "ros_msgs")],
+        check=True,
+        capture_output=True,
+    )
     res = subprocess.run(
-        ["colcon", "build", "--event-handlers", "console_direct-",
-         "--cmake-args", f"-DPython3_EXECUTABLE={sys.executable}", "-DBUILD_TESTING=OFF"],
-        cwd=ws, env=env, capture_output=True, text=True, timeout=280)
+        [
+            "colcon",
+            "build",
+            "--event-handlers",
+            "console_direct-",
+            "--cmake-args",
+            f"-DPython3_EXECUTABLE={sys.executable}",
+            "-DBUILD_TESTING=OFF",
+        ],
+        cwd=ws,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
     assert res.returncode == 0, f"colcon build failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
     install = ws / "install"
     share = install / "affordance_ros" / "share" / "affordance_ros"
@@ -59,10 +102,15 @@ def colcon_install(tmp_path_factory) -> Path:
 def installed_env(install: Path, iso: dict[str, str]) -> dict[str, str]:
     """The environment of ``source install/setup.bash`` (nothing from the source tree)."""
     out = subprocess.run(
-        ["bash", "-c", f"source {install}/setup.bash && env -0"], capture_output=True,
-        env={k: v for k, v in os.environ.items()
-             if k not in ("PYTHONPATH", "LD_LIBRARY_PATH", "_ROS_WHEELS_BOOTSTRAP_COMPLETE")},
-        check=True).stdout.decode()
+        ["bash", "-c", f"source {install}/setup.bash && env -0"],
+        capture_output=True,
+        env={
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("PYTHONPATH", "LD_LIBRARY_PATH", "_ROS_WHEELS_BOOTSTRAP_COMPLETE")
+        },
+        check=True,
+    ).stdout.decode()
     env = dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
     env["AMENT_PREFIX_PATH"] = f"{env.get('AMENT_PREFIX_PATH', '')}:{sys.prefix}".strip(":")
     env.pop("_ROS_WHEELS_BOOTSTRAP_COMPLETE", None)
@@ -80,22 +128,37 @@ def _serve_one(client: Client, rgb, key_ns: int, topic: str = "heatmap"):
     return client.outputs_for(topic, key)
 
 
-def test_ros2_run_installed_node(colcon_install, tmp_path, ros_isolation, rclpy_session,
-                                 tiny_model_files, reference_predictor):
+def test_ros2_run_installed_node(
+    colcon_install, tmp_path, ros_isolation, rclpy_session, tiny_model_files, reference_predictor
+):
     ckpt, weights = tiny_model_files
     env = installed_env(colcon_install, ros_isolation)
-    params = write_params(tmp_path / "p.yaml", {
-        "checkpoint": str(ckpt), "weights_dir": str(weights), "default_action": "cut_with"})
+    params = write_params(
+        tmp_path / "p.yaml",
+        {"checkpoint": str(ckpt), "weights_dir": str(weights), "default_action": "cut_with"},
+    )
     exe = colcon_install / "affordance_ros" / "lib" / "affordance_ros" / "affordance_node"
-    proc = NodeProcess([str(exe), "--ros-args", "--params-file", str(params),
-                        "-r", "image:=camera/color"], env, tmp_path / "node.log", cwd=tmp_path)
+    proc = NodeProcess(
+        [str(exe), "--ros-args", "--params-file", str(params), "-r", "image:=camera/color"],
+        env,
+        tmp_path / "node.log",
+        cwd=tmp_path,
+    )
     client = Client(image_topic="camera/color")
     try:
         assert proc.wait_output("ready:", 60), proc.output()
         where = subprocess.run(
-            [sys.executable, "-c", "import affordance_ros.node as n, affordance_ros.msg as m, "
-             "affordance_core as c; print(n.__file__, m.__file__, c.__file__)"],
-            env=env, cwd=tmp_path, capture_output=True, text=True)
+            [
+                sys.executable,
+                "-c",
+                "import affordance_ros.node as n, affordance_ros.msg as m, "
+                "affordance_core as c; print(n.__file__, m.__file__, c.__file__)",
+            ],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
         assert where.stdout.count(str(colcon_install)) == 3, where
         client.wait_connected()
         rgb = test_image(48, 64, seed=7)
@@ -115,8 +178,9 @@ def test_ros2_run_installed_node(colcon_install, tmp_path, ros_isolation, rclpy_
         assert rc == 0, f"exit code {rc}:\n{proc.output()}"
 
 
-def test_launch_file_stubbed(colcon_install, tmp_path, ros_isolation, rclpy_session,
-                             tiny_model_files):
+def test_launch_file_stubbed(
+    colcon_install, tmp_path, ros_isolation, rclpy_session, tiny_model_files
+):
     sys.path.insert(0, str(STUBS))
     try:
         from resolve import load_launch_file, node_command
@@ -136,13 +200,29 @@ def test_launch_file_stubbed(colcon_install, tmp_path, ros_isolation, rclpy_sess
             os.environ["AMENT_PREFIX_PATH"] = old
     # A robot's YAML holds checkpoint and device; the launch arguments do not name them, so
     # the node must run with the YAML's values ("cpu:0" is a device string only YAML sets).
-    params = write_params(tmp_path / "robot.yaml", {
-        **__import__("yaml").safe_load((share / "config" / "affordance.yaml").read_text())
-        ["/**"]["ros__parameters"], "weights_dir": str(weights), "default_action": "pour",
-        "checkpoint": str(ckpt), "device": "cpu:0", "mask_threshold": 0.7})
-    node, args = node_command(desc, {"namespace": "r1", "image_topic": "/cam/rgb",
-                                     "action_topic": "/cmd/action",
-                                     "params_file": str(params)}, tmp_path)
+    params = write_params(
+        tmp_path / "robot.yaml",
+        {
+            **__import__("yaml").safe_load((share / "config" / "affordance.yaml").read_text())[
+                "/**"
+            ]["ros__parameters"],
+            "weights_dir": str(weights),
+            "default_action": "pour",
+            "checkpoint": str(ckpt),
+            "device": "cpu:0",
+            "mask_threshold": 0.7,
+        },
+    )
+    node, args = node_command(
+        desc,
+        {
+            "namespace": "r1",
+            "image_topic": "/cam/rgb",
+            "action_topic": "/cmd/action",
+            "params_file": str(params),
+        },
+        tmp_path,
+    )
     assert (node.package, node.executable) == ("affordance_ros", "affordance_node")
     # the default params_file is the installed one
     default = [e for e in desc.entities if getattr(e, "name", "") == "params_file"][0]

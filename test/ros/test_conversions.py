@@ -1,4 +1,5 @@
 """Message <-> numpy conversions and grasp-point geometry (no ROS graph)."""
+
 from __future__ import annotations
 
 import cv2
@@ -6,7 +7,6 @@ import numpy as np
 import pytest
 
 from affordance_core.visualize import heatmap_overlay
-
 from affordance_ros.conversions import (
     ImageConversionError,
     array_to_image,
@@ -31,13 +31,19 @@ def padded(msg, extra: int):
     return msg
 
 
-@pytest.mark.parametrize("encoding,array", [
-    ("rgb8", RGB), ("bgr8", RGB), ("rgba8", RNG.integers(0, 256, (5, 7, 4), dtype=np.uint8)),
-    ("bgra8", RNG.integers(0, 256, (5, 7, 4), dtype=np.uint8)), ("mono8", RGB[:, :, 0]),
-    ("mono16", RNG.integers(0, 65536, (5, 7), dtype=np.uint16)),
-    ("16UC1", RNG.integers(0, 65536, (5, 7), dtype=np.uint16)),
-    ("32FC1", RNG.random((5, 7), dtype=np.float32)),
-])
+@pytest.mark.parametrize(
+    "encoding,array",
+    [
+        ("rgb8", RGB),
+        ("bgr8", RGB),
+        ("rgba8", RNG.integers(0, 256, (5, 7, 4), dtype=np.uint8)),
+        ("bgra8", RNG.integers(0, 256, (5, 7, 4), dtype=np.uint8)),
+        ("mono8", RGB[:, :, 0]),
+        ("mono16", RNG.integers(0, 65536, (5, 7), dtype=np.uint16)),
+        ("16UC1", RNG.integers(0, 65536, (5, 7), dtype=np.uint16)),
+        ("32FC1", RNG.random((5, 7), dtype=np.float32)),
+    ],
+)
 @pytest.mark.parametrize("pad", [0, 3])
 def test_round_trip(encoding, array, pad):
     msg = padded(array_to_image(array, encoding), pad)
@@ -48,8 +54,9 @@ def test_round_trip(encoding, array, pad):
 
 def test_colour_orders():
     np.testing.assert_array_equal(image_to_rgb(array_to_image(RGB, "rgb8")), RGB)
-    np.testing.assert_array_equal(image_to_rgb(array_to_image(RGB[:, :, ::-1].copy(), "bgr8")),
-                                  RGB)
+    np.testing.assert_array_equal(
+        image_to_rgb(array_to_image(RGB[:, :, ::-1].copy(), "bgr8")), RGB
+    )
     alpha = np.full((5, 7, 1), 9, np.uint8)
     rgba = np.concatenate([RGB, alpha], axis=2)
     bgra = np.concatenate([RGB[:, :, ::-1], alpha], axis=2)
@@ -61,11 +68,13 @@ def test_colour_orders():
 
 def test_display_scaling():
     m16 = np.array([[0, 257, 65535]], np.uint16)
-    np.testing.assert_array_equal(image_to_rgb(array_to_image(m16, "mono16"))[0, :, 0],
-                                  [0, 1, 255])
+    np.testing.assert_array_equal(
+        image_to_rgb(array_to_image(m16, "mono16"))[0, :, 0], [0, 1, 255]
+    )
     depth = np.array([[500, 1000, 1500]], np.uint16)
-    np.testing.assert_array_equal(image_to_rgb(array_to_image(depth, "16UC1"))[0, :, 0],
-                                  [0, 128, 255])
+    np.testing.assert_array_equal(
+        image_to_rgb(array_to_image(depth, "16UC1"))[0, :, 0], [0, 128, 255]
+    )
     flat = np.full((2, 2), 3.0, np.float32)
     assert (image_to_rgb(array_to_image(flat, "32FC1")) == 0).all()
 
@@ -82,12 +91,15 @@ def test_big_endian_mono16():
     np.testing.assert_array_equal(image_to_array(msg), values.byteswap())
 
 
-@pytest.mark.parametrize("mutate,kind", [
-    (lambda m: setattr(m, "encoding", "yuv444_custom"), "encoding"),
-    (lambda m: setattr(m, "data", bytes(m.data)[:-1]), "truncated"),
-    (lambda m: setattr(m, "step", 3), "truncated"),
-    (lambda m: (setattr(m, "height", 0), setattr(m, "data", b"")), "empty"),
-])
+@pytest.mark.parametrize(
+    "mutate,kind",
+    [
+        (lambda m: setattr(m, "encoding", "yuv444_custom"), "encoding"),
+        (lambda m: setattr(m, "data", bytes(m.data)[:-1]), "truncated"),
+        (lambda m: setattr(m, "step", 3), "truncated"),
+        (lambda m: (setattr(m, "height", 0), setattr(m, "data", b"")), "empty"),
+    ],
+)
 def test_bad_images(mutate, kind):
     msg = array_to_image(RGB, "rgb8")
     mutate(msg)
@@ -138,11 +150,16 @@ def test_encode_validation_and_mask():
 
 def test_cv_bridge_agrees_where_available():
     cv_bridge = pytest.importorskip(
-        "cv_bridge", reason="cv_bridge from PyPI needs numpy<2 and is not installed; "
-        "the numpy path is the one the node uses")
+        "cv_bridge",
+        reason="cv_bridge from PyPI needs numpy<2 and is not installed; "
+        "the numpy path is the one the node uses",
+    )
     bridge = cv_bridge.CvBridge()
-    for enc, arr in (("rgb8", RGB), ("mono8", RGB[:, :, 0].copy()),
-                     ("32FC1", RNG.random((5, 7), dtype=np.float32))):
+    for enc, arr in (
+        ("rgb8", RGB),
+        ("mono8", RGB[:, :, 0].copy()),
+        ("32FC1", RNG.random((5, 7), dtype=np.float32)),
+    ):
         ours = array_to_image(arr, enc)
         np.testing.assert_array_equal(bridge.imgmsg_to_cv2(ours), image_to_array(ours))
         theirs = bridge.cv2_to_imgmsg(arr, enc)
@@ -186,9 +203,15 @@ def _raw(data: np.ndarray, encoding: str, h: int, w: int, step: int):
     return Image(height=h, width=w, encoding=encoding, step=step, data=data.tobytes())
 
 
-@pytest.mark.parametrize("encoding,offset", [
-    ("bayer_rggb8", (0, 0)), ("bayer_bggr8", (1, 1)), ("bayer_gbrg8", (1, 0)),
-    ("bayer_grbg8", (0, 1))])
+@pytest.mark.parametrize(
+    "encoding,offset",
+    [
+        ("bayer_rggb8", (0, 0)),
+        ("bayer_bggr8", (1, 1)),
+        ("bayer_gbrg8", (1, 0)),
+        ("bayer_grbg8", (0, 1)),
+    ],
+)
 def test_bayer_decodes_the_colour_and_matches_opencv(encoding, offset):
     """offset: (row, col) of the red pixel in the 2x2 pattern named by the encoding."""
     h, w = 8, 10
@@ -201,8 +224,12 @@ def test_bayer_decodes_the_colour_and_matches_opencv(encoding, offset):
     mosaic[red], mosaic[blue] = COLOUR[0], COLOUR[2]
     out = image_to_rgb(_raw(mosaic, encoding, h, w, w))
     np.testing.assert_array_equal(out[2:-2, 2:-2], _flat()[2:-2, 2:-2])
-    codes = {"bayer_rggb8": cv2.COLOR_BayerBG2RGB, "bayer_bggr8": cv2.COLOR_BayerRG2RGB,
-             "bayer_gbrg8": cv2.COLOR_BayerGR2RGB, "bayer_grbg8": cv2.COLOR_BayerGB2RGB}
+    codes = {
+        "bayer_rggb8": cv2.COLOR_BayerBG2RGB,
+        "bayer_bggr8": cv2.COLOR_BayerRG2RGB,
+        "bayer_gbrg8": cv2.COLOR_BayerGR2RGB,
+        "bayer_grbg8": cv2.COLOR_BayerGB2RGB,
+    }
     np.testing.assert_array_equal(out, cv2.cvtColor(mosaic, codes[encoding]))
 
 
@@ -222,8 +249,9 @@ def test_packed_yuv422(encoding):
 def test_nv21():
     h, w = 4, 6
     y, u, v = _yuv()
-    planes = np.concatenate([np.full(h * w, y, np.uint8),
-                             np.tile(np.array([v, u], np.uint8), h * w // 4)])
+    planes = np.concatenate(
+        [np.full(h * w, y, np.uint8), np.tile(np.array([v, u], np.uint8), h * w // 4)]
+    )
     out = image_to_rgb(_raw(planes, "nv21", h, w, w))
     assert out.shape == (h, w, 3)
     assert np.abs(out.astype(int) - np.array(COLOUR)).max() <= 2, out[0, 0]
@@ -242,7 +270,10 @@ def test_16bit_colour_and_generic_8bit(encoding):
         if "a" in encoding[3:]:
             arr = np.concatenate([arr, np.full(arr.shape[:2] + (1,), 65535, np.uint16)], 2)
     else:
-        arr = rgb if encoding == "8UC3" else np.concatenate(
-            [rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], 2)
+        arr = (
+            rgb
+            if encoding == "8UC3"
+            else np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], 2)
+        )
     msg = array_to_image(np.ascontiguousarray(arr), encoding)
     np.testing.assert_array_equal(image_to_rgb(msg), rgb)

@@ -4,6 +4,7 @@ The launch file is loaded from the source tree against the recording stubs in te
 its OpaqueFunction runs with the resolved arguments, as ``ros2 launch`` would run it. The
 colcon test (test_colcon_launch.py) starts the resulting command line on a live graph.
 """
+
 from __future__ import annotations
 
 import sys
@@ -11,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from ros_helpers import REPO, STUBS
 
 
@@ -48,26 +48,47 @@ def test_unset_arguments_leave_the_params_file_alone(launch, tmp_path):
     assert inline_params(args) == {}
     assert args[-2:] == ["--log-level", "info"]
     remaps = [args[i + 1] for i, a in enumerate(args) if a == "-r"]
-    for r in ("image:=image", "image/compressed:=image/compressed", "action:=action",
-              "depth:=depth", "camera_info:=camera_info"):
+    for r in (
+        "image:=image",
+        "image/compressed:=image/compressed",
+        "action:=action",
+        "depth:=depth",
+        "camera_info:=camera_info",
+    ):
         assert r in remaps, (r, remaps)
     assert node.respawn is False and node.executable == "affordance_node"
 
 
 def test_set_arguments_override_and_are_typed(launch, tmp_path):
     desc, node_command = launch
-    node, args = node_command(desc, {
-        "device": "cuda:1", "checkpoint": "/m/model.pt", "use_sim_time": "true",
-        "log_level": "debug", "respawn": "true", "action_topic": "/cmd/action",
-        "depth_topic": "/cam/aligned_depth_to_color/image_raw",
-        "camera_info_topic": "/cam/color/camera_info", "image_topic": "/cam/color/image_raw"},
-        tmp_path)
-    assert inline_params(args) == {"device": "cuda:1", "checkpoint": "/m/model.pt",
-                                   "use_sim_time": True}
+    node, args = node_command(
+        desc,
+        {
+            "device": "cuda:1",
+            "checkpoint": "/m/model.pt",
+            "use_sim_time": "true",
+            "log_level": "debug",
+            "respawn": "true",
+            "action_topic": "/cmd/action",
+            "depth_topic": "/cam/aligned_depth_to_color/image_raw",
+            "camera_info_topic": "/cam/color/camera_info",
+            "image_topic": "/cam/color/image_raw",
+        },
+        tmp_path,
+    )
+    assert inline_params(args) == {
+        "device": "cuda:1",
+        "checkpoint": "/m/model.pt",
+        "use_sim_time": True,
+    }
     remaps = [args[i + 1] for i, a in enumerate(args) if a == "-r"]
-    for r in ("action:=/cmd/action", "depth:=/cam/aligned_depth_to_color/image_raw",
-              "camera_info:=/cam/color/camera_info", "image:=/cam/color/image_raw",
-              "image/compressed:=/cam/color/image_raw/compressed"):
+    for r in (
+        "action:=/cmd/action",
+        "depth:=/cam/aligned_depth_to_color/image_raw",
+        "camera_info:=/cam/color/camera_info",
+        "image:=/cam/color/image_raw",
+        "image/compressed:=/cam/color/image_raw/compressed",
+    ):
         assert r in remaps, (r, remaps)
     assert args[-2:] == ["--log-level", "debug"]
     assert node.respawn is True and node.respawn_delay == 2.0

@@ -1,28 +1,36 @@
 """The managed node in its own process: lifecycle transitions release and re-acquire inputs,
 outputs and the model (issue 18 item 4). GPU memory release is not observable on this CPU-only
 machine; the test checks the graph side and the node's own account of each transition."""
+
 from __future__ import annotations
 
 import sys
 import time
 
 import pytest
-
 from ros_helpers import Client, make_image, stamp_key, start_node, test_image
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(240)]
 
 
-def test_lifecycle_transitions_release_and_reacquire(tmp_path, node_env, rclpy_session,
-                                                     tiny_model_files):
+def test_lifecycle_transitions_release_and_reacquire(
+    tmp_path, node_env, rclpy_session, tiny_model_files
+):
     from lifecycle_msgs.msg import State, Transition
     from lifecycle_msgs.srv import ChangeState, GetState
 
     ckpt, weights = tiny_model_files
-    proc = start_node(tmp_path, node_env, {
-        "checkpoint": str(ckpt), "weights_dir": str(weights), "image_qos": "reliable",
-        "default_action": "hold"},
-        cmd=[sys.executable, "-m", "affordance_ros.lifecycle_node"])
+    proc = start_node(
+        tmp_path,
+        node_env,
+        {
+            "checkpoint": str(ckpt),
+            "weights_dir": str(weights),
+            "image_qos": "reliable",
+            "default_action": "hold",
+        },
+        cmd=[sys.executable, "-m", "affordance_ros.lifecycle_node"],
+    )
     client = Client()
     n = client.node
     change = n.create_client(ChangeState, "/affordance_node/change_state")
@@ -35,8 +43,9 @@ def test_lifecycle_transitions_release_and_reacquire(tmp_path, node_env, rclpy_s
         return fut.result()
 
     def transition(tid):
-        assert call(change, ChangeState.Request(transition=Transition(id=tid))).success, \
+        assert call(change, ChangeState.Request(transition=Transition(id=tid))).success, (
             proc.output()
+        )
 
     def state():
         return call(get, GetState.Request()).current_state.id

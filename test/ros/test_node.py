@@ -3,6 +3,7 @@
 The node runs the real AffordancePredictor on a tiny model with random backbones; the test
 process recomputes the predictor's output on the same frames to check what was published.
 """
+
 from __future__ import annotations
 
 import time
@@ -10,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from ros_helpers import Client, diag_values, make_image, stamp_key, start_node, test_image
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(180)]
@@ -21,9 +21,17 @@ def served(tmp_path_factory, node_env, rclpy_session, tiny_model_files):
     """(node process, client) for a node with image_qos=reliable and default throttling."""
     ckpt, weights = tiny_model_files
     tmp = tmp_path_factory.mktemp("node")
-    proc = start_node(tmp, node_env, {"checkpoint": str(ckpt), "weights_dir": str(weights),
-                                      "image_qos": "reliable", "diagnostics_period": 0.5,
-                                      "max_frame_age": 60.0})
+    proc = start_node(
+        tmp,
+        node_env,
+        {
+            "checkpoint": str(ckpt),
+            "weights_dir": str(weights),
+            "image_qos": "reliable",
+            "diagnostics_period": 0.5,
+            "max_frame_age": 60.0,
+        },
+    )
     client = Client()
     try:
         if not proc.wait_output("ready:", 60):
@@ -44,8 +52,14 @@ def next_stamp() -> int:
     return _stamp[0]
 
 
-def send_and_wait(client: Client, rgb: np.ndarray, topic: str = "result", n: int = 1,
-                  compressed: bool = False, timeout: float = 20.0):
+def send_and_wait(
+    client: Client,
+    rgb: np.ndarray,
+    topic: str = "result",
+    n: int = 1,
+    compressed: bool = False,
+    timeout: float = 20.0,
+):
     """Send one frame (resent if lost) and return the outputs on ``topic`` for its stamp."""
     from affordance_ros.conversions import rgb_to_compressed
 
@@ -87,8 +101,11 @@ def test_serves_frames_and_follows_action(served, reference_predictor):
     assert (hold.grasp_pixel.x, hold.grasp_pixel.y) == tuple(float(v) for v in ref.peak_xy)
     assert not hold.has_grasp_point and np.isnan(hold.grasp_point.z)
 
-    for topic, enc, shape in (("heatmap", "32FC1", (48, 64)), ("mask", "mono8", (48, 64)),
-                              ("overlay", "rgb8", (48, 64, 3))):
+    for topic, enc, shape in (
+        ("heatmap", "32FC1", (48, 64)),
+        ("mask", "mono8", (48, 64)),
+        ("overlay", "rgb8", (48, 64, 3)),
+    ):
         outs = client.wait_for(lambda t=topic: client.outputs_for(t, key), 5)
         assert outs, f"no {topic} for {key}"
         img = outs[0].msg
@@ -97,8 +114,9 @@ def test_serves_frames_and_follows_action(served, reference_predictor):
 
     # A new action re-runs the newest frame (same stamp), with a different heatmap.
     client.action("cut_with")
-    cut = client.wait_for(lambda: [r for r in client.outputs_for("result", key)
-                                   if r.msg.action == "cut_with"], 15)
+    cut = client.wait_for(
+        lambda: [r for r in client.outputs_for("result", key) if r.msg.action == "cut_with"], 15
+    )
     assert cut, "no re-run for the new action"
     cut_heat = image_to_array(cut[0].msg.heatmap)
     ref_cut = expected(reference_predictor, rgb, ["cut_with"])[0]
@@ -119,7 +137,6 @@ def test_serves_frames_and_follows_action(served, reference_predictor):
     assert client.wait_for(lambda: len(client.outputs_for("result", key2)) == 2, 5)
 
 
-
 def test_new_frame_right_after_action_change_answers_instead_of_a_rerun(served):
     """A streaming camera: the frame that follows an action change is what gets processed;
     the previous frame is not re-run for the new action (that would delay the new frame)."""
@@ -129,7 +146,7 @@ def test_new_frame_right_after_action_change_answers_instead_of_a_rerun(served):
     client.action("pour")
     _, results = send_and_wait(client, test_image(48, 64, seed=4))
     assert [r.msg.action for r in results] == ["pour"]
-    time.sleep(1.0)                                  # well past action_rerun_delay (0.25 s)
+    time.sleep(1.0)  # well past action_rerun_delay (0.25 s)
     stale = [r for r in client.outputs_for("result", old_key) if r.msg.action == "pour"]
     assert not stale, "the old frame was re-run although a new frame had arrived"
 
@@ -159,8 +176,12 @@ def _bad_frames():
         return make_image(arr, 0, encoding="32FC1")
 
     del good
-    return [("encoding", unknown_encoding, False), ("truncated", truncated, False),
-            ("empty", empty, False), ("nan", nan_float, False)]
+    return [
+        ("encoding", unknown_encoding, False),
+        ("truncated", truncated, False),
+        ("empty", empty, False),
+        ("nan", nan_float, False),
+    ]
 
 
 def test_bad_inputs_are_skipped_and_node_keeps_serving(served):
@@ -187,8 +208,12 @@ def test_bad_inputs_are_skipped_and_node_keeps_serving(served):
     for kind, _, _ in _bad_frames():
         assert log.count(f"[{kind}]") == 1, f"{kind} not logged exactly once (throttle):\n{log}"
     assert proc.alive()
-    diag = client.wait_for(lambda: [d for d in client.inbox.get("diagnostics")
-                                    if "errors_action" in diag_values(d.msg)], 5)
+    diag = client.wait_for(
+        lambda: [
+            d for d in client.inbox.get("diagnostics") if "errors_action" in diag_values(d.msg)
+        ],
+        5,
+    )
     assert diag, "diagnostics do not report errors by kind"
     values = diag_values(diag[-1].msg)
     assert int(values["errors_nan"]) == 2 and int(values["errors_action"]) >= 2
@@ -211,16 +236,25 @@ def test_flood_drops_stale_frames_and_soak_memory(served, reference_predictor):
         client.send(msg)
     flood_s = time.time() - t0
     last = keys[-1]
-    assert client.wait_for(lambda: client.outputs_for("heatmap", last), 20), \
+    assert client.wait_for(lambda: client.outputs_for("heatmap", last), 20), (
         "the newest frame of a flood must be processed"
+    )
     time.sleep(0.3)
     n_out = len(client.inbox.get("heatmap"))
     assert n_out < 300, "frames were queued instead of dropped"
-    diag = client.wait_for(lambda: [d for d in client.inbox.get("diagnostics")
-                                    if int(diag_values(d.msg)["frames_dropped"]) > 0], 5)
+    diag = client.wait_for(
+        lambda: [
+            d
+            for d in client.inbox.get("diagnostics")
+            if int(diag_values(d.msg)["frames_dropped"]) > 0
+        ],
+        5,
+    )
     assert diag, "dropped frames not reported in diagnostics"
-    print(f"\nflood: 300 frames in {flood_s:.2f} s -> {n_out} processed, "
-          f"dropped (diagnostics) {diag_values(diag[-1].msg)['frames_dropped']}")
+    print(
+        f"\nflood: 300 frames in {flood_s:.2f} s -> {n_out} processed, "
+        f"dropped (diagnostics) {diag_values(diag[-1].msg)['frames_dropped']}"
+    )
 
     # Soak: >= 500 frames at ~40 Hz; end-to-end latency and RSS of the node process.
     client.inbox.clear()
@@ -236,20 +270,27 @@ def test_flood_drops_stale_frames_and_soak_memory(served, reference_predictor):
         time.sleep(max(0.0, 0.025 - (time.time() - t_send)))
     time.sleep(1.0)
     rss.append(proc.rss_kb())
-    e2e = [(r.t - sent[stamp_key(r.msg.header)]) * 1e3 for r in client.inbox.get("heatmap")
-           if stamp_key(r.msg.header) in sent]
-    pred_ms = [float(diag_values(d.msg)["predictor_ms_mean"])
-               for d in client.inbox.get("diagnostics")
-               if diag_values(d.msg)["predictor_ms_mean"]]
+    e2e = [
+        (r.t - sent[stamp_key(r.msg.header)]) * 1e3
+        for r in client.inbox.get("heatmap")
+        if stamp_key(r.msg.header) in sent
+    ]
+    pred_ms = [
+        float(diag_values(d.msg)["predictor_ms_mean"])
+        for d in client.inbox.get("diagnostics")
+        if diag_values(d.msg)["predictor_ms_mean"]
+    ]
     local = []
     for rgb in frames:
         t = time.perf_counter()
         expected(reference_predictor, rgb, ["hold"])
         local.append((time.perf_counter() - t) * 1e3)
-    print(f"soak: 500 frames sent, {len(e2e)} processed; e2e image->heatmap ms: "
-          f"median {np.median(e2e):.1f} p95 {np.percentile(e2e, 95):.1f} max {max(e2e):.1f}; "
-          f"node predictor ms (diag mean) {np.median(pred_ms):.1f}; "
-          f"in-test predictor ms median {np.median(local):.1f}")
+    print(
+        f"soak: 500 frames sent, {len(e2e)} processed; e2e image->heatmap ms: "
+        f"median {np.median(e2e):.1f} p95 {np.percentile(e2e, 95):.1f} max {max(e2e):.1f}; "
+        f"node predictor ms (diag mean) {np.median(pred_ms):.1f}; "
+        f"in-test predictor ms median {np.median(local):.1f}"
+    )
     print(f"soak RSS kB: {rss} (growth {rss[-1] - rss[1]} kB after warm-up)")
     assert len(e2e) > 0 and proc.alive()
     assert rss[-1] - rss[1] < 150_000, f"RSS grew by {rss[-1] - rss[1]} kB over the soak"
@@ -274,10 +315,19 @@ def test_bad_checkpoint_exits_with_clear_error(case, tmp_path: Path, node_env, r
         assert str(params["checkpoint"]) in out, out
 
 
-@pytest.mark.parametrize("case", ["int_for_double_cli", "int_for_double_yaml", "bad_choice",
-                                  "device_gpu", "device_cuda_missing"])
-def test_bad_parameters_exit_2_with_one_fatal_line(case, tmp_path: Path, node_env,
-                                                   ros_isolation, tiny_model_files):
+@pytest.mark.parametrize(
+    "case",
+    [
+        "int_for_double_cli",
+        "int_for_double_yaml",
+        "bad_choice",
+        "device_gpu",
+        "device_cuda_missing",
+    ],
+)
+def test_bad_parameters_exit_2_with_one_fatal_line(
+    case, tmp_path: Path, node_env, ros_isolation, tiny_model_files
+):
     """Type, range, choice and device errors: one FATAL line naming the parameter, exit 2,
     no traceback; the device is checked before the (slow) model load."""
     ckpt, weights = tiny_model_files
@@ -315,8 +365,9 @@ def test_bad_parameters_exit_2_with_one_fatal_line(case, tmp_path: Path, node_en
     assert "cannot load checkpoint" not in out
 
 
-def test_console_script_finds_the_built_messages(tmp_path: Path, ros_isolation, msg_prefix,
-                                                 tiny_model_files):
+def test_console_script_finds_the_built_messages(
+    tmp_path: Path, ros_isolation, msg_prefix, tiny_model_files
+):
     """The venv route: `.venv/bin/affordance_node` with no PYTHONPATH or LD_LIBRARY_PATH set
     by hand finds the messages `make msgs` built in build/ros_msgs."""
     import os
@@ -326,12 +377,21 @@ def test_console_script_finds_the_built_messages(tmp_path: Path, ros_isolation, 
     if not exe.is_file():
         pytest.skip(f"{exe} not installed (pip install -e . installs it)")
     ckpt, weights = tiny_model_files
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "LD_LIBRARY_PATH", "_ROS_WHEELS_BOOTSTRAP_COMPLETE",
-                        "AMENT_PREFIX_PATH")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "PYTHONPATH",
+            "LD_LIBRARY_PATH",
+            "_ROS_WHEELS_BOOTSTRAP_COMPLETE",
+            "AMENT_PREFIX_PATH",
+        )
+    }
     env.update(ros_isolation)
-    proc = start_node(tmp_path, env, {"checkpoint": str(ckpt), "weights_dir": str(weights)},
-                      cmd=[str(exe)])
+    proc = start_node(
+        tmp_path, env, {"checkpoint": str(ckpt), "weights_dir": str(weights)}, cmd=[str(exe)]
+    )
     try:
         assert proc.wait_output("ready:", 90), proc.output()
     finally:

@@ -6,6 +6,7 @@ pixels), depth images and camera_info, call its services and change its paramete
 Covers: synchronised depth (issue 18 item 1), services and vocabulary (3), live parameters
 (5), one transport (6), diagnostics on /diagnostics (7), bandwidth (9), RViz outputs (12).
 """
+
 from __future__ import annotations
 
 import threading
@@ -13,7 +14,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import VOCAB
 from ros_helpers import Client, make_image, stamp_key, start_node, test_image
 
@@ -29,11 +29,11 @@ class Robot:
     """Client for the robot node: frames, depth, camera_info, services and parameters."""
 
     def __init__(self) -> None:
+        from geometry_msgs.msg import PointStamped
         from rcl_interfaces.srv import SetParameters
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CameraInfo, Image
         from visualization_msgs.msg import Marker
-        from geometry_msgs.msg import PointStamped
 
         from affordance_ros.msg import AffordanceVocabulary
         from affordance_ros.srv import Query, SetActions
@@ -43,12 +43,22 @@ class Robot:
         rel = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.pub_depth = n.create_publisher(Image, f"{NS}/depth", rel)
         self.pub_info = n.create_publisher(CameraInfo, f"{NS}/camera_info", rel)
-        for name, typ in (("grasp_point", PointStamped), ("marker", Marker),
-                          ("camera_info", CameraInfo)):
-            n.create_subscription(typ, f"{NS}/affordance/{name}",
-                                  lambda m, k=name: self.c.inbox.add(k, m), QoSProfile(depth=50))
-        self.latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                                  durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        for name, typ in (
+            ("grasp_point", PointStamped),
+            ("marker", Marker),
+            ("camera_info", CameraInfo),
+        ):
+            n.create_subscription(
+                typ,
+                f"{NS}/affordance/{name}",
+                lambda m, k=name: self.c.inbox.add(k, m),
+                QoSProfile(depth=50),
+            )
+        self.latched = QoSProfile(
+            depth=1,
+            reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL,
+        )
         self.vocab_type = AffordanceVocabulary
         self.set_actions = n.create_client(SetActions, f"{NS}/affordance/set_actions")
         self.query = n.create_client(Query, f"{NS}/affordance/query")
@@ -67,7 +77,8 @@ class Robot:
         from rclpy.parameter import Parameter
 
         req = self.SetParameters.Request(
-            parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+            parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()]
+        )
         return self.call(self.set_params, req).results
 
     def info(self, stamp_ns: int, frame: str = FRAME, hw=(48, 64)):
@@ -83,8 +94,17 @@ class Robot:
 
         return rgb_to_compressed(rgb, "png", header=make_image(rgb, stamp_ns, frame).header)
 
-    def send_rgbd(self, rgb, depth, encoding: str, stamp_ns: int, depth_dt: float = 0.0,
-                  depth_frame: str = FRAME, topic: str = "result", timeout: float = 30.0):
+    def send_rgbd(
+        self,
+        rgb,
+        depth,
+        encoding: str,
+        stamp_ns: int,
+        depth_dt: float = 0.0,
+        depth_frame: str = FRAME,
+        topic: str = "result",
+        timeout: float = 30.0,
+    ):
         """Publish camera_info + depth, then the frame; return the frame's outputs."""
         d_ns = stamp_ns + int(depth_dt * 1e9)
         self.pub_info.publish(self.info(d_ns, depth_frame))
@@ -105,15 +125,28 @@ class Robot:
 def robot(tmp_path_factory, node_env, rclpy_session, tiny_model_files):
     ckpt, weights = tiny_model_files
     tmp = tmp_path_factory.mktemp("robot")
-    proc = start_node(tmp, node_env, {
-        "checkpoint": str(ckpt), "weights_dir": str(weights), "image_qos": "reliable",
-        "transport": "compressed", "use_depth": True, "default_action": "hold",
-        "diagnostics_period": 0.5, "stale_input_warn": 1.5, "stale_input_error": 3.0,
-        "max_frame_age": 60.0, "max_depth_age": 10.0, "sync_slop": 0.05,
-        # QoS overrides (item 11): an input and an output
-        f"qos_overrides.{NS}/depth.subscription.reliability": "reliable",
-        f"qos_overrides.{NS}/affordance/marker.publisher.durability": "transient_local",
-    }, extra_args=["-r", f"__ns:={NS}"])
+    proc = start_node(
+        tmp,
+        node_env,
+        {
+            "checkpoint": str(ckpt),
+            "weights_dir": str(weights),
+            "image_qos": "reliable",
+            "transport": "compressed",
+            "use_depth": True,
+            "default_action": "hold",
+            "diagnostics_period": 0.5,
+            "stale_input_warn": 1.5,
+            "stale_input_error": 3.0,
+            "max_frame_age": 60.0,
+            "max_depth_age": 10.0,
+            "sync_slop": 0.05,
+            # QoS overrides (item 11): an input and an output
+            f"qos_overrides.{NS}/depth.subscription.reliability": "reliable",
+            f"qos_overrides.{NS}/affordance/marker.publisher.durability": "transient_local",
+        },
+        extra_args=["-r", f"__ns:={NS}"],
+    )
     r = Robot()
     try:
         if not proc.wait_output("ready:", 90):
@@ -148,8 +181,11 @@ def test_grasp_point_only_from_synchronised_registered_depth(robot, reference_pr
     out = res[0].msg
     assert out.has_grasp_point, out.grasp_point_status
     assert out.grasp_point_status == "" and out.grasp_point_frame == FRAME
-    np.testing.assert_allclose([out.grasp_point.x, out.grasp_point.y, out.grasp_point.z],
-                               backproject(*ref.peak_xy, 1.5), atol=1e-5)
+    np.testing.assert_allclose(
+        [out.grasp_point.x, out.grasp_point.y, out.grasp_point.z],
+        backproject(*ref.peak_xy, 1.5),
+        atol=1e-5,
+    )
     # The same point as PointStamped, a marker there, and camera_info beside the heatmap.
     for topic in ("grasp_point", "marker", "camera_info"):
         got = r.c.wait_for(lambda t=topic: r.c.outputs_for(t, key), 10)
@@ -165,15 +201,21 @@ def test_grasp_point_only_from_synchronised_registered_depth(robot, reference_pr
     assert res[0].msg.has_grasp_point and abs(res[0].msg.grasp_point.z - 2.0) < 1e-6
 
     # Depth stamped 1 s before the image (the issue's stale-depth case): no point.
-    _, res = r.send_rgbd(rgb, np.full((48, 64), 1000, np.uint16), "16UC1", now + 2 * 10**8,
-                         depth_dt=-1.0)
+    _, res = r.send_rgbd(
+        rgb, np.full((48, 64), 1000, np.uint16), "16UC1", now + 2 * 10**8, depth_dt=-1.0
+    )
     out = res[0].msg
     assert not out.has_grasp_point and np.isnan(out.grasp_point.z)
     assert "sync_slop" in out.grasp_point_status, out.grasp_point_status
 
     # Depth with the image's stamp but another frame: no point, and the status says why.
-    _, res = r.send_rgbd(rgb, np.full((48, 64), 1000, np.uint16), "16UC1", now + 3 * 10**8,
-                         depth_frame="some_other_depth_frame")
+    _, res = r.send_rgbd(
+        rgb,
+        np.full((48, 64), 1000, np.uint16),
+        "16UC1",
+        now + 3 * 10**8,
+        depth_frame="some_other_depth_frame",
+    )
     out = res[0].msg
     assert not out.has_grasp_point
     assert "some_other_depth_frame" in out.grasp_point_status, out.grasp_point_status
@@ -237,8 +279,9 @@ def test_set_actions_service_vocabulary_and_pause(robot, reference_predictor):
 
     # The vocabulary topic is transient local: a subscriber that joins late still gets it.
     got = []
-    sub = r.c.node.create_subscription(r.vocab_type, f"{NS}/affordance/vocabulary",
-                                       got.append, r.latched)
+    sub = r.c.node.create_subscription(
+        r.vocab_type, f"{NS}/affordance/vocabulary", got.append, r.latched
+    )
     try:
         assert r.c.wait_for(lambda: got, 20), "no vocabulary for a late subscriber"
         assert list(got[-1].vocabulary) == VOCAB
@@ -296,8 +339,7 @@ def test_live_parameters_take_effect_on_next_frame(robot, reference_predictor):
     results = r.param(mask_threshold=0.8)
     assert results[0].successful, results[0].reason
     try:
-        key, res = r.send_rgbd(rgb, np.full((48, 64), 1000, np.uint16), "16UC1",
-                               time.time_ns())
+        key, res = r.send_rgbd(rgb, np.full((48, 64), 1000, np.uint16), "16UC1", time.time_ns())
         reference_predictor.mask_threshold = 0.8
         ref = expect(reference_predictor, rgb, ["hold"])[0]
         np.testing.assert_array_equal(image_to_array(res[0].msg.mask) == 255, ref.mask)
@@ -358,12 +400,17 @@ def test_diagnostics_on_absolute_topic_ok_warn_error_ok(robot):
     from diagnostic_msgs.msg import DiagnosticStatus
 
     def statuses():
-        return [s for d in r.c.inbox.get("diagnostics") for s in d.msg.status
-                if s.name.startswith(NODE)]
+        return [
+            s
+            for d in r.c.inbox.get("diagnostics")
+            for s in d.msg.status
+            if s.name.startswith(NODE)
+        ]
 
     def seen(level, after, text=""):
-        return r.c.wait_for(lambda: [s for s in statuses()[after:]
-                                     if s.level == level and text in s.message], 40)
+        return r.c.wait_for(
+            lambda: [s for s in statuses()[after:] if s.level == level and text in s.message], 40
+        )
 
     stream = Streamer(r)
     try:
@@ -402,21 +449,23 @@ def test_warm_up_before_ready_and_rerun_only_for_young_frames(robot):
     try:
         assert r.call(r.set_actions, r.SetActions.Request(actions=["pour"])).success
         time.sleep(2.0)  # well past action_rerun_delay: a re-run would have arrived
-        assert not [x for x in r.c.outputs_for("result", key) if x.msg.action == "pour"], \
+        assert not [x for x in r.c.outputs_for("result", key) if x.msg.action == "pour"], (
             "a frame older than max_frame_age was re-run"
+        )
         assert r.param(max_frame_age=600.0)[0].successful
         assert r.call(r.set_actions, r.SetActions.Request(actions=["cut_with"])).success
-        assert r.c.wait_for(lambda: [x for x in r.c.outputs_for("result", key)
-                                     if x.msg.action == "cut_with"], 30), \
-            "no re-run of a young frame after an action change"
+        assert r.c.wait_for(
+            lambda: [x for x in r.c.outputs_for("result", key) if x.msg.action == "cut_with"], 30
+        ), "no re-run of a young frame after an action change"
     finally:
         r.param(max_frame_age=60.0)
         r.call(r.set_actions, r.SetActions.Request(actions=["hold"]))
 
 
 # ------------------------------------------------------------- item 8: large and non-square
-def test_large_frames_are_downscaled_and_non_square_frames_can_be_padded(robot,
-                                                                        reference_predictor):
+def test_large_frames_are_downscaled_and_non_square_frames_can_be_padded(
+    robot, reference_predictor
+):
     _, r = robot
     import cv2
 
@@ -430,8 +479,9 @@ def test_large_frames_are_downscaled_and_non_square_frames_can_be_padded(robot,
         heat = image_to_array(res[0].msg.heatmap)
         assert heat.shape == (24, 32), "a frame over max_image_side was not downscaled"
         small = cv2.resize(rgb, (32, 24), interpolation=cv2.INTER_AREA)
-        np.testing.assert_allclose(heat, expect(reference_predictor, small, ["hold"])[0].heatmap,
-                                   atol=1e-4)
+        np.testing.assert_allclose(
+            heat, expect(reference_predictor, small, ["hold"])[0].heatmap, atol=1e-4
+        )
         # the grasp point still comes from the full-size depth (pixel scaled between sizes)
         assert res[0].msg.has_grasp_point, res[0].msg.grasp_point_status
     finally:
@@ -471,9 +521,12 @@ def test_publishes_only_to_subscribed_topics_and_results_without_images(robot):
     _, r = robot
 
     def window_values(after):
-        return [{kv.key: kv.value for kv in s.values}
-                for d in r.c.inbox.get("diagnostics")[after:] for s in d.msg.status
-                if s.name.startswith(NODE)]
+        return [
+            {kv.key: kv.value for kv in s.values}
+            for d in r.c.inbox.get("diagnostics")[after:]
+            for s in d.msg.status
+            if s.name.startswith(NODE)
+        ]
 
     assert r.param(results_include_images=False)[0].successful
     keep = {f"{NS}/affordance/results", "/diagnostics"}
@@ -487,19 +540,26 @@ def test_publishes_only_to_subscribed_topics_and_results_without_images(robot):
         assert arr, "no results"
         time.sleep(1.5)  # discovery of the removed subscriptions reaches the node
         n = len(r.c.inbox.get("diagnostics"))
-        quiet = r.c.wait_for(lambda: [v for v in window_values(n)
-                                      if float(v["rate_hz"]) > 0
-                                      and int(v["published_bytes_per_s"]) == 0], 30)
+        quiet = r.c.wait_for(
+            lambda: [
+                v
+                for v in window_values(n)
+                if float(v["rate_hz"]) > 0 and int(v["published_bytes_per_s"]) == 0
+            ],
+            30,
+        )
         assert quiet, window_values(n)
         res = r.c.inbox.get("results")[-1].msg.results[0]
         assert res.heatmap.width == 0 and len(res.heatmap.data) == 0
         assert res.header.frame_id == FRAME
         assert r.param(results_include_images=True)[0].successful
         n = len(r.c.inbox.get("diagnostics"))
-        loud = r.c.wait_for(lambda: [v for v in window_values(n)
-                                     if int(v["published_bytes_per_s"]) > 0], 30)
+        loud = r.c.wait_for(
+            lambda: [v for v in window_values(n) if int(v["published_bytes_per_s"]) > 0], 30
+        )
         assert loud, window_values(n)
-        assert r.c.wait_for(lambda: r.c.inbox.get("results")[-1].msg.results[0].heatmap.width
-                            == 40, 20)
+        assert r.c.wait_for(
+            lambda: r.c.inbox.get("results")[-1].msg.results[0].heatmap.width == 40, 20
+        )
     finally:
         stream.stop()

@@ -1,4 +1,5 @@
 """Pure-Python parts of the node: parameter table, depth synchronisation, tf math (no graph)."""
+
 from __future__ import annotations
 
 import math
@@ -8,7 +9,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import yaml
-
 from ros_helpers import REPO
 
 
@@ -71,7 +71,9 @@ def test_depth_sync_waits_for_late_depth():
     sync = DepthSync()
     sync.add_depth(_msg(99.9))
     sync.add_info(_msg(99.9))
-    timer = threading.Timer(0.05, lambda: (sync.add_info(_msg(100.0)), sync.add_depth(_msg(100.0))))
+    timer = threading.Timer(
+        0.05, lambda: (sync.add_info(_msg(100.0)), sync.add_depth(_msg(100.0)))
+    )
     timer.start()
     t0 = time.monotonic()
     m = sync.match(_msg(100.0).header, 0.01, wait=20.0)
@@ -97,8 +99,10 @@ def test_shipped_fastdds_profile_keeps_shared_memory_and_big_udp_buffers():
 
     ns = {"f": "http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles"}
     root = ET.parse(REPO / "config" / "fastdds.xml").getroot()
-    kinds = {d.findtext("f:transport_id", namespaces=ns): d.findtext("f:type", namespaces=ns)
-             for d in root.iterfind(".//f:transport_descriptor", ns)}
+    kinds = {
+        d.findtext("f:transport_id", namespaces=ns): d.findtext("f:type", namespaces=ns)
+        for d in root.iterfind(".//f:transport_descriptor", ns)
+    }
     used = [t.text for t in root.iterfind(".//f:userTransports/f:transport_id", ns)]
     assert sorted(kinds[t] for t in used) == ["SHM", "UDPv4"]
     assert root.findtext(".//f:useBuiltinTransports", namespaces=ns) == "false"

@@ -46,8 +46,12 @@ def _stage(name: str) -> None:
     print(f"\n== {name}", flush=True)
 
 
-def make_corpus(root: Path, budget: dict[str, Any], seed: int,
-                split_objects: dict[str, dict[str, list[str]]] | None = None) -> dict[str, Any]:
+def make_corpus(
+    root: Path,
+    budget: dict[str, Any],
+    seed: int,
+    split_objects: dict[str, dict[str, list[str]]] | None = None,
+) -> dict[str, Any]:
     """Write the corpus once; a stamp file records the parameters it was made with."""
     from affordance_core.synthetic.corpus import write_agd_corpus
 
@@ -58,8 +62,9 @@ def make_corpus(root: Path, budget: dict[str, Any], seed: int,
     if stamp.is_file() and json.loads(stamp.read_text()).get("params") == params:
         print(f"reusing corpus in {root}")
         return json.loads(stamp.read_text())
-    stats = write_agd_corpus(root, seed=seed, split_objects=split_objects, progress=True,
-                             **budget["corpus"])
+    stats = write_agd_corpus(
+        root, seed=seed, split_objects=split_objects, progress=True, **budget["corpus"]
+    )
     record = {"params": params, "stats": stats.to_dict()}
     stamp.write_text(json.dumps(record, indent=1))
     return record
@@ -74,11 +79,16 @@ def make_validation_corpus(root: Path, budget: dict[str, Any], seed: int) -> dic
     """
     from affordance_core.synthetic.corpus import DEFAULT_SPLIT_OBJECTS
 
-    split_objects = {split: {"train": sorted(objs["train"]), "test": sorted(objs["train"])}
-                     for split, objs in DEFAULT_SPLIT_OBJECTS.items()}
-    corpus = {"n_exo_per_pair": 1, "n_ego_per_pair": 1,
-              "n_test_per_pair": budget["corpus"]["n_test_per_pair"],
-              "n_background": budget["corpus"].get("n_background", 0)}
+    split_objects = {
+        split: {"train": sorted(objs["train"]), "test": sorted(objs["train"])}
+        for split, objs in DEFAULT_SPLIT_OBJECTS.items()
+    }
+    corpus = {
+        "n_exo_per_pair": 1,
+        "n_ego_per_pair": 1,
+        "n_test_per_pair": budget["corpus"]["n_test_per_pair"],
+        "n_background": budget["corpus"].get("n_background", 0),
+    }
     return make_corpus(root, {"corpus": corpus}, seed + VALIDATION_SEED_OFFSET, split_objects)
 
 
@@ -92,8 +102,16 @@ def _mean_stat(log_file: Path, key: str) -> float | None:
     return round(float(np.mean(values)), 3) if values else None
 
 
-def train_method(name: str, data_root: Path, split: str, run_dir: Path, budget: dict,
-                 cache_dir: Path, seed: int, val_root: Path | None = None) -> Path:
+def train_method(
+    name: str,
+    data_root: Path,
+    split: str,
+    run_dir: Path,
+    budget: dict,
+    cache_dir: Path,
+    seed: int,
+    val_root: Path | None = None,
+) -> Path:
     """Train one row of :data:`VARIANTS` (or reuse its finished run) and return its model.pt.
 
     With ``val_root``, a variant that chooses gets its budget, inference branch and
@@ -106,11 +124,33 @@ def train_method(name: str, data_root: Path, split: str, run_dir: Path, budget: 
         print(f"reusing {model_path}")
         return model_path
     method, sets, choose = VARIANTS[name]
-    args = ["--data-root", str(data_root), "--split", split, "--method", method,
-            "--model", "tiny", "--out", str(run_dir), "--iters", str(budget["iters"]),
-            "--batch-size", str(budget["batch_size"]), "--seed", str(seed),
-            "--cache-features", "--cache-dir", str(cache_dir), "--num-workers", "0",
-            "--save-every", str(max(budget["iters"] // 2, 1)), "--log-every", "5"]
+    args = [
+        "--data-root",
+        str(data_root),
+        "--split",
+        split,
+        "--method",
+        method,
+        "--model",
+        "tiny",
+        "--out",
+        str(run_dir),
+        "--iters",
+        str(budget["iters"]),
+        "--batch-size",
+        str(budget["batch_size"]),
+        "--seed",
+        str(seed),
+        "--cache-features",
+        "--cache-dir",
+        str(cache_dir),
+        "--num-workers",
+        "0",
+        "--save-every",
+        str(max(budget["iters"] // 2, 1)),
+        "--log-every",
+        "5",
+    ]
     for item in sets:
         args += ["--set", item]
     if choose and val_root is not None:
@@ -134,8 +174,10 @@ def score_rows(models: dict[str, Any], test_set) -> dict[str, dict[str, Any]]:
     rows = {}
     for name, model in models.items():
         metrics = evaluate_model(model, test_set, device=torch.device("cpu"), progress=False)
-        rows[name] = {**{k: metrics[k] for k in (*ROW_METRICS, "n", "n_background")},
-                      "per_image": metrics["per_image"]}
+        rows[name] = {
+            **{k: metrics[k] for k in (*ROW_METRICS, "n", "n_background")},
+            "per_image": metrics["per_image"],
+        }
     return rows
 
 
@@ -153,8 +195,14 @@ def run_node_stage(checkpoint: Path, seconds: float, out: Path) -> dict[str, Any
         return {"error": str(exc)}
 
 
-def train_and_evaluate_split(split: str, data_root: Path, out: Path, budget: dict[str, Any],
-                             seed: int, train_seed: int | None = None) -> dict[str, Any]:
+def train_and_evaluate_split(
+    split: str,
+    data_root: Path,
+    out: Path,
+    budget: dict[str, Any],
+    seed: int,
+    train_seed: int | None = None,
+) -> dict[str, Any]:
     """Stages 3-4 for one split: train every method, evaluate them and the baselines.
 
     Every method but ``selectivecl_paper`` gets its budget, inference branch and calibration
@@ -185,23 +233,36 @@ def train_and_evaluate_split(split: str, data_root: Path, out: Path, budget: dic
     for name in budget["methods"]:
         run_dir = out / "runs" / split / name
         t0 = time.perf_counter()
-        trained[name] = train_method(name, data_root, split, run_dir, budget,
-                                     shared / "feature_cache" / split, train_seed,
-                                     val_root=shared / "data_val")
+        trained[name] = train_method(
+            name,
+            data_root,
+            split,
+            run_dir,
+            budget,
+            shared / "feature_cache" / split,
+            train_seed,
+            val_root=shared / "data_val",
+        )
         validation = run_dir / "validation.json"
-        info[name] = {"train_seconds": round(time.perf_counter() - t0, 1),
-                      "reliable_rate": _mean_stat(run_dir / "log.jsonl", "stat_reliable_rate"),
-                      "inference": ({k: v for k, v in json.loads(validation.read_text()).items()
-                                     if k != "scores"} if validation.is_file() else None)}
+        info[name] = {
+            "train_seconds": round(time.perf_counter() - t0, 1),
+            "reliable_rate": _mean_stat(run_dir / "log.jsonl", "stat_reliable_rate"),
+            "inference": (
+                {k: v for k, v in json.loads(validation.read_text()).items() if k != "scores"}
+                if validation.is_file()
+                else None
+            ),
+        }
 
     _stage(f"4/6 evaluate on {split}")
     models = {name: load_model(path).eval() for name, path in trained.items()}
     first = next(iter(models.values()))
     test_set = extract_test_set(
-        first, AffordanceTestDataset(data_root, split, first.image_size,
-                                     vocabulary=first.vocabulary),
+        first,
+        AffordanceTestDataset(data_root, split, first.image_size, vocabulary=first.vocabulary),
         device=torch.device("cpu"),
-        background=BackgroundFrames(data_root, split, first.image_size))
+        background=BackgroundFrames(data_root, split, first.image_size),
+    )
     rows = score_rows({**models, **baselines_of(first)}, test_set)
     for name in models:
         rows[name].update(info[name])
@@ -215,20 +276,34 @@ def train_and_evaluate_split(split: str, data_root: Path, out: Path, budget: dic
 def _print_rows(split: str, rows: dict[str, dict[str, Any]], flush: bool = False) -> None:
     """One progress line per row: KLD, SIM, NSS and peak hit."""
     for name, row in rows.items():
-        print(f"{split:7s} {name:22s} KLD {row['KLD']:.3f} SIM {row['SIM']:.3f} "
-              f"NSS {row['NSS']:.3f} peak {row['peak_hit']:.3f}", flush=flush)
+        print(
+            f"{split:7s} {name:22s} KLD {row['KLD']:.3f} SIM {row['SIM']:.3f} "
+            f"NSS {row['NSS']:.3f} peak {row['peak_hit']:.3f}",
+            flush=flush,
+        )
 
 
-def _split_worker(split: str, data_root: Path, out: Path, budget: dict[str, Any], seed: int,
-                  threads: int, log_path: Path, train_seed: int | None = None
-                  ) -> dict[str, Any]:
+def _split_worker(
+    split: str,
+    data_root: Path,
+    out: Path,
+    budget: dict[str, Any],
+    seed: int,
+    threads: int,
+    log_path: Path,
+    train_seed: int | None = None,
+) -> dict[str, Any]:
     """Process-pool entry: one split on ``threads`` CPU threads, its output in ``log_path``."""
     torch.set_num_threads(threads)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w", buffering=1) as log:
         sys.stdout = sys.stderr = log
-        logging.basicConfig(level=logging.INFO, stream=log, force=True,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.INFO,
+            stream=log,
+            force=True,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
         return train_and_evaluate_split(split, data_root, out, budget, seed, train_seed)
 
 
@@ -250,9 +325,14 @@ def _last_lines(path: Path, n: int = 15) -> str:
     return "\n".join(path.read_text().splitlines()[-n:]) if path.is_file() else "(no log)"
 
 
-def _run_splits_in_parallel(data_root: Path, out: Path, budget: dict[str, Any], seed: int,
-                            jobs: int, train_seed: int | None = None
-                            ) -> dict[str, dict[str, Any]]:
+def _run_splits_in_parallel(
+    data_root: Path,
+    out: Path,
+    budget: dict[str, Any],
+    seed: int,
+    jobs: int,
+    train_seed: int | None = None,
+) -> dict[str, dict[str, Any]]:
     """Stages 3-4 for all splits in ``jobs`` processes, with one progress bar over all steps."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, wait
@@ -261,27 +341,47 @@ def _run_splits_in_parallel(data_root: Path, out: Path, budget: dict[str, Any], 
 
     threads = max(1, available_cpus() // jobs)
     logs = {split: out / "runs" / split / "demo.log" for split in SPLITS}
-    print(f"training {len(SPLITS)} splits in {jobs} processes of {threads} thread(s); "
-          f"logs: {', '.join(str(p) for p in logs.values())}", flush=True)
+    print(
+        f"training {len(SPLITS)} splits in {jobs} processes of {threads} thread(s); "
+        f"logs: {', '.join(str(p) for p in logs.values())}",
+        flush=True,
+    )
     total = len(SPLITS) * len(budget["methods"]) * budget["iters"]
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=ctx) as pool, \
-            tqdm(total=total, desc="train all", unit="step", file=sys.stderr) as bar:
-        futures = {split: pool.submit(_split_worker, split, data_root, out, budget, seed,
-                                      threads, logs[split], train_seed) for split in SPLITS}
+    with (
+        ProcessPoolExecutor(jobs, mp_context=ctx) as pool,
+        tqdm(total=total, desc="train all", unit="step", file=sys.stderr) as bar,
+    ):
+        futures = {
+            split: pool.submit(
+                _split_worker,
+                split,
+                data_root,
+                out,
+                budget,
+                seed,
+                threads,
+                logs[split],
+                train_seed,
+            )
+            for split in SPLITS
+        }
         pending = set(futures.values())
         while pending:
             _, pending = wait(pending, timeout=1.0)
-            done = sum(_steps_done(out, s, m, budget["iters"])
-                       for s in SPLITS for m in budget["methods"])
+            done = sum(
+                _steps_done(out, s, m, budget["iters"]) for s in SPLITS for m in budget["methods"]
+            )
             bar.update(done - bar.n)
     rows = {}
     for split, future in futures.items():
         try:
             rows[split] = future.result()
         except Exception as exc:
-            raise RuntimeError(f"the {split} split failed ({exc!r}); the end of its log "
-                               f"{logs[split]}:\n{_last_lines(logs[split])}") from exc
+            raise RuntimeError(
+                f"the {split} split failed ({exc!r}); the end of its log "
+                f"{logs[split]}:\n{_last_lines(logs[split])}"
+            ) from exc
         _print_rows(split, rows[split])
     return rows
 
@@ -294,11 +394,18 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def run_demo(out: Path, quick: bool = False, seed: int = 0, jobs: int | None = None,
-             budget: dict[str, Any] | None = None,
-             methods: Sequence[str] | None = None, train_seed: int | None = None,
-             node: bool = True, figures: bool = True,
-             shared: Path | None = None) -> dict[str, Any]:
+def run_demo(
+    out: Path,
+    quick: bool = False,
+    seed: int = 0,
+    jobs: int | None = None,
+    budget: dict[str, Any] | None = None,
+    methods: Sequence[str] | None = None,
+    train_seed: int | None = None,
+    node: bool = True,
+    figures: bool = True,
+    shared: Path | None = None,
+) -> dict[str, Any]:
     """Run every stage; returns the results dictionary written to results.json.
 
     Args:
@@ -331,10 +438,14 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, jobs: int | None = N
     shared = out if shared is None else shared
     shared.mkdir(parents=True, exist_ok=True)
     data_root = shared / "data"
-    results: dict[str, Any] = {"seed": seed, "quick": quick, "jobs": jobs,
-                               "train_seed": seed if train_seed is None else train_seed,
-                               "budget": {k: v for k, v in budget.items() if k != "corpus"},
-                               "splits": {}}
+    results: dict[str, Any] = {
+        "seed": seed,
+        "quick": quick,
+        "jobs": jobs,
+        "train_seed": seed if train_seed is None else train_seed,
+        "budget": {k: v for k, v in budget.items() if k != "corpus"},
+        "splits": {},
+    }
 
     _stage("1/6 synthetic corpus")
     results["corpus"] = make_corpus(data_root, budget, seed)
@@ -342,6 +453,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, jobs: int | None = N
 
     _stage("2/6 tiny backbones")
     from affordance_core.tiny import default_tiny_weights_dir
+
     weights = default_tiny_weights_dir()
     probe_file = weights / "probe.json"
     if probe_file.is_file():
@@ -349,20 +461,22 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, jobs: int | None = N
         print(f"tiny backbones from {weights}; probe: {probe_file}")
 
     if jobs > 1:
-        results["splits"] = _run_splits_in_parallel(data_root, out, budget, seed, jobs,
-                                                    train_seed)
+        results["splits"] = _run_splits_in_parallel(data_root, out, budget, seed, jobs, train_seed)
     else:
-        results["splits"] = {split: train_and_evaluate_split(split, data_root, out, budget, seed,
-                                                             train_seed)
-                             for split in SPLITS}
+        results["splits"] = {
+            split: train_and_evaluate_split(split, data_root, out, budget, seed, train_seed)
+            for split in SPLITS
+        }
 
     _stage("5/6 figures")
     for split in SPLITS if figures else ():
-        models = {m: load_model(out / "runs" / split / m / "model.pt").eval()
-                  for m in budget["methods"]}
+        models = {
+            m: load_model(out / "runs" / split / m / "model.pt").eval() for m in budget["methods"]
+        }
         first = next(iter(models.values()))
-        test_set = AffordanceTestDataset(data_root, split, first.image_size,
-                                         vocabulary=first.vocabulary)
+        test_set = AffordanceTestDataset(
+            data_root, split, first.image_size, vocabulary=first.vocabulary
+        )
         print(f"wrote {write_figure(out, split, models, test_set)}")
 
     _stage("6/6 ROS 2 node on synthetic camera frames")

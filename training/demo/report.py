@@ -26,11 +26,13 @@ def _fmt(value: Any) -> str:
 PROBE_ROWS = (
     ("CLIP object-caption affinity IoU", "clip_object_iou", "centre_affinity_iou"),
     ("CLIP action-prompt affinity IoU", "clip_action_iou", "centre_affinity_iou"),
-    ("CLIP hand prompt pointing (exo interaction cue)", "clip_hand_pointing",
-     "centre_hand_pointing"),
+    (
+        "CLIP hand prompt pointing (exo interaction cue)",
+        "clip_hand_pointing",
+        "centre_hand_pointing",
+    ),
     ("DINO part clusters (K-means on keys)", "dino_part_iou", "pixel_part_iou"),
-    ("DINO part transfer across instances", "dino_part_transfer_iou",
-     "pixel_part_transfer_iou"),
+    ("DINO part transfer across instances", "dino_part_transfer_iou", "pixel_part_transfer_iou"),
     ("DINO CLS saliency IoU", "dino_saliency_iou", "centre_saliency_iou"),
 )
 
@@ -41,15 +43,24 @@ def probe_table(probe: dict[str, Any]) -> list[str]:
     base, rand = probe.get("baselines", {}), probe.get("random", {})
     for label, key, base_key in PROBE_ROWS:
         if key in probe:
-            lines.append(f"| {label} | {_fmt(probe[key])} | {_fmt(rand.get(key))} | "
-                         f"{_fmt(base.get(base_key))} ({base_key}) |")
+            lines.append(
+                f"| {label} | {_fmt(probe[key])} | {_fmt(rand.get(key))} | "
+                f"{_fmt(base.get(base_key))} ({base_key}) |"
+            )
     return lines
 
 
 #: Column labels of the row metrics.
-SHORT = {"KLD": "KLD", "SIM": "SIM", "NSS": "NSS", "peak_hit": "peak hit",
-         "mask_iou": "mask IoU", "action_sensitivity": "action sens.",
-         "absence_auroc": "absence AUROC", "empty_on_background": "empty on bg"}
+SHORT = {
+    "KLD": "KLD",
+    "SIM": "SIM",
+    "NSS": "NSS",
+    "peak_hit": "peak hit",
+    "mask_iou": "mask IoU",
+    "action_sensitivity": "action sens.",
+    "absence_auroc": "absence AUROC",
+    "empty_on_background": "empty on bg",
+}
 
 
 def _inference_cell(row: dict[str, Any]) -> str:
@@ -61,42 +72,57 @@ def _inference_cell(row: dict[str, Any]) -> str:
 
 def metric_table(rows: dict[str, dict[str, Any]]) -> list[str]:
     """Markdown table of every row (method or baseline) and every metric."""
-    lines = ["| row | inference @ steps | " + " | ".join(SHORT[m] for m in ROW_METRICS)
-             + " | n | train s |", "|---" * (len(ROW_METRICS) + 4) + "|"]
+    lines = [
+        "| row | inference @ steps | "
+        + " | ".join(SHORT[m] for m in ROW_METRICS)
+        + " | n | train s |",
+        "|---" * (len(ROW_METRICS) + 4) + "|",
+    ]
     for name, row in rows.items():
         cells = " | ".join(_fmt(row[m]) for m in ROW_METRICS)
-        lines.append(f"| {name} | {_inference_cell(row)} | {cells} | {row['n']} | "
-                     f"{_fmt(row.get('train_seconds'))} |")
+        lines.append(
+            f"| {name} | {_inference_cell(row)} | {cells} | {row['n']} | "
+            f"{_fmt(row.get('train_seconds'))} |"
+        )
     return lines
 
 
 def gap_sentence(name: str, gap: dict[str, dict[str, float]]) -> str:
     """One line: SelectiveCL minus ``name`` per metric, mean and 95 % interval."""
-    return (f"SelectiveCL minus {name}, per test image (mean [95 % interval over (action, "
-            f"object) pairs]): " + "; ".join(
-                f"{k} {g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]"
-                for k, g in gap.items()) + ".")
+    return (
+        f"SelectiveCL minus {name}, per test image (mean [95 % interval over (action, "
+        f"object) pairs]): "
+        + "; ".join(
+            f"{k} {g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]" for k, g in gap.items()
+        )
+        + "."
+    )
 
 
 def write_report(out: Path, results: dict[str, Any]) -> str:
     """results.json + results.md; returns the Markdown text."""
+
     def strip(rows: dict[str, Any]) -> dict[str, Any]:
         return {n: {k: v for k, v in r.items() if k != "per_image"} for n, r in rows.items()}
 
     public = {**results, "splits": {s: strip(r) for s, r in results["splits"].items()}}
     (out / "results.json").write_text(json.dumps(public, indent=1))
-    lines = ["# Embedded default: results", "",
-             f"Synthetic corpus (seed {results['seed']}), tiny backbones, batch "
-             f"{results['budget']['batch_size']}, at most {results['budget']['iters']} "
-             "iterations per method and split, training seed "
-             f"{results.get('train_seed', results['seed'])}. Each method's budget (snapshot "
-             "step), inference branch and calibration were chosen on the validation corpus "
-             "(new images of the training categories, corpus seed "
-             f"{results['seed'] + VALIDATION_SEED_OFFSET}); the test split was scored once. "
-             "selectivecl_paper is SelectiveCL with the paper's settings (ego branch, binary "
-             "calibration, lambda = 1, no residual token MLP, exo action prompt), nothing "
-             "chosen. KLD lower is better; every other column higher is better "
-             "(docs/evaluation.md defines them).", ""]
+    lines = [
+        "# Embedded default: results",
+        "",
+        f"Synthetic corpus (seed {results['seed']}), tiny backbones, batch "
+        f"{results['budget']['batch_size']}, at most {results['budget']['iters']} "
+        "iterations per method and split, training seed "
+        f"{results.get('train_seed', results['seed'])}. Each method's budget (snapshot "
+        "step), inference branch and calibration were chosen on the validation corpus "
+        "(new images of the training categories, corpus seed "
+        f"{results['seed'] + VALIDATION_SEED_OFFSET}); the test split was scored once. "
+        "selectivecl_paper is SelectiveCL with the paper's settings (ego branch, binary "
+        "calibration, lambda = 1, no residual token MLP, exo action prompt), nothing "
+        "chosen. KLD lower is better; every other column higher is better "
+        "(docs/evaluation.md defines them).",
+        "",
+    ]
     for split in SPLITS:
         rows = results["splits"].get(split)
         if not rows:
@@ -106,18 +132,35 @@ def write_report(out: Path, results: dict[str, Any]) -> str:
         if ce and scl:
             gain = (ce["KLD"] - scl["KLD"]) / ce["KLD"] * 100
             word = "lower" if gain >= 0 else "higher"
-            lines += [f"SelectiveCL vs CE-only (both with their validation-chosen inference): "
-                      f"KLD {abs(gain):.1f}% {word}.", ""]
+            lines += [
+                f"SelectiveCL vs CE-only (both with their validation-chosen inference): "
+                f"KLD {abs(gain):.1f}% {word}.",
+                "",
+            ]
         for rival, gap in (scl or {}).get("gaps", {}).items():
             lines += [gap_sentence(rival, gap), ""]
     probe = results.get("backbone_probe")
     if probe:
-        lines += ["## Tiny backbones against trivial baselines (held-out scenes)", "",
-                  *probe_table(probe), "", "```json", json.dumps(probe, indent=1), "```", ""]
+        lines += [
+            "## Tiny backbones against trivial baselines (held-out scenes)",
+            "",
+            *probe_table(probe),
+            "",
+            "```json",
+            json.dumps(probe, indent=1),
+            "```",
+            "",
+        ]
     node = results.get("node")
     if node:
-        lines += ["## ROS 2 node on synthetic frames", "", "```json",
-                  json.dumps(node, indent=1), "```", ""]
+        lines += [
+            "## ROS 2 node on synthetic frames",
+            "",
+            "```json",
+            json.dumps(node, indent=1),
+            "```",
+            "",
+        ]
     lines += [f"Total wall time: {results['seconds']:.0f} s.", ""]
     text = "\n".join(lines)
     (out / "results.md").write_text(text)
@@ -146,8 +189,16 @@ def write_figure(out: Path, split: str, models: dict[str, Any], dataset, count: 
     header = np.full((24, grid.shape[1], 3), 255, np.uint8)
     tile = grid.shape[1] // (2 + len(models))
     for i, name in enumerate(["image", "GT", *models]):
-        cv2.putText(header, name, (i * tile + 4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                    (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(
+            header,
+            name,
+            (i * tile + 4, 17),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.45,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
     path = out / f"overlays_{split}.png"
     cv2.imwrite(str(path), cv2.cvtColor(np.concatenate([header, grid]), cv2.COLOR_RGB2BGR))
     return path

@@ -17,16 +17,19 @@ __all__ = [
     "demo_budget",
 ]
 
-METHOD_ORDER = ("ce", "locate", "selectivecl", "selectivecl_paper", "looptrans",
-                "looptrans_gated")
+METHOD_ORDER = ("ce", "locate", "selectivecl", "selectivecl_paper", "looptrans", "looptrans_gated")
 DEFAULT_METHODS = ("ce", "locate", "selectivecl", "selectivecl_paper", "looptrans")
 SPLITS = ("Seen", "Unseen")
 
 #: SelectiveCL exactly as the paper sets it: ego branch, binary calibration, lambda = 1, no
 #: residual token MLP, exo action prompt; trained to the end of the budget, nothing chosen.
-PAPER_SETTINGS = ("model.proj_residual=false", "method.contrast_scale=1.0",
-                  "model.exo_cue=prompt", "model.inference_branch=ego",
-                  "model.calibration=binary")
+PAPER_SETTINGS = (
+    "model.proj_residual=false",
+    "method.contrast_scale=1.0",
+    "model.exo_cue=prompt",
+    "model.inference_branch=ego",
+    "model.calibration=binary",
+)
 
 #: Row name -> (affordance-train --method, extra --set items, choose on validation).
 VARIANTS: dict[str, tuple[str, tuple[str, ...], bool]] = {
@@ -40,8 +43,16 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...], bool]] = {
 
 
 #: Row metrics of the results table (``training.evaluate.evaluate_model`` names).
-ROW_METRICS = ("KLD", "SIM", "NSS", "peak_hit", "mask_iou", "action_sensitivity",
-               "absence_auroc", "empty_on_background")
+ROW_METRICS = (
+    "KLD",
+    "SIM",
+    "NSS",
+    "peak_hit",
+    "mask_iou",
+    "action_sensitivity",
+    "absence_auroc",
+    "empty_on_background",
+)
 
 #: Bumped whenever the generator's output changes, so that a cached corpus is rebuilt.
 CORPUS_VERSION = 3
@@ -61,13 +72,30 @@ def demo_budget(quick: bool) -> dict[str, Any]:
         "node_seconds"}``.
     """
     if quick:
-        return {"corpus": {"n_exo_per_pair": 5, "n_ego_per_pair": 2, "n_test_per_pair": 2,
-                           "n_background": 6},
-                "iters": 12, "batch_size": 8, "methods": ("ce", "selectivecl", "looptrans"),
-                "node_seconds": 3.0}
-    return {"corpus": {"n_exo_per_pair": 10, "n_ego_per_pair": 3, "n_test_per_pair": 10,
-                       "n_background": 20},
-            "iters": 100, "batch_size": 8, "methods": DEFAULT_METHODS, "node_seconds": 6.0}
+        return {
+            "corpus": {
+                "n_exo_per_pair": 5,
+                "n_ego_per_pair": 2,
+                "n_test_per_pair": 2,
+                "n_background": 6,
+            },
+            "iters": 12,
+            "batch_size": 8,
+            "methods": ("ce", "selectivecl", "looptrans"),
+            "node_seconds": 3.0,
+        }
+    return {
+        "corpus": {
+            "n_exo_per_pair": 10,
+            "n_ego_per_pair": 3,
+            "n_test_per_pair": 10,
+            "n_background": 20,
+        },
+        "iters": 100,
+        "batch_size": 8,
+        "methods": DEFAULT_METHODS,
+        "node_seconds": 6.0,
+    }
 
 
 def budget_snapshots(iters: int) -> list[int]:

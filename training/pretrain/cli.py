@@ -31,28 +31,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=d.lr)
     ap.add_argument("--threads", type=int, default=d.threads)
     ap.add_argument("--log-every", type=int, default=50)
-    ap.add_argument("--models", nargs="+", choices=MODELS, default=list(d.models),
-                    help="backbones to train (one each in two processes gives the same weights)")
-    ap.add_argument("--w-threshold", type=float, default=d.w_threshold,
-                    help="weight of the CLIP soft-threshold term")
-    ap.add_argument("--w-hand", type=float, default=d.w_hand,
-                    help="weight of the CLIP hand term (0: no hand prompt)")
-    ap.add_argument("--init-from", default=None, metavar="DIR",
-                    help="start from the checkpoints in DIR (a later stage of the recipe)")
+    ap.add_argument(
+        "--models",
+        nargs="+",
+        choices=MODELS,
+        default=list(d.models),
+        help="backbones to train (one each in two processes gives the same weights)",
+    )
+    ap.add_argument(
+        "--w-threshold",
+        type=float,
+        default=d.w_threshold,
+        help="weight of the CLIP soft-threshold term",
+    )
+    ap.add_argument(
+        "--w-hand",
+        type=float,
+        default=d.w_hand,
+        help="weight of the CLIP hand term (0: no hand prompt)",
+    )
+    ap.add_argument(
+        "--init-from",
+        default=None,
+        metavar="DIR",
+        help="start from the checkpoints in DIR (a later stage of the recipe)",
+    )
     ap.add_argument("--no-probe", action="store_true", help="skip the backbone probe")
     args = ap.parse_args(argv)
-    cfg = PretrainConfig(seed=args.seed, n_scenes=args.n_scenes, steps=args.steps,
-                         batch_size=args.batch_size, lr=args.lr, threads=args.threads,
-                         models=tuple(args.models), init_from=args.init_from,
-                         w_threshold=args.w_threshold, w_hand=args.w_hand)
+    cfg = PretrainConfig(
+        seed=args.seed,
+        n_scenes=args.n_scenes,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        threads=args.threads,
+        models=tuple(args.models),
+        init_from=args.init_from,
+        w_threshold=args.w_threshold,
+        w_hand=args.w_hand,
+    )
     res = pretrain(cfg, out_dir=args.out, log_every=args.log_every)
-    summary: dict[str, Any] = {"render_s": round(res["render_s"], 1),
-                               "train_s": round(res["train_s"], 1), "files": res["files"]}
+    summary: dict[str, Any] = {
+        "render_s": round(res["render_s"], 1),
+        "train_s": round(res["train_s"], 1),
+        "files": res["files"],
+    }
     if not args.no_probe and (res["dino"] is None or res["clip"] is None):
         # A file left in --out by an earlier run may not belong with the model just trained.
-        print("probe skipped: it needs both backbones trained in this run; run "
-              "`python -m training.probes.backbone --weights-dir OUT` once both are written",
-              flush=True)
+        print(
+            "probe skipped: it needs both backbones trained in this run; run "
+            "`python -m training.probes.backbone --weights-dir OUT` once both are written",
+            flush=True,
+        )
     elif not args.no_probe:
         probe = probe_backbones(res["dino"], res["clip"], tiny_tokenizer(), seed=cfg.seed)
         summary["probe"] = probe
@@ -61,4 +91,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp.replace(Path(args.out) / "probe.json")
     print(json.dumps(summary))
     return 0
-

@@ -40,8 +40,10 @@ def load_world() -> Any:
     world = importlib.import_module("affordance_core.synthetic.world")
     corpus = importlib.import_module("affordance_core.synthetic.corpus")
     return SimpleNamespace(
-        OBJECTS=list(world.OBJECTS), PART_TYPES=list(world.PART_TYPES),
-        list_actions=world.list_actions, object_caption=world.object_caption,
+        OBJECTS=list(world.OBJECTS),
+        PART_TYPES=list(world.PART_TYPES),
+        list_actions=world.list_actions,
+        object_caption=world.object_caption,
         iter_pretrain_scenes=corpus.iter_pretrain_scenes,
     )
 
@@ -100,7 +102,9 @@ def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
 
 
 def build_pretrain_data(
-    scenes: Iterable[Any], objects: Sequence[str], part_types: Sequence[str],
+    scenes: Iterable[Any],
+    objects: Sequence[str],
+    part_types: Sequence[str],
     size: int = TINY_IMAGE_SIZE,
 ) -> PretrainData:
     """Stack rendered scenes into a :class:`PretrainData` (affordance maps are ignored).
@@ -183,13 +187,18 @@ def build_text_vocabulary(world: Any, hand: bool = False) -> TextVocabulary:
             j = actions.index(a)
             pos[i, 2 * n_o + j] = 1.0
             pos[i, 2 * n_o + n_a + j] = 1.0
-    return TextVocabulary(texts=texts, positives=pos, n_objects=n_o, actions=actions,
-                          has_hand=hand)
+    return TextVocabulary(
+        texts=texts, positives=pos, n_objects=n_o, actions=actions, has_hand=hand
+    )
 
 
 def augment(
-    images: Tensor, object_mask: Tensor, part_index: Tensor, gen: torch.Generator,
-    min_scale: float = 0.7, hand_mask: Tensor | None = None,
+    images: Tensor,
+    object_mask: Tensor,
+    part_index: Tensor,
+    gen: torch.Generator,
+    min_scale: float = 0.7,
+    hand_mask: Tensor | None = None,
 ) -> tuple[Tensor, ...]:
     """Random horizontal flip and random square crop (resized back), same for masks.
 
@@ -220,8 +229,13 @@ def augment(
     channels = [object_mask.float(), part_index.float()]
     if hand_mask is not None:
         channels.append(hand_mask.float())
-    labels = F.grid_sample(torch.stack(channels, dim=1), grid, mode="nearest",
-                           padding_mode="border", align_corners=False)
+    labels = F.grid_sample(
+        torch.stack(channels, dim=1),
+        grid,
+        mode="nearest",
+        padding_mode="border",
+        align_corners=False,
+    )
     if hand_mask is None:
         return out, labels[:, 0] > 0.5, labels[:, 1].round().long()
     return out, labels[:, 0] > 0.5, labels[:, 1].round().long(), labels[:, 2] > 0.5

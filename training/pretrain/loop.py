@@ -117,7 +117,8 @@ def _initial_model(name: str, init_from: str | None) -> nn.Module:
     if not path.is_file():
         raise FileNotFoundError(
             f"--init-from {init_from}: no {path.name} there; run the earlier pretraining stage "
-            "first (scripts/pretrain.sh runs all stages)")
+            "first (scripts/pretrain.sh runs all stages)"
+        )
     return (load_tiny_dino(path) if name == "dino" else load_tiny_clip(path)).train()
 
 
@@ -131,19 +132,26 @@ def learning_rate(cfg: PretrainConfig, step: int) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * prog))
 
 
-def _save_checkpoints(trained: dict[str, TrainedModel],
-                      out_dir: str | Path | None) -> dict[str, str]:
+def _save_checkpoints(
+    trained: dict[str, TrainedModel], out_dir: str | Path | None
+) -> dict[str, str]:
     """Writes the fp16 checkpoint of every trained model into ``out_dir`` (none when None)."""
     if out_dir is None:
         return {}
     names = {"dino": TINY_DINO_FILE, "clip": TINY_CLIP_FILE}
-    return {name: str(save_state_dict_fp16(model, Path(out_dir) / names[name]))
-            for name, (model, _, _) in trained.items()}
+    return {
+        name: str(save_state_dict_fp16(model, Path(out_dir) / names[name]))
+        for name, (model, _, _) in trained.items()
+    }
 
 
 def pretrain(
-    cfg: PretrainConfig, out_dir: str | Path | None = None, world: Any | None = None,
-    data: PretrainData | None = None, log_every: int = 50, verbose: bool = True,
+    cfg: PretrainConfig,
+    out_dir: str | Path | None = None,
+    world: Any | None = None,
+    data: PretrainData | None = None,
+    log_every: int = 50,
+    verbose: bool = True,
 ) -> dict[str, Any]:
     """Pretrain the tiny backbones named in ``cfg.models``; optionally write their checkpoints.
 
@@ -194,8 +202,11 @@ def pretrain(
         prototypes = nn.Parameter(torch.randn(n_parts + 1, dino.embed_dim) * 0.02)
         groups = _param_groups(dino, cfg.weight_decay)
         groups.append({"params": [prototypes], "weight_decay": 0.0})
-        trained["dino"] = (dino, [p for g in groups for p in g["params"]],
-                           torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98)))
+        trained["dino"] = (
+            dino,
+            [p for g in groups for p in g["params"]],
+            torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98)),
+        )
     if "clip" in cfg.models:
         torch.manual_seed(cfg.seed * 7 + 2)
         clip = _initial_model("clip", cfg.init_from)
@@ -210,8 +221,11 @@ def pretrain(
         objectness = nn.Linear(clip.visual.transformer.width, 1)
         groups = _param_groups(clip, cfg.weight_decay) + _param_groups(objectness, 0.0)
         groups.append({"params": [dense_scale, dense_bias], "weight_decay": 0.0})
-        trained["clip"] = (clip, [p for g in groups for p in g["params"]],
-                           torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98)))
+        trained["clip"] = (
+            clip,
+            [p for g in groups for p in g["params"]],
+            torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98)),
+        )
     gen = torch.Generator().manual_seed(cfg.seed)  # batches and augmentation, shared
     history: list[dict[str, float]] = []
     n = len(data)
@@ -221,13 +235,18 @@ def pretrain(
     for step in range(cfg.steps):
         if cursor + cfg.batch_size > n:
             perm, cursor = torch.randperm(n, generator=gen), 0
-        idx = perm[cursor:cursor + cfg.batch_size]
+        idx = perm[cursor : cursor + cfg.batch_size]
         cursor += cfg.batch_size
         imgs = data.images[idx].float() / 255.0
         hand_frac = None
         if vocab.has_hand:
-            imgs, omask, pidx, hand = augment(imgs, data.object_mask[idx], data.part_index[idx],
-                                              gen, hand_mask=data.hand_mask[idx])
+            imgs, omask, pidx, hand = augment(
+                imgs,
+                data.object_mask[idx],
+                data.part_index[idx],
+                gen,
+                hand_mask=data.hand_mask[idx],
+            )
             hand_frac = F.adaptive_avg_pool2d(hand.float()[:, None], TINY_GRID)[:, 0]
         else:
             imgs, omask, pidx = augment(imgs, data.object_mask[idx], data.part_index[idx], gen)
@@ -237,19 +256,35 @@ def pretrain(
             for g in opt.param_groups:
                 g["lr"] = learning_rate(cfg, step)
             if name == "clip":
-                parts = clip_dense_losses(model, imgs, data.obj_index[idx], obj_frac, tokens,
-                                          vocab.positives, vocab.n_objects, dense_scale,
-                                          dense_bias, objectness_head=objectness,
-                                          hand_frac=hand_frac)
-                loss = parts["dense"] + cfg.w_global * parts["global"] \
-                    + cfg.w_clip_contrast * parts["contrast"] + cfg.w_text * parts["text"] \
-                    + cfg.w_objectness * parts["objectness"] \
-                    + cfg.w_threshold * parts["threshold"] \
+                parts = clip_dense_losses(
+                    model,
+                    imgs,
+                    data.obj_index[idx],
+                    obj_frac,
+                    tokens,
+                    vocab.positives,
+                    vocab.n_objects,
+                    dense_scale,
+                    dense_bias,
+                    objectness_head=objectness,
+                    hand_frac=hand_frac,
+                )
+                loss = (
+                    parts["dense"]
+                    + cfg.w_global * parts["global"]
+                    + cfg.w_clip_contrast * parts["contrast"]
+                    + cfg.w_text * parts["text"]
+                    + cfg.w_objectness * parts["objectness"]
+                    + cfg.w_threshold * parts["threshold"]
                     + cfg.w_hand * parts.get("hand", 0.0)
+                )
             else:
                 parts = dino_dense_losses(model, imgs, obj_frac, part_label, purity, prototypes)
-                loss = parts["part"] + cfg.w_saliency * parts["saliency"] \
+                loss = (
+                    parts["part"]
+                    + cfg.w_saliency * parts["saliency"]
                     + cfg.w_dino_contrast * parts["contrast"]
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(params, 1.0)
@@ -267,5 +302,11 @@ def pretrain(
     for model, _, _ in trained.values():
         model.eval()
     files = _save_checkpoints(trained, out_dir)
-    return {"dino": dino, "clip": clip, "history": history, "render_s": render_s,
-            "train_s": train_s, "files": files}
+    return {
+        "dino": dino,
+        "clip": clip,
+        "history": history,
+        "render_s": render_s,
+        "train_s": train_s,
+        "files": files,
+    }

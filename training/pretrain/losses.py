@@ -12,8 +12,9 @@ from affordance_core.tiny import dino_last_block_qk, normalize_clip, normalize_d
 __all__ = ["clip_dense_losses", "dino_dense_losses", "within_image_contrast"]
 
 
-def within_image_contrast(features: Tensor, labels: Tensor, valid: Tensor,
-                          temperature: float = 0.1) -> Tensor:
+def within_image_contrast(
+    features: Tensor, labels: Tensor, valid: Tensor, temperature: float = 0.1
+) -> Tensor:
     """Supervised contrast between the patches of each image (no pair crosses images).
 
     Every valid patch is an anchor; its positives are the other valid patches of the same
@@ -29,9 +30,12 @@ def within_image_contrast(features: Tensor, labels: Tensor, valid: Tensor,
         Scalar mean over anchors with at least one positive (0 when there is none).
     """
     n = features.shape[1]
-    sim = features @ features.transpose(1, 2) / temperature                # (B, N, N)
-    pair = valid[:, :, None] & valid[:, None, :] & ~torch.eye(n, dtype=torch.bool,
-                                                              device=features.device)
+    sim = features @ features.transpose(1, 2) / temperature  # (B, N, N)
+    pair = (
+        valid[:, :, None]
+        & valid[:, None, :]
+        & ~torch.eye(n, dtype=torch.bool, device=features.device)
+    )
     positive = pair & (labels[:, :, None] == labels[:, None, :])
     logp = sim.masked_fill(~pair, -1e4).log_softmax(-1)
     n_pos = positive.sum(-1)
@@ -49,9 +53,17 @@ def _soft_threshold(norm: Tensor, on: Tensor, off: Tensor) -> Tensor:
 
 
 def clip_dense_losses(
-    clip: nn.Module, images: Tensor, obj_index: Tensor, obj_frac: Tensor, text_tokens: Tensor,
-    positives: Tensor, n_objects: int, dense_scale: Tensor, dense_bias: Tensor,
-    objectness_head: nn.Module | None = None, hand_frac: Tensor | None = None,
+    clip: nn.Module,
+    images: Tensor,
+    obj_index: Tensor,
+    obj_frac: Tensor,
+    text_tokens: Tensor,
+    positives: Tensor,
+    n_objects: int,
+    dense_scale: Tensor,
+    dense_bias: Tensor,
+    objectness_head: nn.Module | None = None,
+    hand_frac: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """CLIP-role losses: dense sigmoid patch-text term (ClearCLIP path) + global caption CE.
 
@@ -92,14 +104,17 @@ def clip_dense_losses(
     # Positives are rare (object patches x afforded texts): average them apart from negatives.
     pos_term = target * F.softplus(-logits)
     neg_term = (1.0 - target) * F.softplus(logits)
-    dense = pos_term.sum() / target.sum().clamp(min=1e-6) \
-        + neg_term.sum() / (1.0 - target).sum().clamp(min=1e-6)
+    dense = pos_term.sum() / target.sum().clamp(min=1e-6) + neg_term.sum() / (
+        1.0 - target
+    ).sum().clamp(min=1e-6)
     frac = obj_frac.flatten(1)
-    contrast = within_image_contrast(patches.flatten(2).transpose(1, 2), (frac >= 0.5).long(),
-                                     (frac >= 0.5) | (frac <= 0.01))
+    contrast = within_image_contrast(
+        patches.flatten(2).transpose(1, 2), (frac >= 0.5).long(), (frac >= 0.5) | (frac <= 0.01)
+    )
     captions = text[:n_objects]
-    text_sep = F.cross_entropy(captions @ captions.t() / 0.1,
-                               torch.arange(n_objects, device=captions.device))
+    text_sep = F.cross_entropy(
+        captions @ captions.t() / 0.1, torch.arange(n_objects, device=captions.device)
+    )
     vis = clip.visual
     pooled, _ = vis._pool(vis.transformer.resblocks[-1](trunk))
     img = F.normalize(pooled @ vis.proj, dim=-1)
@@ -110,28 +125,40 @@ def clip_dense_losses(
     # the normalised affinity of every positive text above 0.6 on the object and below 0.4 off
     # it (a soft version of that threshold; it targets the off-object patches that a plain
     # average over all negatives lets through).
-    flat = cos.flatten(2)                                                  # (B, T, hw)
+    flat = cos.flatten(2)  # (B, T, hw)
     lo, hi = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
     norm = (flat - lo) / (hi - lo).clamp(min=1e-6)
-    pos_text = positives[obj_index][:, :, None]                            # (B, T, 1)
+    pos_text = positives[obj_index][:, :, None]  # (B, T, 1)
     on, off = (frac >= 0.5)[:, None].float(), (frac <= 0.01)[:, None].float()
     threshold = _soft_threshold(norm, pos_text * on, pos_text * off)
-    out = {"dense": dense, "contrast": contrast, "text": text_sep, "global": glob, "acc": acc,
-           "threshold": threshold}
+    out = {
+        "dense": dense,
+        "contrast": contrast,
+        "text": text_sep,
+        "global": glob,
+        "acc": acc,
+        "threshold": threshold,
+    }
     if hand_frac is not None:
         hand = hand_frac.flatten(1)
-        shown = (hand.amax(-1, keepdim=True) > 0).float()                 # (B, 1)
+        shown = (hand.amax(-1, keepdim=True) > 0).float()  # (B, 1)
         on_hand, off_hand = (hand >= 0.3).float() * shown, (hand <= 0.01).float() * shown
         out["hand"] = _soft_threshold(norm[:, -1], on_hand, off_hand)
     if objectness_head is not None:
-        logit = objectness_head(trunk[:, 1:]).squeeze(-1)                     # (B, h*w)
+        logit = objectness_head(trunk[:, 1:]).squeeze(-1)  # (B, h*w)
         out["objectness"] = F.binary_cross_entropy_with_logits(logit, frac)
     return out
 
 
 def dino_dense_losses(
-    vit: nn.Module, images: Tensor, obj_frac: Tensor, part_label: Tensor, purity: Tensor,
-    prototypes: Tensor, temperature: float = 0.1, min_purity: float = 0.5,
+    vit: nn.Module,
+    images: Tensor,
+    obj_frac: Tensor,
+    part_label: Tensor,
+    purity: Tensor,
+    prototypes: Tensor,
+    temperature: float = 0.1,
+    min_purity: float = 0.5,
 ) -> dict[str, Tensor]:
     """DINO-role losses: part-type prototype classification of keys + saliency-to-object KL.
 
@@ -160,10 +187,12 @@ def dino_dense_losses(
     n_cls = prototypes.shape[0]
     # Balance classes so thin parts are not drowned by background patches.
     counts = torch.bincount(lab[lab >= 0], minlength=n_cls).float()
-    weight = torch.where(counts > 0, counts.sum() / (counts.clamp(min=1) * n_cls),
-                         torch.zeros_like(counts)).clamp(max=10.0)
-    part = F.cross_entropy(logits.reshape(-1, n_cls), lab.reshape(-1), weight=weight,
-                           ignore_index=-100)
+    weight = torch.where(
+        counts > 0, counts.sum() / (counts.clamp(min=1) * n_cls), torch.zeros_like(counts)
+    ).clamp(max=10.0)
+    part = F.cross_entropy(
+        logits.reshape(-1, n_cls), lab.reshape(-1), weight=weight, ignore_index=-100
+    )
     acc = ((logits.argmax(-1) == lab).float().sum() / (lab >= 0).sum().clamp(min=1)).detach()
     on_part = (lab >= 0) & (lab < n_cls - 1)
     contrast = within_image_contrast(keys, lab.clamp(min=0), on_part)

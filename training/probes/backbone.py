@@ -60,8 +60,14 @@ from affordance_core.tiny import (
 from training.common import print_json_result
 from training.pretrain.data import build_pretrain_data, load_world, object_captions, patch_targets
 
-__all__ = ["PROBE_SEED_SALT", "batched_kmeans", "main", "part_transfer_iou", "probe_backbones",
-           "probe_scenes"]
+__all__ = [
+    "PROBE_SEED_SALT",
+    "batched_kmeans",
+    "main",
+    "part_transfer_iou",
+    "probe_backbones",
+    "probe_scenes",
+]
 
 PROBE_SEED_SALT = 7919
 
@@ -104,8 +110,12 @@ def _minmax(x: Tensor) -> Tensor:
 def _up(x: Tensor, size: int, mode: str) -> Tensor:
     """Upsample (..., h, w) maps to (..., size, size)."""
     shp = x.shape
-    y = F.interpolate(x.reshape(-1, 1, *shp[-2:]).float(), size=(size, size), mode=mode,
-                      **({"align_corners": False} if mode == "bilinear" else {}))
+    y = F.interpolate(
+        x.reshape(-1, 1, *shp[-2:]).float(),
+        size=(size, size),
+        mode=mode,
+        **({"align_corners": False} if mode == "bilinear" else {}),
+    )
     return y.reshape(*shp[:-2], size, size)
 
 
@@ -115,9 +125,7 @@ def _centre_gaussian(grid: int, sigma_frac: float = 0.25) -> Tensor:
     return g
 
 
-def batched_kmeans(
-    feats: Tensor, valid: Tensor, k: int = 3, iters: int = 25
-) -> Tensor:
+def batched_kmeans(feats: Tensor, valid: Tensor, k: int = 3, iters: int = 25) -> Tensor:
     """Deterministic K-means run independently per image, vectorised over the batch.
 
     Initialisation: the valid point farthest from the valid mean, then farthest-point picks.
@@ -198,18 +206,20 @@ def part_transfer_iou(feats: Tensor, part_label: Tensor, n_part_types: int) -> T
         (M,) float IoU for every (image, part type) present in image b and in image b + 1.
     """
     feats = F.normalize(feats.float(), dim=-1)
-    onehot = F.one_hot(part_label.clamp(min=0), n_part_types).float() \
-        * (part_label >= 0).float()[..., None]                                # (B, hw, P)
-    counts = onehot.sum(1)                                                   # (B, P)
-    protos = F.normalize(onehot.transpose(1, 2) @ feats, dim=-1)             # (B, P, C)
+    onehot = (
+        F.one_hot(part_label.clamp(min=0), n_part_types).float()
+        * (part_label >= 0).float()[..., None]
+    )  # (B, hw, P)
+    counts = onehot.sum(1)  # (B, P)
+    protos = F.normalize(onehot.transpose(1, 2) @ feats, dim=-1)  # (B, P, C)
     other = feats.roll(-1, dims=0)
     other_onehot = onehot.roll(-1, dims=0)
-    on_object = other_onehot.sum(-1) > 0                                     # (B, hw)
-    sim = torch.einsum("bpc,bnc->bpn", protos, other)                        # (B, P, hw)
+    on_object = other_onehot.sum(-1) > 0  # (B, hw)
+    sim = torch.einsum("bpc,bnc->bpn", protos, other)  # (B, P, hw)
     weight = on_object.float()[:, None]
     mean = (sim * weight).sum(-1, keepdim=True) / weight.sum(-1, keepdim=True).clamp(min=1)
     pred = (sim > mean) & on_object[:, None]
-    gt = other_onehot.transpose(1, 2) > 0                                    # (B, P, hw)
+    gt = other_onehot.transpose(1, 2) > 0  # (B, P, hw)
     inter = (pred & gt).sum(-1).float()
     union = (pred | gt).sum(-1).float()
     shared = (counts > 0) & (other_onehot.sum(1) > 0)
@@ -224,8 +234,9 @@ def _patch_part_labels(sc: dict[str, Any], n_parts: int, grid: int) -> Tensor:
 
 
 @torch.no_grad()
-def _clip_numbers(clip: nn.Module, tokenizer: Any, world: Any,
-                  sc: dict[str, Any]) -> dict[str, float]:
+def _clip_numbers(
+    clip: nn.Module, tokenizer: Any, world: Any, sc: dict[str, Any]
+) -> dict[str, float]:
     objects = list(world.OBJECTS)
     actions = sorted({a for o in objects for a in world.list_actions(o)})
     texts = [object_captions(world, o)[0] for o in objects] + [ego_prompt(a) for a in actions]
@@ -241,16 +252,19 @@ def _clip_numbers(clip: nn.Module, tokenizer: Any, world: Any,
     obj_map = _up(_minmax(aff[bidx, oi]), size, "bilinear") >= 0.5
     obj_iou = _iou(obj_map, gt).mean()
     afford = torch.tensor([[a in world.list_actions(o) for a in actions] for o in sc["obj"]])
-    act_maps = _up(_minmax(aff[:, len(objects):]), size, "bilinear") >= 0.5  # (B, A, S, S)
+    act_maps = _up(_minmax(aff[:, len(objects) :]), size, "bilinear") >= 0.5  # (B, A, S, S)
     act_iou = _iou(act_maps, gt[:, None])
     act_iou = (act_iou * afford).sum() / afford.sum().clamp(min=1)
     img = F.normalize(clip.encode_image(x), dim=-1)
     acc = ((img @ txt[: len(objects)].t()).argmax(1) == oi).float().mean()
     hand_txt = F.normalize(clip.encode_text(tokenizer([HAND_PROMPT])), dim=-1)[0]
     hand_aff = torch.einsum("behw,e->bhw", patches, hand_txt)
-    return {"clip_object_iou": float(obj_iou), "clip_action_iou": float(act_iou),
-            "clip_zero_shot_acc": float(acc),
-            "clip_hand_pointing": _hand_pointing(hand_aff, sc["hand_mask"])}
+    return {
+        "clip_object_iou": float(obj_iou),
+        "clip_action_iou": float(act_iou),
+        "clip_zero_shot_acc": float(acc),
+        "clip_hand_pointing": _hand_pointing(hand_aff, sc["hand_mask"]),
+    }
 
 
 def _hand_pointing(score: Tensor, hand_mask: Tensor) -> float:
@@ -258,7 +272,7 @@ def _hand_pointing(score: Tensor, hand_mask: Tensor) -> float:
     (B, S, S) dilated by one patch; NaN when no image shows a hand."""
     grid = score.shape[-1]
     near = F.max_pool2d(F.adaptive_max_pool2d(hand_mask.float()[:, None], grid), 3, 1, 1)
-    near = near.flatten(1) > 0                                               # (B, hw)
+    near = near.flatten(1) > 0  # (B, hw)
     shown = near.any(1)
     top = score.flatten(1).argmax(1)
     hit = near[torch.arange(len(top)), top]
@@ -274,15 +288,19 @@ def _dino_numbers(dino: nn.Module, world: Any, sc: dict[str, Any]) -> dict[str, 
     obj_patch = obj_frac.flatten(1) >= 0.5
     feats = keys.flatten(2).transpose(1, 2)
     n_parts = len(world.PART_TYPES)
-    norm_iou, ok = _part_cluster_iou(F.normalize(feats, dim=-1), obj_patch, sc["part_index"],
-                                     n_parts)
+    norm_iou, ok = _part_cluster_iou(
+        F.normalize(feats, dim=-1), obj_patch, sc["part_index"], n_parts
+    )
     raw_iou, _ = _part_cluster_iou(feats, obj_patch, sc["part_index"], n_parts)
     sal_mask = sal > sal.flatten(1).mean(1)[:, None, None]
     sal_iou = _iou(_up(sal_mask.float(), size, "nearest") > 0.5, sc["object_mask"])
     transfer = part_transfer_iou(feats, _patch_part_labels(sc, n_parts, grid), n_parts)
-    return {"dino_part_iou": float(norm_iou[ok].mean()), "dino_part_iou_raw":
-            float(raw_iou[ok].mean()), "dino_part_transfer_iou": float(transfer.mean()),
-            "dino_saliency_iou": float(sal_iou.mean())}
+    return {
+        "dino_part_iou": float(norm_iou[ok].mean()),
+        "dino_part_iou_raw": float(raw_iou[ok].mean()),
+        "dino_part_transfer_iou": float(transfer.mean()),
+        "dino_saliency_iou": float(sal_iou.mean()),
+    }
 
 
 @torch.no_grad()
@@ -299,16 +317,23 @@ def _baselines(world: Any, sc: dict[str, Any], grid: int = TINY_GRID) -> dict[st
     n_parts = len(world.PART_TYPES)
     pix, ok = _part_cluster_iou(rgb, obj_patch, sc["part_index"], n_parts)
     transfer = part_transfer_iou(rgb, _patch_part_labels(sc, n_parts, grid), n_parts)
-    return {"centre_affinity_iou": float(_iou(aff, gt).mean()),
-            "centre_hand_pointing": _hand_pointing(g, sc["hand_mask"]),
-            "centre_saliency_iou": float(_iou(sal, gt).mean()),
-            "pixel_part_iou": float(pix[ok].mean()),
-            "pixel_part_transfer_iou": float(transfer.mean())}
+    return {
+        "centre_affinity_iou": float(_iou(aff, gt).mean()),
+        "centre_hand_pointing": _hand_pointing(g, sc["hand_mask"]),
+        "centre_saliency_iou": float(_iou(sal, gt).mean()),
+        "pixel_part_iou": float(pix[ok].mean()),
+        "pixel_part_transfer_iou": float(transfer.mean()),
+    }
 
 
 def probe_backbones(
-    dino: nn.Module, clip: nn.Module, tokenizer: Any, seed: int, n: int = 200,
-    world: Any | None = None, with_random: bool = True,
+    dino: nn.Module,
+    clip: nn.Module,
+    tokenizer: Any,
+    seed: int,
+    n: int = 200,
+    world: Any | None = None,
+    with_random: bool = True,
 ) -> dict[str, Any]:
     """Probe both backbones on ``n`` held-out scenes.
 
@@ -346,8 +371,10 @@ def probe_backbones(
 
 
 def _rounded(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: _rounded(v) if isinstance(v, dict) else (round(v, 4) if isinstance(v, float)
-                                                         else v) for k, v in d.items()}
+    return {
+        k: _rounded(v) if isinstance(v, dict) else (round(v, 4) if isinstance(v, float) else v)
+        for k, v in d.items()
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -361,8 +388,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     wdir = Path(args.weights_dir) if args.weights_dir else default_tiny_weights_dir()
     dino = load_tiny_dino(wdir / TINY_DINO_FILE)
     clip = load_tiny_clip(wdir / TINY_CLIP_FILE)
-    print_json_result(probe_backbones(dino, clip, tiny_tokenizer(), seed=args.seed, n=args.n),
-                      args.out)
+    print_json_result(
+        probe_backbones(dino, clip, tiny_tokenizer(), seed=args.seed, n=args.n), args.out
+    )
     return 0
 
 

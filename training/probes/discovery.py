@@ -38,11 +38,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from affordance_core import load_model
+from affordance_core.affinity import exo_object_affinity
 from affordance_core.backbones import minmax
 from affordance_core.data import AffordanceTestDataset, AffordanceTrainDataset
 from affordance_core.data.transforms import center_resize, load_rgb, to_tensor
 from affordance_core.discovery import discover_parts
-from affordance_core.affinity import exo_object_affinity
 from affordance_core.metrics import MetricAccumulator
 from affordance_core.model import Features
 from training.common import print_json_result
@@ -65,10 +65,16 @@ def _exo_images(paths: Sequence[Path], j: int, num_exo: int, size: int) -> Tenso
     return torch.stack(images)
 
 
-def probe_discovery(model: torch.nn.Module, val_set: AffordanceTestDataset,
-                    train_set: AffordanceTrainDataset, *, batch_size: int = 16,
-                    region_threshold: float = 0.6, piou_threshold: float = 0.6,
-                    seed: int = 0) -> dict[str, Any]:
+def probe_discovery(
+    model: torch.nn.Module,
+    val_set: AffordanceTestDataset,
+    train_set: AffordanceTrainDataset,
+    *,
+    batch_size: int = 16,
+    region_threshold: float = 0.6,
+    piou_threshold: float = 0.6,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Score SelectiveCL's discovered part prototypes on validation ego images.
 
     Args:
@@ -95,18 +101,26 @@ def probe_discovery(model: torch.nn.Module, val_set: AffordanceTestDataset,
     pairs = [tuple(key.split("/")[:2]) for key in val_set.keys]
     missing = sorted({f"{a}/{o}" for a, o in pairs if (a, o) not in items})
     if missing:
-        raise ValueError(f"no training exo images for validation pairs {missing[:3]}; "
-                         "pass the training root of the same split")
+        raise ValueError(
+            f"no training exo images for validation pairs {missing[:3]}; "
+            "pass the training root of the same split"
+        )
     by_pair: dict[tuple[str, str], list[int]] = defaultdict(list)
     for j, pair in enumerate(pairs):
         by_pair[pair].append(j)
-    partner = [by_pair[p][(by_pair[p].index(j) + 1) % len(by_pair[p])]
-               for j, p in enumerate(pairs)]
+    partner = [
+        by_pair[p][(by_pair[p].index(j) + 1) % len(by_pair[p])] for j, p in enumerate(pairs)
+    ]
 
-    names = ("object affinity", "chosen part x affinity", "mean over clusters",
-             "GT-part prototype x affinity", "GT-nearest cluster x affinity",
-             "object affinity (reliable samples)",
-             "chosen part x affinity (reliable samples)")
+    names = (
+        "object affinity",
+        "chosen part x affinity",
+        "mean over clusters",
+        "GT-part prototype x affinity",
+        "GT-nearest cluster x affinity",
+        "object affinity (reliable samples)",
+        "chosen part x affinity (reliable samples)",
+    )
     acc = {name: MetricAccumulator() for name in names}
     generator = torch.Generator().manual_seed(seed)
     reliable_count = 0
@@ -115,17 +129,25 @@ def probe_discovery(model: torch.nn.Module, val_set: AffordanceTestDataset,
         gts = torch.cat([batch["gt"] for batch in batches])
         labels = torch.cat([batch["label"] for batch in batches])
         parts = [model.extract(batch["image"]) for batch in batches]
-        ego_all = Features(*(torch.cat([getattr(f, name) for f in parts])
-                             for name in ("keys", "cls_attention", "clip")))
+        ego_all = Features(
+            *(
+                torch.cat([getattr(f, name) for f in parts])
+                for name in ("keys", "cls_attention", "clip")
+            )
+        )
         h, w = ego_all.keys.shape[-2:]
-        keys_n = F.normalize(ego_all.keys, dim=1)                              # (N, D, h, w)
+        keys_n = F.normalize(ego_all.keys, dim=1)  # (N, D, h, w)
         gt_grid = F.adaptive_avg_pool2d(gts[:, None].float(), (h, w))[:, 0]
         gt_proto = F.normalize((keys_n * gt_grid[:, None]).sum((-1, -2)), dim=-1)
         for start in range(0, len(val_set), batch_size):
             idx = torch.arange(start, min(start + batch_size, len(val_set)))
             b = len(idx)
-            exo = torch.stack([_exo_images(items[pairs[j]], j, train_set.num_exo,
-                                           model.image_size) for j in idx.tolist()])
+            exo = torch.stack(
+                [
+                    _exo_images(items[pairs[j]], j, train_set.num_exo, model.image_size)
+                    for j in idx.tolist()
+                ]
+            )
             e = exo.shape[1]
             exo_f = model.extract(exo.flatten(0, 1))
             ego = ego_all.index(idx)
@@ -136,10 +158,16 @@ def probe_discovery(model: torch.nn.Module, val_set: AffordanceTestDataset,
             cam = exo_cam.gather(1, exo_lab.view(-1, 1, 1, 1).expand(-1, 1, h, w))[:, 0]
             interaction = (F.relu(a_exo) * F.relu(cam)).view(b, e, h, w)
             sal = ego.saliency()
-            found = discover_parts(exo_f.keys.view(b, e, -1, h, w), interaction, ego.keys,
-                                   sal > sal.flatten(1).mean(1)[:, None, None],
-                                   region_threshold, piou_threshold, generator=generator)
-            affinity = minmax(model.affinity(ego.clip, lab, "ego"))              # (b, h, w)
+            found = discover_parts(
+                exo_f.keys.view(b, e, -1, h, w),
+                interaction,
+                ego.keys,
+                sal > sal.flatten(1).mean(1)[:, None, None],
+                region_threshold,
+                piou_threshold,
+                generator=generator,
+            )
+            affinity = minmax(model.affinity(ego.clip, lab, "ego"))  # (b, h, w)
             part_maps = minmax(torch.einsum("bkd,bdhw->bkhw", found.centroids, keys_n[idx]))
             chosen_part = minmax(torch.einsum("bd,bdhw->bhw", found.centroid, keys_n[idx]))
             acc["object affinity"].update(affinity, gt)
@@ -149,46 +177,61 @@ def probe_discovery(model: torch.nn.Module, val_set: AffordanceTestDataset,
             acc["chosen part x affinity"].update(chosen_map, gt)
             k = part_maps.shape[1]
             acc["mean over clusters"].update(
-                (part_maps * affinity[:, None]).flatten(0, 1), gt.repeat_interleave(k, 0))
+                (part_maps * affinity[:, None]).flatten(0, 1), gt.repeat_interleave(k, 0)
+            )
             other = gt_proto[torch.tensor([partner[j] for j in idx.tolist()])]
             transfer = minmax(torch.einsum("bd,bdhw->bhw", other, keys_n[idx]))
             acc["GT-part prototype x affinity"].update(transfer * affinity, gt)
             nearest = torch.einsum("bkd,bd->bk", found.centroids, other).argmax(1)
             nearest_map = part_maps[torch.arange(b), nearest]
             acc["GT-nearest cluster x affinity"].update(
-                torch.where(enough, nearest_map * affinity, affinity), gt)
+                torch.where(enough, nearest_map * affinity, affinity), gt
+            )
             rel = found.reliable
             reliable_count += int(rel.sum())
             if rel.any():
                 acc["object affinity (reliable samples)"].update(affinity[rel], gt[rel])
-                acc["chosen part x affinity (reliable samples)"].update(
-                    chosen_map[rel], gt[rel])
-    maps = {name: {k: round(float(v), 4) for k, v in a.compute().items()}
-            for name, a in acc.items() if a.count}
-    return {"n": len(val_set), "reliable_rate": round(reliable_count / len(val_set), 4),
-            "maps": maps}
+                acc["chosen part x affinity (reliable samples)"].update(chosen_map[rel], gt[rel])
+    maps = {
+        name: {k: round(float(v), 4) for k, v in a.compute().items()}
+        for name, a in acc.items()
+        if a.count
+    }
+    return {
+        "n": len(val_set),
+        "reliable_rate": round(reliable_count / len(val_set), 4),
+        "maps": maps,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: probe one checkpoint; prints a table and one JSON line."""
-    ap = argparse.ArgumentParser(description="Score SelectiveCL's discovered part prototypes "
-                                 "on validation ego images.")
+    ap = argparse.ArgumentParser(
+        description="Score SelectiveCL's discovered part prototypes on validation ego images."
+    )
     ap.add_argument("--checkpoint", required=True, help="a SelectiveCL model.pt")
     ap.add_argument("--train-root", required=True, help="the corpus the model trained on")
-    ap.add_argument("--val-root", required=True,
-                    help="validation corpus in the test layout (training categories)")
+    ap.add_argument(
+        "--val-root",
+        required=True,
+        help="validation corpus in the test layout (training categories)",
+    )
     ap.add_argument("--split", default="Seen")
     ap.add_argument("--out", default=None, help="also write the JSON to this file")
     args = ap.parse_args(argv)
     model = load_model(args.checkpoint).eval()
-    val_set = AffordanceTestDataset(args.val_root, args.split, model.image_size,
-                                    vocabulary=model.vocabulary)
-    train_set = AffordanceTrainDataset(args.train_root, args.split, model.image_size,
-                                       vocabulary=model.vocabulary)
+    val_set = AffordanceTestDataset(
+        args.val_root, args.split, model.image_size, vocabulary=model.vocabulary
+    )
+    train_set = AffordanceTrainDataset(
+        args.train_root, args.split, model.image_size, vocabulary=model.vocabulary
+    )
     result = probe_discovery(model, val_set, train_set)
     for name, m in result["maps"].items():
-        print(f"{name:44s} KLD {m['KLD']:.3f}  SIM {m['SIM']:.3f}  NSS {m['NSS']:.3f}  "
-              f"n {int(m['n'])}")
+        print(
+            f"{name:44s} KLD {m['KLD']:.3f}  SIM {m['SIM']:.3f}  NSS {m['NSS']:.3f}  "
+            f"n {int(m['n'])}"
+        )
     print_json_result(result, args.out, line={"split": args.split, **result})
     return 0
 

@@ -33,9 +33,9 @@ from affordance_core.synthetic.world import affordance_heatmap, afforded_parts, 
 __all__ = ["main", "rebuild_exo_truth", "score_exo_branch"]
 
 
-def rebuild_exo_truth(data_root: Path, split: str, seed: int, size: int,
-                      occlusion_rate: float, max_items: int | None
-                      ) -> list[tuple[Path, str, np.ndarray, bool]]:
+def rebuild_exo_truth(
+    data_root: Path, split: str, seed: int, size: int, occlusion_rate: float, max_items: int | None
+) -> list[tuple[Path, str, np.ndarray, bool]]:
     """(image path, action, amodal GT heatmap (size, size) in [0, 1], occluded) per exo image."""
     meta = json.loads((data_root / split / "trainset" / "exo_meta.json").read_text())
     items = []
@@ -45,8 +45,10 @@ def rebuild_exo_truth(data_root: Path, split: str, seed: int, size: int,
         rng = corpus_image_rng(seed, split, "exo", aff, obj, index)
         occluded = bool(rng.random() < occlusion_rate)
         if occluded != bool(info["occluded"]):
-            raise ValueError(f"{rel}: re-rendering does not reproduce the corpus; pass the "
-                             f"seed and occlusion rate it was written with")
+            raise ValueError(
+                f"{rel}: re-rendering does not reproduce the corpus; pass the "
+                f"seed and occlusion rate it was written with"
+            )
         scene = render_scene(rng, obj, size=size, view="exo", action=aff, occlude_part=occluded)
         mask = np.zeros((size, size), bool)
         for part in afforded_parts(obj, aff):
@@ -57,14 +59,18 @@ def rebuild_exo_truth(data_root: Path, split: str, seed: int, size: int,
 
 
 @torch.no_grad()
-def score_exo_branch(model: torch.nn.Module, items: Sequence[tuple[Path, str, np.ndarray, bool]],
-                     batch_size: int = 32) -> dict[str, dict[str, float]]:
+def score_exo_branch(
+    model: torch.nn.Module,
+    items: Sequence[tuple[Path, str, np.ndarray, bool]],
+    batch_size: int = 32,
+) -> dict[str, dict[str, float]]:
     """Protocol metrics of the exo CAM against the amodal part GT, by occlusion."""
     groups = {True: MetricAccumulator(), False: MetricAccumulator()}
     for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
-        images = torch.stack([to_tensor(center_resize(load_rgb(p), model.image_size))
-                              for p, _, _, _ in chunk])
+        chunk = items[start : start + batch_size]
+        images = torch.stack(
+            [to_tensor(center_resize(load_rgb(p), model.image_size)) for p, _, _, _ in chunk]
+        )
         labels = torch.tensor([model.vocabulary.index(a) for _, a, _, _ in chunk])
         _, cams = model.cam(model.extract(images).keys, "exo")
         maps = cams.gather(1, labels.view(-1, 1, 1, 1).expand(-1, 1, *cams.shape[2:]))[:, 0]
@@ -91,8 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     seed = args.seed
     if seed is None:
         seed = json.loads((args.data_root / "corpus.json").read_text())["params"]["seed"]
-    items = rebuild_exo_truth(args.data_root, args.split, seed, args.size, args.occlusion_rate,
-                              args.max_items)
+    items = rebuild_exo_truth(
+        args.data_root, args.split, seed, args.size, args.occlusion_rate, args.max_items
+    )
     results: dict[str, Any] = {}
     for checkpoint in args.checkpoint:
         results[checkpoint] = score_exo_branch(load_model(checkpoint), items)

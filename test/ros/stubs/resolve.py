@@ -1,4 +1,5 @@
 """Turn what the stubs recorded into an rcl command line (stubbed launch semantics)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -15,8 +16,14 @@ def load_launch_file(path: Path) -> Any:
     """Import a ``*.launch.py`` against the stubs and return its LaunchDescription."""
     sys.path.insert(0, str(STUBS))
     try:
-        for mod in [m for m in sys.modules if m == "launch" or m.startswith("launch.")
-                    or m == "launch_ros" or m.startswith("launch_ros.")]:
+        for mod in [
+            m
+            for m in sys.modules
+            if m == "launch"
+            or m.startswith("launch.")
+            or m == "launch_ros"
+            or m.startswith("launch_ros.")
+        ]:
             del sys.modules[mod]
         spec = importlib.util.spec_from_file_location("launch_under_test", path)
         module = importlib.util.module_from_spec(spec)
@@ -36,15 +43,18 @@ def resolve(value: Any, config: dict[str, str]) -> Any:
     return value
 
 
-def node_command(description: Any, overrides: dict[str, str], tmp: Path
-                 ) -> tuple[Any, list[str]]:
+def node_command(description: Any, overrides: dict[str, str], tmp: Path) -> tuple[Any, list[str]]:
     """(recorded Node, ``--ros-args`` list) with launch arguments resolved like ros2 launch."""
-    from launch import LaunchContext
     from launch.actions import DeclareLaunchArgument, OpaqueFunction
     from launch_ros.actions import Node
 
-    config = {e.name: e.default_value for e in description.entities
-              if isinstance(e, DeclareLaunchArgument)}
+    from launch import LaunchContext
+
+    config = {
+        e.name: e.default_value
+        for e in description.entities
+        if isinstance(e, DeclareLaunchArgument)
+    }
     unknown = set(overrides) - set(config)
     if unknown:
         raise KeyError(f"launch file declares no arguments {unknown}")
@@ -67,8 +77,11 @@ def node_command(description: Any, overrides: dict[str, str], tmp: Path
     for i, p in enumerate(node.parameters):
         if isinstance(p, dict):
             inline = tmp / f"inline_params_{i}.yaml"
-            inline.write_text(yaml.safe_dump(
-                {"/**": {"ros__parameters": {k: resolve(v, config) for k, v in p.items()}}}))
+            inline.write_text(
+                yaml.safe_dump(
+                    {"/**": {"ros__parameters": {k: resolve(v, config) for k, v in p.items()}}}
+                )
+            )
             args += ["--params-file", str(inline)]
         else:
             args += ["--params-file", str(resolve(p, config))]
