@@ -68,38 +68,11 @@ def train_variant(
 ) -> list[str]:
     """Train SelectiveCL with the demo's arguments plus ``--set`` overrides (or reuse a
     finished run); returns the ``affordance-train`` arguments."""
+    from training.demo.pipeline import train_arguments
     from training.train import main as train_main
 
-    args = [
-        "--data-root",
-        str(data_root),
-        "--split",
-        split,
-        "--method",
-        "selectivecl",
-        "--model",
-        "tiny",
-        "--out",
-        str(run_dir),
-        "--iters",
-        str(budget["iters"]),
-        "--batch-size",
-        str(budget["batch_size"]),
-        "--seed",
-        str(seed),
-        "--cache-features",
-        "--cache-dir",
-        str(cache_dir),
-        "--num-workers",
-        "0",
-        "--save-every",
-        str(max(budget["iters"] // 2, 1)),
-        "--log-every",
-        "5",
-        "--no-progress",
-    ]
-    for item in sets:
-        args += ["--set", item]
+    args = train_arguments(data_root, split, "selectivecl", run_dir, budget, seed, cache_dir, sets)
+    args.append("--no-progress")
     if not (run_dir / "model.pt").is_file():
         resume = ["--resume"] if (run_dir / "last.pt").is_file() else []
         with contextlib.redirect_stdout(io.StringIO()):

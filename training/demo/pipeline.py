@@ -102,6 +102,30 @@ def _mean_stat(log_file: Path, key: str) -> float | None:
     return round(float(np.mean(values)), 3) if values else None
 
 
+def train_arguments(
+    data_root: Path,
+    split: str,
+    method: str,
+    run_dir: Path,
+    budget: dict[str, Any],
+    seed: int,
+    cache_dir: Path,
+    sets: Sequence[str] = (),
+) -> list[str]:
+    """The ``affordance-train`` arguments of one demo run: the tiny tier on cached features,
+    the budget's iterations and batch size, and ``--set`` overrides."""
+    args = [
+        "--data-root", str(data_root), "--split", split, "--method", method,
+        "--model", "tiny", "--out", str(run_dir), "--iters", str(budget["iters"]),
+        "--batch-size", str(budget["batch_size"]), "--seed", str(seed),
+        "--cache-features", "--cache-dir", str(cache_dir), "--num-workers", "0",
+        "--save-every", str(max(budget["iters"] // 2, 1)), "--log-every", "5",
+    ]  # fmt: skip
+    for item in sets:
+        args += ["--set", item]
+    return args
+
+
 def train_method(
     name: str,
     data_root: Path,
@@ -124,35 +148,7 @@ def train_method(
         print(f"reusing {model_path}")
         return model_path
     method, sets, choose = VARIANTS[name]
-    args = [
-        "--data-root",
-        str(data_root),
-        "--split",
-        split,
-        "--method",
-        method,
-        "--model",
-        "tiny",
-        "--out",
-        str(run_dir),
-        "--iters",
-        str(budget["iters"]),
-        "--batch-size",
-        str(budget["batch_size"]),
-        "--seed",
-        str(seed),
-        "--cache-features",
-        "--cache-dir",
-        str(cache_dir),
-        "--num-workers",
-        "0",
-        "--save-every",
-        str(max(budget["iters"] // 2, 1)),
-        "--log-every",
-        "5",
-    ]
-    for item in sets:
-        args += ["--set", item]
+    args = train_arguments(data_root, split, method, run_dir, budget, seed, cache_dir, sets)
     if choose and val_root is not None:
         args += ["--val-root", str(val_root), "--val-split", split]
         snapshots = budget_snapshots(budget["iters"])
