@@ -8,6 +8,7 @@ from it; checkpoints store it as plain data.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,14 @@ class AffordanceConfig:
             ``pixel_head``); set from the method's
             :class:`~affordance_core.methods.MethodSpec` by
             :func:`~affordance_core.registry.get_config`.
+        score_weights: ``(w_cam, w_aff)`` of the absolute presence score
+            ``sigmoid(w_cam * z_cam + w_aff * z_aff + score_bias)``
+            (:meth:`AffordanceModel.infer`): ``z_cam`` is the spatial maximum of the action's
+            raw CAM logit on the inference branch, ``z_aff`` the spatial maximum of the raw
+            ego-prompt affinity (0 without CLIP). Fitted on validation data by
+            ``training.evaluate.choose_on_validation`` (logistic regression); the default
+            ``(1, 0)`` with bias 0 is the unfitted ``sigmoid(max CAM logit)``.
+        score_bias: the score's bias ``b`` (see ``score_weights``).
     """
 
     name: str = "tiny"
@@ -83,6 +92,8 @@ class AffordanceConfig:
     inference_branch: str = "ego"
     exo_cue: str = "prompt"
     contrast_heads: bool = False
+    score_weights: tuple[float, float] = (1.0, 0.0)
+    score_bias: float = 0.0
 
     def __post_init__(self) -> None:
         self.calibration = CALIBRATION_ALIASES.get(self.calibration, self.calibration)
@@ -99,11 +110,29 @@ class AffordanceConfig:
             )
         if self.exo_cue not in ("prompt", "hand"):
             raise ValueError(f"exo_cue must be 'prompt' or 'hand', got {self.exo_cue!r}")
+        try:
+            weights = tuple(float(w) for w in self.score_weights)
+        except (TypeError, ValueError):
+            weights = ()
+        if len(weights) != 2 or not all(math.isfinite(w) for w in weights):
+            raise ValueError(
+                f"score_weights must be two finite numbers (w_cam, w_aff), got "
+                f"{self.score_weights!r}"
+            )
+        self.score_weights = weights
+        if (
+            isinstance(self.score_bias, bool)
+            or not isinstance(self.score_bias, int | float)
+            or (not math.isfinite(float(self.score_bias)))
+        ):
+            raise ValueError(f"score_bias must be a finite number, got {self.score_bias!r}")
+        self.score_bias = float(self.score_bias)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data view (YAML/JSON/checkpoint friendly)."""
         data = dataclasses.asdict(self)
         data["saliency_heads"] = list(self.saliency_heads) if self.saliency_heads else None
+        data["score_weights"] = list(self.score_weights)
         return data
 
     @classmethod
@@ -115,4 +144,6 @@ class AffordanceConfig:
         data = dict(data)
         if data.get("saliency_heads") is not None:
             data["saliency_heads"] = tuple(data["saliency_heads"])
+        if data.get("score_weights") is not None:
+            data["score_weights"] = tuple(data["score_weights"])
         return cls(**data)

@@ -303,6 +303,44 @@ class AffordanceModel(nn.Module):
             obj = (obj >= self.config.object_threshold).to(cams.dtype)
         return minmax(cams) * obj
 
+    def score_features(
+        self,
+        feats: Features,
+        class_ids: Tensor,
+        cams: Tensor | None = None,
+        aff: Tensor | None = None,
+    ) -> Tensor:
+        """The two inputs of the presence score for several actions per image.
+
+        Args:
+            feats: backbone features of N images.
+            class_ids: (N, A) int64 action ids per image.
+            cams: (N, A, h, w) raw CAM logits of those actions on the inference branch, when
+                the caller already has them.
+            aff: (N, A, h, w) raw ego-prompt affinities, when the caller already has them.
+
+        Returns:
+            (N, A, 2) float: ``z_cam``, the spatial maximum of the action's raw CAM logit
+            (unbounded), and ``z_aff``, the spatial maximum of the raw ego-prompt cosine
+            (in [-1, 1]; 0 when the model has no CLIP-role backbone).
+        """
+        if cams is None:
+            _, every = self.cam(feats.keys, self.inference_branch())
+            every = every.float()
+            cams = every.gather(1, class_ids[:, :, None, None].expand(-1, -1, *every.shape[2:]))
+        if aff is None and self.clip is not None:
+            aff = prompt_affinity(feats.clip, self.ego_text[class_ids]).float()
+        z_cam = cams.float().amax((-1, -2))
+        z_aff = torch.zeros_like(z_cam) if aff is None else aff.float().amax((-1, -2))
+        return torch.stack([z_cam, z_aff], -1)
+
+    def presence_score(self, features: Tensor) -> Tensor:
+        """``sigmoid(w_cam * z_cam + w_aff * z_aff + b)`` (``config.score_weights`` and
+        ``config.score_bias``) of :meth:`score_features`' (..., 2) output; (...) in [0, 1]."""
+        w_cam, w_aff = self.config.score_weights
+        logit = w_cam * features[..., 0] + w_aff * features[..., 1] + self.config.score_bias
+        return torch.sigmoid(logit)
+
     def infer(self, feats: Features, class_ids: Tensor) -> tuple[Tensor, Tensor]:
         """Inference maps and scores for several actions per image: the one map path shared by
         evaluation, the predictor and the exported graph.
@@ -313,19 +351,31 @@ class AffordanceModel(nn.Module):
 
         Returns:
             maps (N, A, h, w) float (raw scale: evaluation resizes and min-max normalises them)
-            and scores (N, A) float in [0, 1]: the softmax over the vocabulary of the spatially
-            averaged CAM logits of the inference branch, read at each requested action.
+            and scores (N, A) float in [0, 1]: the absolute probability that the image affords
+            each action, ``sigmoid(w_cam * z_cam + w_aff * z_aff + b)`` of the spatial maxima
+            of the action's raw CAM logit (inference branch) and of its raw ego-prompt
+            affinity (:meth:`score_features`, :meth:`presence_score`; weights and bias from the
+            config, fitted on validation data). Each (image, action) is scored on its own: no
+            softmax over the vocabulary.
         """
         n, a = class_ids.shape
         _, cams = self.cam(feats.keys, self.inference_branch())  # (N, C', h, w)
         cams = cams.float()
-        probs = cams.mean((-1, -2))[:, : self.num_classes].softmax(-1)  # (N, C)
-        scores = probs.gather(1, class_ids)
         picked = cams.gather(1, class_ids[:, :, None, None].expand(-1, -1, *cams.shape[2:]))
         aff = None
-        if self.clip is not None and self.config.calibration != "none":
+        if self.clip is not None and (
+            self.config.calibration != "none" or self.config.score_weights[1] != 0.0
+        ):
             aff = prompt_affinity(feats.clip, self.ego_text[class_ids]).float()  # (N, A, h, w)
-        maps = self.calibrate(picked.flatten(0, 1), None if aff is None else aff.flatten(0, 1))
+        if aff is None:
+            z = torch.stack([picked.amax((-1, -2)), picked.new_zeros(n, a)], -1)
+        else:
+            z = self.score_features(feats, class_ids, picked, aff)
+        scores = self.presence_score(z)
+        calib_aff = None if self.config.calibration == "none" else aff
+        maps = self.calibrate(
+            picked.flatten(0, 1), None if calib_aff is None else calib_aff.flatten(0, 1)
+        )
         return maps.view(n, a, *maps.shape[1:]), scores
 
     def maps_from_features(self, feats: Features, class_ids: Tensor) -> Tensor:

@@ -17,7 +17,13 @@ from .backbones import minmax
 from .checkpoint import load_model
 from .model import AffordanceModel, Features
 
-__all__ = ["AffordancePredictor", "AffordancePrediction", "UnknownActionError", "grasp_masks"]
+__all__ = [
+    "AffordancePredictor",
+    "AffordancePrediction",
+    "UnknownActionError",
+    "gate_absent",
+    "grasp_masks",
+]
 
 
 class UnknownActionError(ValueError):
@@ -30,11 +36,17 @@ class AffordancePrediction:
 
     Attributes:
         action: the action word.
-        heatmap: (H, W) float32 in [0, 1] at the input image's resolution.
+        heatmap: (H, W) float32 in [0, 1] at the input image's resolution: the min-max
+            stretched map when ``present``, else that map times ``score`` (its maximum is
+            the score, not 1).
         mask: (H, W) bool grasp region: heatmap >= mask threshold, the connected region
-            around the heatmap peak.
-        score: float in [0, 1], the classifier's probability that the image affords the action.
-        peak_xy: (x, y) integer pixel of the heatmap maximum.
+            around the heatmap peak; all False when not ``present``.
+        score: float in [0, 1], the calibrated probability that the image affords the action
+            somewhere (absolute, per action: :meth:`AffordanceModel.infer`).
+        peak_xy: (x, y) integer pixel of the heatmap maximum, always set (for debugging); a
+            planner uses it only when ``present``.
+        present: ``score >= min_score``: the action is afforded here, so there is a grasp
+            region and a grasp point.
     """
 
     action: str
@@ -42,6 +54,7 @@ class AffordancePrediction:
     mask: np.ndarray
     score: float
     peak_xy: tuple[int, int]
+    present: bool = True
 
 
 def grasp_masks(
@@ -74,6 +87,31 @@ def grasp_masks(
     return masks[0] if single else masks
 
 
+def gate_absent(
+    heatmaps: np.ndarray, masks: np.ndarray, scores: np.ndarray, min_score: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The absence rule shared by the predictor and evaluation: where ``score < min_score``
+    the mask is emptied and the heatmap is scaled by the score (not stretched to 1).
+
+    Args:
+        heatmaps: (N, H, W) float min-max maps in [0, 1].
+        masks: (N, H, W) bool grasp masks of those maps (:func:`grasp_masks`).
+        scores: (N,) presence scores in [0, 1].
+        min_score: level in [0, 1].
+
+    Returns:
+        (heatmaps, masks, present (N,) bool), new arrays.
+    """
+    scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+    present = scores >= min_score
+    absent = ~present
+    masks = np.array(masks, dtype=bool, copy=True)
+    masks[absent] = False
+    heatmaps = np.array(heatmaps, dtype=np.float32, copy=True)
+    heatmaps[absent] *= scores[absent, None, None]
+    return heatmaps, masks, present
+
+
 class AffordancePredictor:
     """Stateful predictor: ``set_image`` runs the frozen backbones once, ``predict`` is cheap.
 
@@ -92,6 +130,9 @@ class AffordancePredictor:
             (bfloat16 only pays on CPUs with native bf16 matrix units, e.g. AVX512-BF16 or
             AMX; ``bench/bench_inference.py --half`` measures it).
         mask_threshold: heatmap level in [0, 1] above which pixels join the grasp region.
+        min_score: presence level in [0, 1] (default 0.5, the calibrated probability's even
+            odds): below it a prediction is absent (empty mask, heatmap not stretched to 1,
+            ``present`` False; :func:`gate_absent`). Can be changed on the instance.
         peak_component: keep only the connected region of the mask around the peak.
         compile: wrap the backbone pass in ``torch.compile`` (the first frame then takes
             seconds to minutes of compilation; later frames of the same size reuse it);
@@ -107,7 +148,7 @@ class AffordancePredictor:
             automatic choice (e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]``).
 
     Raises:
-        ValueError: an out-of-range ``mask_threshold``, an unknown ``backend`` or
+        ValueError: an out-of-range ``mask_threshold`` or ``min_score``, an unknown ``backend`` or
             ``onnx_variant``, or ``compile`` with the onnxruntime backend.
         RuntimeError: onnxruntime backend without the onnx/onnxruntime packages, or a
             failed export.
@@ -125,11 +166,14 @@ class AffordancePredictor:
         onnx_cache_dir: str | os.PathLike | None = None,
         onnx_variant: str = "fp32",
         onnx_providers: Sequence[str] | None = None,
+        min_score: float = 0.5,
     ) -> None:
         from .runtime import BACKENDS, VARIANTS, OnnxRuntimeEngine
 
         if not 0.0 <= mask_threshold <= 1.0:
             raise ValueError(f"mask_threshold must be in [0, 1], got {mask_threshold}")
+        if not 0.0 <= min_score <= 1.0:
+            raise ValueError(f"min_score must be in [0, 1], got {min_score}")
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
         if onnx_variant not in VARIANTS:
@@ -146,6 +190,7 @@ class AffordancePredictor:
         self.half = bool(half)
         self.autocast_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         self.mask_threshold = float(mask_threshold)
+        self.min_score = float(min_score)
         self.peak_component = peak_component
         self.compiled = bool(compile)
         self._engine: OnnxRuntimeEngine | None = None
@@ -180,11 +225,13 @@ class AffordancePredictor:
         backend: str = "torch",
         onnx_cache_dir: str | os.PathLike | None = None,
         onnx_variant: str = "fp32",
+        min_score: float = 0.5,
         **overrides,
     ) -> AffordancePredictor:
         """Load ``RUN_DIR/model.pt`` (see :func:`affordance_core.checkpoint.load_model`).
 
-        ``backend``, ``onnx_cache_dir`` and ``onnx_variant`` are as in the constructor; the
+        ``backend``, ``onnx_cache_dir``, ``onnx_variant`` and ``min_score`` are as in the
+        constructor; the
         ONNX cache key covers this checkpoint's heads and the backbones loaded with it.
         """
         model = load_model(
@@ -199,6 +246,7 @@ class AffordancePredictor:
             backend=backend,
             onnx_cache_dir=onnx_cache_dir,
             onnx_variant=onnx_variant,
+            min_score=min_score,
         )
 
     @property
@@ -279,8 +327,9 @@ class AffordancePredictor:
         """Heatmaps and scores on the device for the current image.
 
         Returns:
-            heatmaps (A, H, W) float32 in [0, 1] and scores (A,) in [0, 1], on the predictor's
-            device (the CPU with the onnxruntime backend).
+            heatmaps (A, H, W) float32 in [0, 1] (min-max stretched, before the absence rule
+            of :meth:`predict`) and scores (A,) in [0, 1], on the predictor's device (the CPU
+            with the onnxruntime backend).
         """
         if self._features is None or self._size is None:
             raise RuntimeError("call set_image() before predict()")
@@ -303,10 +352,17 @@ class AffordancePredictor:
         heatmaps_np = heatmaps.cpu().numpy().astype(np.float32, copy=False)
         scores_np = scores.cpu().numpy()
         masks = grasp_masks(heatmaps_np, self.mask_threshold, self.peak_component)
+        gated, masks, present = gate_absent(heatmaps_np, masks, scores_np, self.min_score)
         out = []
-        for action, heatmap, mask, score in zip(names, heatmaps_np, masks, scores_np):
-            y, x = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
-            out.append(AffordancePrediction(action, heatmap, mask, float(score), (int(x), int(y))))
+        for action, stretched, heatmap, mask, score, here in zip(
+            names, heatmaps_np, gated, masks, scores_np, present, strict=True
+        ):
+            y, x = np.unravel_index(int(np.argmax(stretched)), stretched.shape)
+            out.append(
+                AffordancePrediction(
+                    action, heatmap, mask, float(score), (int(x), int(y)), bool(here)
+                )
+            )
         return out
 
     def __call__(

@@ -72,7 +72,8 @@ BACKENDS = ("torch", "onnxruntime")
 VARIANTS = ("fp32", "int8")
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 # Bump when the exported graphs change meaning or layout: older cache entries become stale.
-EXPORT_VERSION = 1
+# 2: the heads graph's scores are the calibrated presence score (issue #17), not a softmax.
+EXPORT_VERSION = 2
 GRAPH_FILES = ("backbone.onnx", "heads.onnx")
 
 
@@ -89,8 +90,11 @@ def _import_ort() -> Any:
 
 
 def uses_clip(model: AffordanceModel) -> bool:
-    """True if the model's inference maps use the CLIP patch embeddings (calibration on)."""
-    return model.clip is not None and model.config.calibration != "none"
+    """True if the model's inference uses the CLIP patch embeddings: calibrated maps, or a
+    presence score that weights the affinity peak (``score_weights[1] != 0``)."""
+    return model.clip is not None and (
+        model.config.calibration != "none" or model.config.score_weights[1] != 0.0
+    )
 
 
 class BackboneGraph(nn.Module):
@@ -121,7 +125,8 @@ class HeadsGraph(nn.Module):
 
     Inputs: ``keys`` (1, D, h, w) float32, ``clip`` (1, Dc, h, w) float32 (only when the
     model calibrates with CLIP), ``class_ids`` (A,) int64 in [0, C). Outputs: ``maps``
-    (1, A, h, w) float32 (raw scale) and ``scores`` (1, A) float32 in [0, 1], exactly
+    (1, A, h, w) float32 (raw scale) and ``scores`` (1, A) float32 in [0, 1] (the calibrated
+    presence score), exactly
     :meth:`AffordanceModel.infer` for that frame.
     """
 

@@ -170,6 +170,7 @@ def load_predictor(settings: NodeSettings) -> Any:
             half=settings.half,
             weights_dir=weights_dir,
             mask_threshold=settings.mask_threshold,
+            min_score=settings.min_score,
             compile=settings.compile,
             backend=settings.backend,
             onnx_variant=settings.onnx_variant,
@@ -565,6 +566,8 @@ class AffordanceNodeMixin:
         self.settings = new
         if "mask_threshold" in updates and self.predictor is not None:
             self.predictor.mask_threshold = float(new.mask_threshold)
+        if "min_score" in updates and self.predictor is not None:
+            self.predictor.min_score = float(new.min_score)
         if "default_action" in updates and self.vocabulary:
             self._set_actions(parse_actions(new.default_action), "parameter default_action")
         self._slot.wake()
@@ -771,19 +774,18 @@ class AffordanceNodeMixin:
         grasps, info = self._grasp_points(preds, header, rgb.shape[:2])
         results = []
         for pred, grasp in zip(preds, grasps):
-            low = pred.score < s.min_score
+            absent = not pred.present  # the predictor's absence rule (score < min_score)
             res = AffordanceResult(header=header, action=pred.action, score=float(pred.score))
             if with_images:
                 res.heatmap = array_to_image(
                     pred.heatmap.astype(np.float32, copy=False), "32FC1", header
                 )
-                mask = np.zeros_like(pred.mask) if low else pred.mask
-                res.mask = array_to_image(mask.astype(bool, copy=False), "mono8", header)
+                res.mask = array_to_image(pred.mask.astype(bool, copy=False), "mono8", header)
             else:
                 res.heatmap.header = header
                 res.mask.header = header
             res.grasp_pixel = Point(x=float(pred.peak_xy[0]), y=float(pred.peak_xy[1]), z=0.0)
-            if low:
+            if absent:
                 grasp = _Grasp(status=f"score {pred.score:.3f} is below min_score={s.min_score:g}")
             if grasp.point is None:
                 res.grasp_point = Point(x=float("nan"), y=float("nan"), z=float("nan"))
@@ -884,11 +886,7 @@ class AffordanceNodeMixin:
             img = (
                 results[0].mask
                 if results[0].mask.width
-                else array_to_image(
-                    preds[0].mask.astype(bool, copy=False) & (preds[0].score >= s.min_score),
-                    "mono8",
-                    header,
-                )
+                else array_to_image(preds[0].mask.astype(bool, copy=False), "mono8", header)
             )
             self.pub_mask.publish(img)
             nbytes += len(img.data)

@@ -142,8 +142,9 @@ SPECS: tuple[ParamSpec, ...] = (
     ),
     ParamSpec(
         "min_score",
-        0.0,
-        "Below this classifier score a result has an empty mask and no grasp point.",
+        0.5,
+        "Presence level: below this score (the calibrated probability that the image affords "
+        "the action) a result has an empty mask, an unstretched heatmap and no grasp point.",
         live=True,
         low=0.0,
         high=1.0,

@@ -124,11 +124,106 @@ def test_infer_is_the_one_map_path_for_several_actions(model):
         maps, scores = model.infer(feats, ids)
         every = model.infer(feats, torch.arange(3).expand(2, 3))[1]
     assert maps.shape == (2, 3, 14, 14) and scores.shape == (2, 3)
-    assert torch.allclose(every.sum(1), torch.ones(2), atol=1e-6)
+    assert ((every > 0) & (every < 1)).all()
     for a in range(3):
         single = model.maps_from_features(feats, ids[:, a])
         assert torch.allclose(maps[:, a], single, atol=1e-6)
         assert torch.allclose(scores[:, a], every.gather(1, ids[:, a : a + 1])[:, 0])
+
+
+def test_infer_score_is_the_sigmoid_of_the_cam_and_affinity_peaks(model):
+    """The score by hand: sigmoid(w_cam * max CAM logit + w_aff * max ego cosine + b), each
+    (image, action) on its own, on the inference branch; the maps do not depend on it."""
+    from affordance_core.affinity import prompt_affinity
+
+    images = torch.rand(2, 3, model.image_size, model.image_size)
+    feats = model.extract(images)
+    ids = torch.tensor([[0, 2], [1, 1]])
+    original = model.config
+    try:
+        for branch, weights, bias in (("ego", (0.7, -2.0), 0.3), ("ego+exo", (1.5, 4.0), -1.0)):
+            model.config = dataclasses.replace(
+                original, inference_branch=branch, score_weights=weights, score_bias=bias
+            )
+            with torch.inference_mode():
+                maps, scores = model.infer(feats, ids)
+                tokens = model.aff_proj(feats.keys)
+                ego, exo = model.ego_proj(tokens), model.exo_proj(tokens)
+                proj = ego if branch == "ego" else 0.5 * (ego + exo)
+                cams = model.classifier(proj)
+                aff = prompt_affinity(feats.clip, model.ego_text[ids])
+            for i in range(2):
+                for a in range(2):
+                    z_cam = float(cams[i, ids[i, a]].max())
+                    z_aff = float(aff[i, a].max())
+                    logit = weights[0] * z_cam + weights[1] * z_aff + bias
+                    expected = 1.0 / (1.0 + math.exp(-logit))
+                    assert float(scores[i, a]) == pytest.approx(expected, abs=1e-5)
+            model.config = dataclasses.replace(original, inference_branch=branch)
+            with torch.inference_mode():
+                assert torch.equal(model.infer(feats, ids)[0], maps)
+    finally:
+        model.config = original
+
+
+def test_predictor_below_min_score_is_absent_and_above_it_unchanged(model):
+    from affordance_core.predictor import AffordancePredictor
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    low = AffordancePredictor(model, min_score=0.0)
+    seen = low(image, ["hold", "sit_on"])
+    assert all(p.present and p.heatmap.max() == pytest.approx(1.0) for p in seen)
+    assert all(np.array_equal(p.mask, grasp_masks(p.heatmap, 0.5)) and p.mask.any() for p in seen)
+    # min_score between the two scores: the lower one is absent, the other as before
+    scores = sorted(p.score for p in seen)
+    assert scores[0] < scores[1], "the two actions must score differently"
+    low.min_score = 0.5 * (scores[0] + scores[1])
+    gated = low.predict(["hold", "sit_on"])
+    for before, after in zip(seen, gated, strict=True):
+        assert after.score == before.score and after.peak_xy == before.peak_xy
+        if before.score >= low.min_score:
+            assert after.present
+            assert np.array_equal(after.heatmap, before.heatmap)
+            assert np.array_equal(after.mask, before.mask)
+        else:
+            assert not after.present and not after.mask.any()
+            assert after.heatmap.max() == pytest.approx(after.score, abs=1e-6)
+            assert np.allclose(after.heatmap, before.heatmap * before.score, atol=1e-6)
+    with pytest.raises(ValueError, match="min_score"):
+        AffordancePredictor(model, min_score=1.5)
+
+
+def test_score_config_round_trips_and_old_checkpoints_load(tmp_path, random_tiny_weights):
+    from affordance_core import create_model
+    from affordance_core.checkpoint import (
+        load_model,
+        read_checkpoint,
+        save_model,
+        update_checkpoint_config,
+    )
+    from affordance_core.config import AffordanceConfig
+
+    cfg = AffordanceConfig(score_weights=(2.0, -1.5), score_bias=0.25)
+    data = cfg.to_dict()
+    assert data["score_weights"] == [2.0, -1.5]
+    assert AffordanceConfig.from_dict(data) == cfg
+    for bad in ({"score_weights": (1.0,)}, {"score_bias": float("nan")}):
+        with pytest.raises(ValueError, match="score_"):
+            AffordanceConfig(**bad)
+    model = create_model("tiny", vocabulary=["hold", "cut_with"], pretrained=False)
+    path = tmp_path / "model.pt"
+    save_model(path, model)
+    payload = torch.load(path, weights_only=False)
+    for key in ("score_weights", "score_bias"):
+        payload["config"].pop(key)
+    torch.save(payload, path)
+    assert "score_bias" not in read_checkpoint(path)["config"]
+    old = load_model(path, weights_dir=random_tiny_weights)
+    assert old.config.score_weights == (1.0, 0.0) and old.config.score_bias == 0.0
+    update_checkpoint_config(path, score_weights=[0.5, 3.0], score_bias=-2.0)
+    new = load_model(path, weights_dir=random_tiny_weights)
+    assert new.config.score_weights == (0.5, 3.0) and new.config.score_bias == -2.0
 
 
 def test_predictor_heatmaps_are_the_models_maps_upsampled(model):
@@ -199,7 +294,8 @@ def test_benchmark_aggregate_means_spreads_and_gaps():
 def test_eval_reports_planner_metrics_and_train_chooses_on_validation(
     tmp_path, make_agd_tree, random_tiny_weights, capsys
 ):
-    from affordance_core.checkpoint import read_checkpoint
+    from affordance_core.checkpoint import load_model, read_checkpoint
+    from affordance_core.data import AffordanceTestDataset, BackgroundFrames
     from training import evaluate, train
 
     root = make_agd_tree(tmp_path / "data", split="Seen", n_exo=3, n_ego=2, n_test=2, seed=1)
@@ -212,6 +308,10 @@ def test_eval_reports_planner_metrics_and_train_chooses_on_validation(
 
     for i in range(3):
         cv2.imwrite(str(background / f"bg_{i}.jpg"), np.full((32, 32, 3), 40 * i, np.uint8))
+    val_background = val_root / "Seen" / "testset" / "background"
+    val_background.mkdir(parents=True)
+    for i in range(4):
+        cv2.imwrite(str(val_background / f"bg_{i}.jpg"), np.full((32, 32, 3), 30 * i, np.uint8))
     run = tmp_path / "run"
     args = [
         "--data-root",
@@ -256,6 +356,35 @@ def test_eval_reports_planner_metrics_and_train_chooses_on_validation(
     assert saved["config"]["inference_branch"] == record["inference_branch"]
     assert saved["config"]["calibration"] == record["calibration"]
     assert saved["extra"]["step"] == record["step"]
+    # the presence score is fitted on validation pairs and written into the checkpoint; the
+    # checkpoint's own scores, recomputed here, rank afforded pairs above the negatives at
+    # least as well as either feature alone
+    fit = record["score_fit"]
+    assert saved["config"]["score_weights"] == fit["score_weights"]
+    assert saved["config"]["score_bias"] == fit["score_bias"]
+    model = load_model(run / "model.pt", weights_dir=random_tiny_weights)
+    assert model.config.score_weights == tuple(fit["score_weights"])
+    val_set = AffordanceTestDataset(val_root, "Seen", model.image_size, model.vocabulary)
+    bg_set = BackgroundFrames(val_root, "Seen", model.image_size)
+    val = evaluate.extract_test_set(model, val_set, device=torch.device("cpu"), background=bg_set)
+    scores, positive, peaks = [], [], []
+    frames = [(f, info["afforded"]) for f, _, _, info in val.batches]
+    c = model.num_classes
+    frames.append((val.background, torch.zeros(len(bg_set), c, dtype=torch.bool)))
+    with torch.inference_mode():
+        for feats, afforded in frames:
+            every = torch.arange(c).expand(len(afforded), -1)
+            scores.append(model.infer(feats, every)[1].flatten())
+            peaks.append(model.score_features(feats, every).flatten(0, 1))
+            positive.append(afforded.flatten())
+    scores, positive, peaks = torch.cat(scores), torch.cat(positive), torch.cat(peaks)
+    assert fit["n_background"] == len(bg_set) == 4
+    assert (fit["n_pos"], fit["n_neg"]) == (int(positive.sum()), int((~positive).sum()))
+    assert fit["n_pos"] > 0 and fit["n_neg"] >= 4 * c
+    fitted = auroc(scores, positive)
+    assert fitted == pytest.approx(fit["auroc"], abs=1e-4)
+    assert fitted >= auroc(peaks[:, 0], positive) - 1e-6
+    assert fitted >= auroc(peaks[:, 1], positive) - 1e-6
     snapshot = read_checkpoint(run / "snapshot_000002.pt")
     same = all(torch.equal(saved["heads"][k], snapshot["heads"][k]) for k in snapshot["heads"])
     assert same == (record["step"] == 2)

@@ -19,6 +19,7 @@ import torch
 from affordance_core import create_model
 from affordance_core.predictor import AffordancePredictor
 from affordance_core.runtime import (
+    EXPORT_VERSION,
     OnnxRuntimeEngine,
     model_fingerprint,
     prepare_onnx_cache,
@@ -61,6 +62,34 @@ def assert_same_predictions(ref, got, tol: float = 1e-3) -> None:
         assert r.peak_xy == g.peak_xy, r.action
         np.testing.assert_array_equal(r.mask, g.mask)
         assert abs(r.score - g.score) <= 1e-4
+        assert r.present == g.present
+
+
+def test_heads_graph_exports_the_presence_score(model, tmp_path) -> None:
+    """A score that weights the affinity peak needs CLIP even without calibration: the heads
+    graph takes it, the scores match the torch backend, and the cache key follows the score
+    parameters."""
+    from affordance_core.runtime import uses_clip
+
+    scored = _with_config(model, calibration="none", score_weights=(2.0, 3.0), score_bias=-0.5)
+    assert uses_clip(scored)
+    assert not uses_clip(_with_config(scored, score_weights=(2.0, 0.0)))
+    assert model_fingerprint(scored) != model_fingerprint(_with_config(scored, score_bias=0.5))
+    torch_predictor = AffordancePredictor(scored, min_score=0.6)
+    onnx = AffordancePredictor(scored, backend="onnxruntime", onnx_cache_dir=tmp_path)
+    onnx.min_score = 0.6
+    for frame in _frames()[:2]:
+        ref, got = torch_predictor(frame, VOCAB), onnx(frame, VOCAB)
+        assert_same_predictions(ref, got)
+
+
+def _with_config(model, **fields):
+    import copy
+    import dataclasses
+
+    out = copy.deepcopy(model)
+    out.config = dataclasses.replace(model.config, **fields)
+    return out
 
 
 def test_onnxruntime_backend_matches_torch(model, onnx_predictor) -> None:
@@ -161,7 +190,7 @@ def test_stale_cache_entry_is_rebuilt_with_a_log_line(
     meta = json.loads((folder / "meta.json").read_text())
     meta["key"]["export_version"] = 0
     (folder / "meta.json").write_text(json.dumps(meta))
-    _rebuild_and_check(model, cache, caplog, "stale (export_version: 0 -> 1)")
+    _rebuild_and_check(model, cache, caplog, f"stale (export_version: 0 -> {EXPORT_VERSION})")
 
 
 def test_unreadable_meta_is_corrupt(model, cache, onnx_predictor, caplog) -> None:

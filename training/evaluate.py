@@ -49,6 +49,7 @@ __all__ = [
     "extract_background",
     "extract_test_set",
     "feature_batches",
+    "fit_presence_score",
     "inference_key",
     "main",
     "score_batch",
@@ -228,6 +229,7 @@ def score_batch(
     gt: torch.Tensor,
     afforded: torch.Tensor,
     mask_threshold: float = 0.5,
+    min_score: float = 0.5,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """Every per-image metric of one batch from one pass of the heads over all actions.
 
@@ -238,6 +240,8 @@ def score_batch(
         gt: (B, G, G) float GT in [0, 1] of the labelled actions.
         afforded: (B, C) bool, the actions each image's object affords.
         mask_threshold: the predictor's grasp-mask level.
+        min_score: the predictor's presence level: a labelled action scored below it has an
+            empty grasp mask (:func:`~affordance_core.predictor.gate_absent`).
 
     Returns:
         prepared maps of the labelled actions (B, G, G) float32 in [0, 1], per-image metrics
@@ -245,7 +249,6 @@ def score_batch(
         the scores of every action (B, C) float on the CPU.
     """
     from affordance_core.metrics import action_sensitivity, affordance_metrics, mask_iou, peak_hit
-    from affordance_core.predictor import grasp_masks
 
     b, size = len(labels), tuple(gt.shape[-2:])
     every = torch.arange(model.num_classes, device=labels.device).expand(b, -1)
@@ -256,7 +259,9 @@ def score_batch(
     pred = _prepare(model, maps[rows, labels_cpu], size)  # (B, G, G)
     values = affordance_metrics(pred, gt)
     values["peak_hit"] = peak_hit(pred, gt)
-    values["mask_iou"] = mask_iou(torch.from_numpy(grasp_masks(pred.numpy(), mask_threshold)), gt)
+    scores = scores.float().cpu()
+    masks = _predictor_masks(pred, scores[rows, labels_cpu], mask_threshold, min_score)
+    values["mask_iou"] = mask_iou(masks, gt)
     others = afforded.clone()
     others[rows, labels_cpu] = False
     other_kld = torch.full(others.shape, float("nan"), dtype=torch.float64)
@@ -266,22 +271,40 @@ def score_batch(
             "KLD"
         ]
     values["action_sensitivity"] = action_sensitivity(values["KLD"], other_kld, others)
-    return pred, values, scores.float().cpu()
+    return pred, values, scores
+
+
+def _predictor_masks(
+    pred: torch.Tensor, scores: torch.Tensor, mask_threshold: float, min_score: float
+) -> torch.Tensor:
+    """The predictor's grasp masks (N, G, G) bool of prepared maps (N, G, G) with scores (N,):
+    :func:`~affordance_core.predictor.grasp_masks` then the absence rule
+    :func:`~affordance_core.predictor.gate_absent`, as ``AffordancePredictor.predict``."""
+    from affordance_core.predictor import gate_absent, grasp_masks
+
+    maps = pred.numpy()
+    _, masks, _ = gate_absent(maps, grasp_masks(maps, mask_threshold), scores.numpy(), min_score)
+    return torch.from_numpy(masks)
 
 
 def background_scores(
-    model: nn.Module, feats: Any, size: int = EVAL_SIZE, mask_threshold: float = 0.5
+    model: nn.Module,
+    feats: Any,
+    size: int = EVAL_SIZE,
+    mask_threshold: float = 0.5,
+    min_score: float = 0.5,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores (M, C) of every action on M background-only frames and whether the predictor's
-    grasp mask is empty there, (M, C) bool."""
-    from affordance_core.predictor import grasp_masks
-
+    grasp mask (``mask_threshold``, and empty below ``min_score``) is empty there, (M, C)
+    bool."""
     m, c = feats.keys.shape[0], model.num_classes
     every = torch.arange(c, device=feats.keys.device).expand(m, -1)
     maps, scores = model.infer(feats, every)
+    scores = scores.float().cpu()
     pred = _prepare(model, maps.float().cpu().flatten(0, 1), (size, size))
-    empty = ~torch.from_numpy(grasp_masks(pred.numpy(), mask_threshold)).flatten(1).any(1)
-    return scores.float().cpu(), empty.view(m, c)
+    masks = _predictor_masks(pred, scores.flatten(), mask_threshold, min_score)
+    empty = ~masks.flatten(1).any(1)
+    return scores, empty.view(m, c)
 
 
 PER_IMAGE_NAMES = (*METRIC_NAMES, "peak_hit", "mask_iou", "action_sensitivity")
@@ -309,6 +332,7 @@ def evaluate_model(
     progress: bool = True,
     background: Dataset | None = None,
     mask_threshold: float = 0.5,
+    min_score: float = 0.5,
 ) -> dict[str, Any]:
     """Runs a model over a test set and computes the protocol's and the planner's metrics.
 
@@ -327,6 +351,8 @@ def evaluate_model(
         background: the split's :class:`~affordance_core.data.BackgroundFrames` (with a
             dataset; an extracted set carries its own).
         mask_threshold: the predictor's grasp-mask level (its default is 0.5).
+        min_score: the predictor's presence level (its default is 0.5): ``mask_iou`` and
+            ``empty_on_background`` use empty masks below it, as the predictor does.
 
     Returns:
         ``{"KLD", "SIM", "NSS", "peak_hit", "mask_iou", "action_sensitivity": means over
@@ -360,7 +386,7 @@ def evaluate_model(
         ):
             size = int(gt.shape[-1])
             pred, values, scores = score_batch(
-                model, feats, labels, gt, info["afforded"], mask_threshold
+                model, feats, labels, gt, info["afforded"], mask_threshold, min_score
             )
             per_image["key"] += info["key"]
             for k in PER_IMAGE_NAMES:
@@ -387,7 +413,7 @@ def evaluate_model(
             else extract_background(model, background, device=device)
         )
         bg_scores, bg_empty = (
-            background_scores(model, bg_feats, size, mask_threshold)
+            background_scores(model, bg_feats, size, mask_threshold, min_score)
             if bg_feats is not None
             else (None, None)
         )
@@ -514,6 +540,83 @@ def _validation_scores(
     return acc.compute()
 
 
+def fit_presence_score(
+    model: nn.Module, val: ExtractedTestSet, device: torch.device
+) -> dict[str, Any]:
+    """Fit the presence score's weights and bias on validation features (logistic regression).
+
+    The two features are :meth:`~affordance_core.model.AffordanceModel.score_features`'
+    ``z_cam`` (peak raw CAM logit of the action on the model's inference branch) and ``z_aff``
+    (peak raw ego-prompt affinity). Positives are the (image, action) pairs whose object
+    affords the action; negatives are the pairs whose object does not, and every action on
+    every background-only frame (``val.background``). scikit-learn's ``LogisticRegression``
+    (L2, C = 1, no class weighting: the probability is calibrated to the validation pairs'
+    prior) gives ``score_weights = (w_cam, w_aff)`` and ``score_bias``. It is fitted on both
+    features and on each alone (the other weight 0); the fit with the highest validation
+    AUROC is kept (the likelihood the regression maximises is not the ranking: on small
+    validation sets the two-feature fit can rank worse than ``z_cam`` alone).
+
+    Args:
+        model: the chosen model (its inference branch decides ``z_cam``), on ``device``.
+        val: the validation set's features (:func:`extract_test_set`), never the test set.
+        device: where the heads run.
+
+    Returns:
+        ``{"score_weights": [w_cam, w_aff], "score_bias": b, "features": the kept fit
+        (``cam+aff``, ``cam`` or ``aff``), "n_pos", "n_neg", "n_background": frames,
+        "auroc": validation AUROC of the kept score, "auroc_fits": of each fit, "auroc_cam",
+        "auroc_aff": of each raw feature}``, or ``{"skipped": reason, "n_pos", "n_neg"}``
+        when one class is empty (the config is then left as it was).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    from affordance_core.metrics import auroc
+
+    feats_all, labels_all = [], []
+    with torch.inference_mode():
+        for feats, labels, _, info in feature_batches(model, val, device=device):
+            every = torch.arange(model.num_classes, device=labels.device).expand(len(labels), -1)
+            feats_all.append(model.score_features(feats, every).float().cpu().flatten(0, 1))
+            labels_all.append(info["afforded"].cpu().bool().flatten())
+        n_background = 0
+        if val.background is not None:
+            bg = val.background
+            n_background = int(bg.keys.shape[0])
+            every = torch.arange(model.num_classes, device=bg.keys.device).expand(n_background, -1)
+            z = model.score_features(bg, every).float().cpu().flatten(0, 1)
+            feats_all.append(z)
+            labels_all.append(torch.zeros(len(z), dtype=torch.bool))
+    x = torch.cat(feats_all).double().numpy()
+    y = torch.cat(labels_all).numpy()
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return {"skipped": "one class is empty", "n_pos": n_pos, "n_neg": n_neg}
+    candidates = {}
+    for name, columns in (("cam+aff", [0, 1]), ("cam", [0]), ("aff", [1])):
+        fit = LogisticRegression(C=1.0, max_iter=1000).fit(x[:, columns], y)
+        weights = [0.0, 0.0]
+        for column, w in zip(columns, fit.coef_[0], strict=True):
+            weights[column] = float(w)
+        bias = float(fit.intercept_[0])
+        candidates[name] = (auroc(x @ np.asarray(weights) + bias, y), weights, bias)
+    # logistic regression maximises the likelihood, not the ranking: keep the fit whose
+    # validation AUROC is highest (the two-feature fit on ties)
+    features = max(candidates, key=lambda k: candidates[k][0])
+    value, weights, bias = candidates[features]
+    return {
+        "score_weights": weights,
+        "score_bias": bias,
+        "features": features,
+        "n_pos": n_pos,
+        "n_neg": n_neg,
+        "n_background": n_background,
+        "auroc": value,
+        "auroc_fits": {k: v[0] for k, v in candidates.items()},
+        "auroc_cam": auroc(x[:, 0], y),
+        "auroc_aff": auroc(x[:, 1], y),
+    }
+
+
 def choose_on_validation(
     run_dir: str | os.PathLike,
     val_root: str | os.PathLike,
@@ -532,10 +635,12 @@ def choose_on_validation(
        binary, product, reference; only none without a CLIP-role backbone) is scored
        (:func:`select_inference`); LoopTrans' pixel decoder has no such choice;
     2. with the winning branch and calibration, every ``snapshot_<step>.pt`` is scored, and the
-       budget (snapshot or final step) with the best validation score is kept.
+       budget (snapshot or final step) with the best validation score is kept;
+    3. the chosen model's presence score (``score_weights``, ``score_bias``) is fitted on the
+       validation images and background-only frames (:func:`fit_presence_score`).
 
     The backbones run once over the validation images. ``RUN_DIR/validation.json`` records
-    every score (keys ``step/branch/calibration``).
+    every score (keys ``step/branch/calibration``) and the score fit (``score_fit``).
 
     Args:
         run_dir: the run folder written by ``affordance-train``.
@@ -559,7 +664,7 @@ def choose_on_validation(
         read_checkpoint,
         update_checkpoint_config,
     )
-    from affordance_core.data import AffordanceTestDataset
+    from affordance_core.data import AffordanceTestDataset, BackgroundFrames
 
     if metric not in METRIC_NAMES:
         raise ValueError(f"metric must be one of {METRIC_NAMES}, got {metric!r}")
@@ -579,7 +684,8 @@ def choose_on_validation(
         )
     except ValueError as exc:
         raise ValueError(f"validation data {val_root} ({split}): {exc}") from None
-    val = extract_test_set(model, dataset, device=device)
+    background = BackgroundFrames(val_root, split, model.image_size)
+    val = extract_test_set(model, dataset, device=device, background=background)
     final_step = step_of(final)
     if model.config.inference_branch == "pixel":
         choice = {"inference_branch": "pixel", "calibration": model.config.calibration}
@@ -613,6 +719,12 @@ def choose_on_validation(
         payload.setdefault("extra", {})["chosen_from"] = path.name
         atomic_save(payload, final)
     update_checkpoint_config(final, **choice)
+    chosen = load_model(final, device=str(device), weights_dir=weights_dir).to(device).eval()
+    score_fit = fit_presence_score(chosen, val, device)
+    if "skipped" not in score_fit:
+        update_checkpoint_config(
+            final, score_weights=score_fit["score_weights"], score_bias=score_fit["score_bias"]
+        )
     record = {
         "step": step,
         **choice,
@@ -621,6 +733,7 @@ def choose_on_validation(
         "split": split,
         "val_root": str(val_root),
         "scores": {k: {m: round(float(x), 4) for m, x in v.items()} for k, v in table.items()},
+        "score_fit": score_fit,
     }
     (run_dir / "validation.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     logger.info(
@@ -703,6 +816,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="grasp-mask level of mask_iou and empty_on_background (the predictor's default, 0.5)",
     )
+    parser.add_argument(
+        "--min-score",
+        type=float,
+        default=0.5,
+        help="presence level of mask_iou and empty_on_background: below it the mask is empty "
+        "(the predictor's default, 0.5)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
@@ -743,6 +863,8 @@ def _run(argv: Sequence[str] | None) -> int:
         ) from None
     if not 0.0 <= args.mask_threshold <= 1.0:
         raise ValueError(f"--mask-threshold must be in [0, 1], got {args.mask_threshold}")
+    if not 0.0 <= args.min_score <= 1.0:
+        raise ValueError(f"--min-score must be in [0, 1], got {args.min_score}")
     background = BackgroundFrames(args.data_root, args.split, model.config.image_size)
     logger.info(
         "evaluating %s on %d test images and %d background frames of %s",
@@ -767,6 +889,7 @@ def _run(argv: Sequence[str] | None) -> int:
         progress=not args.no_progress,
         background=background,
         mask_threshold=args.mask_threshold,
+        min_score=args.min_score,
     )
     for action, values in result["per_affordance"].items():
         logger.info(
