@@ -72,7 +72,7 @@ BACKENDS = ("torch", "onnxruntime")
 VARIANTS = ("fp32", "int8")
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 # Bump when the exported graphs change meaning or layout: older cache entries become stale.
-# 2: the heads graph's scores are the calibrated presence score (issue #17), not a softmax.
+# 2: the heads graph's scores are the calibrated presence score, not a softmax.
 EXPORT_VERSION = 2
 GRAPH_FILES = ("backbone.onnx", "heads.onnx")
 

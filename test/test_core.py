@@ -269,7 +269,9 @@ def test_checkpoint_roundtrip_and_mismatch(tmp_path) -> None:
 def test_predictor_multi_action_matches_single(tmp_path) -> None:
     torch.manual_seed(0)
     model = create_model("tiny", vocabulary=VOCAB, pretrained=False)
-    pred = AffordancePredictor(model, mask_threshold=0.6)
+    # min_score 0: every action is present, so the mask geometry is what is checked here
+    # (the absence rule has its own tests in test_evaluation.py)
+    pred = AffordancePredictor(model, mask_threshold=0.6, min_score=0.0)
     image = (np.random.default_rng(0).random((90, 130, 3)) * 255).astype(np.uint8)
     with pytest.raises(RuntimeError, match="set_image"):
         pred.predict("hold")
@@ -279,7 +281,7 @@ def test_predictor_multi_action_matches_single(tmp_path) -> None:
     for p in both:
         assert p.heatmap.shape == (90, 130) and p.heatmap.dtype == np.float32
         assert 0.0 <= p.heatmap.min() and p.heatmap.max() <= 1.0
-        assert p.mask.dtype == bool and p.mask[p.peak_xy[1], p.peak_xy[0]]
+        assert p.present and p.mask.dtype == bool and p.mask[p.peak_xy[1], p.peak_xy[0]]
         assert 0.0 <= p.score <= 1.0
     assert not np.allclose(both[0].heatmap, both[1].heatmap)
     with pytest.raises(UnknownActionError, match="known actions: hold"):

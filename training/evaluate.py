@@ -550,11 +550,11 @@ def fit_presence_score(
     (peak raw ego-prompt affinity). Positives are the (image, action) pairs whose object
     affords the action; negatives are the pairs whose object does not, and every action on
     every background-only frame (``val.background``). scikit-learn's ``LogisticRegression``
-    (L2, C = 1, no class weighting: the probability is calibrated to the validation pairs'
-    prior) gives ``score_weights = (w_cam, w_aff)`` and ``score_bias``. It is fitted on both
-    features and on each alone (the other weight 0); the fit with the highest validation
-    AUROC is kept (the likelihood the regression maximises is not the ranking: on small
-    validation sets the two-feature fit can rank worse than ``z_cam`` alone).
+    (L2, C = 1, on standardised features, no class weighting: the probability is calibrated
+    to the validation pairs' prior) gives ``score_weights = (w_cam, w_aff)`` and
+    ``score_bias``. It is fitted on both features and on each alone (the other weight 0);
+    the fit with the highest validation AUROC is kept (the regression maximises the
+    likelihood, not the ranking).
 
     Args:
         model: the chosen model (its inference branch decides ``z_cam``), on ``device``.
@@ -591,13 +591,20 @@ def fit_presence_score(
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         return {"skipped": "one class is empty", "n_pos": n_pos, "n_neg": n_neg}
+    # The regression runs on standardised features (the CAM logit and the cosine differ in
+    # scale by orders of magnitude, and the L2 penalty would otherwise mostly shrink the
+    # cosine's weight); the fitted line is mapped back to raw-feature weights and bias.
+    mean, std = x.mean(0), x.std(0) + 1e-12
     candidates = {}
     for name, columns in (("cam+aff", [0, 1]), ("cam", [0]), ("aff", [1])):
-        fit = LogisticRegression(C=1.0, max_iter=1000).fit(x[:, columns], y)
+        fit = LogisticRegression(C=1.0, max_iter=1000).fit(
+            (x[:, columns] - mean[columns]) / std[columns], y
+        )
         weights = [0.0, 0.0]
-        for column, w in zip(columns, fit.coef_[0], strict=True):
-            weights[column] = float(w)
         bias = float(fit.intercept_[0])
+        for column, w in zip(columns, fit.coef_[0], strict=True):
+            weights[column] = float(w / std[column])
+            bias -= float(w * mean[column] / std[column])
         candidates[name] = (auroc(x @ np.asarray(weights) + bias, y), weights, bias)
     # logistic regression maximises the likelihood, not the ranking: keep the fit whose
     # validation AUROC is highest (the two-feature fit on ties)
