@@ -89,6 +89,7 @@ def test_demo_trains_both_splits_in_two_processes_and_reports(tmp_path):
                 if math.isfinite(g["mean"])
             )
         assert (tmp_path / f"overlays_{split}.png").stat().st_size > 0
+        assert [p for p in tmp_path.glob(f"actions_{split}_*.png") if p.stat().st_size > 0]
         # values, not only finiteness: a constant map has NSS 0; the reported test row and
         # the chosen validation score are those of the saved checkpoint, rescored here; the
         # affinity row is the min-max affinity of the same images
@@ -131,6 +132,28 @@ def test_demo_trains_both_splits_in_two_processes_and_reports(tmp_path):
     assert "interval over (action, object) pairs" in text
     public = json.loads((tmp_path / "results.json").read_text())
     assert public["jobs"] == 2 and "per_image" not in public["splits"]["Seen"]["ce"]
+    for split in SPLITS:
+        pairs = public["peak_hit_per_pair"][split]
+        objects = [name.split("/")[1] for name in pairs]
+        assert all(objects.count(obj) >= 2 for obj in objects)
+        assert all(0.0 <= v <= 1.0 for row in pairs.values() for v in row.values())
+    assert "Peak hit per (action, object) pair" in text
+
+
+def test_per_pair_metric_by_hand():
+    from training.demo.report import per_pair_metric, per_pair_table
+
+    keys = ["hold/knife/a", "hold/knife/b", "cut_with/knife/c", "sit_on/chair/d"]
+    rows = {
+        "m": {"per_image": {"key": keys, "peak_hit": [1.0, 0.0, 1.0, 1.0]}},
+        "baseline": {"per_image": {"key": keys[::-1], "peak_hit": [0.0, 0.5, 0.5, 0.5]}},
+    }
+    pairs = per_pair_metric(rows)
+    assert pairs == {
+        "cut_with/knife": {"m": 1.0, "baseline": 0.5},
+        "hold/knife": {"m": 0.5, "baseline": 0.5},
+    }
+    assert per_pair_table(pairs)[2] == "| knife | cut_with | 1.000 | 0.500 |"
 
 
 def test_update_checkpoint_config_rewrites_only_valid_fields(tmp_path):

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.demo.report import write_figure, write_report
+from training.demo.report import write_action_figure, write_figure, write_report
 from training.demo.settings import (
     CORPUS_VERSION,
     METHOD_ORDER,
@@ -474,6 +474,9 @@ def run_demo(
             data_root, split, first.image_size, vocabulary=first.vocabulary
         )
         print(f"wrote {write_figure(out, split, models, test_set)}")
+        action_figure = write_action_figure(out, split, models, test_set)
+        if action_figure is not None:
+            print(f"wrote {action_figure}")
 
     _stage("6/6 ROS 2 node on synthetic camera frames")
     best = out / "runs" / "Seen" / "selectivecl" / "model.pt"

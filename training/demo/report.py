@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from training.demo.settings import ROW_METRICS, SPLITS, VALIDATION_SEED_OFFSET
+from training.stats import pair_groups
 
 __all__ = ["SHORT", "metric_table", "probe_table", "write_figure", "write_report"]
 
@@ -99,13 +100,61 @@ def gap_sentence(name: str, gap: dict[str, dict[str, float]]) -> str:
     )
 
 
+def per_pair_metric(
+    rows: dict[str, dict[str, Any]], metric: str = "peak_hit", min_actions: int = 2
+) -> dict[str, dict[str, float]]:
+    """Mean of a per-image metric per (action, object) pair, for objects with at least
+    ``min_actions`` actions in the split: ``{"aff/obj": {row: mean}}``, pairs sorted by
+    object then action. Rows without ``per_image`` are left out."""
+    scored = {n: r["per_image"] for n, r in rows.items() if r.get("per_image")}
+    means: dict[str, dict[str, float]] = {}
+    for row, per_image in scored.items():
+        groups, names = pair_groups(per_image["key"])
+        counts = np.bincount(groups, minlength=len(names))
+        values = np.asarray(per_image[metric], dtype=float)
+        sums = np.bincount(groups, weights=values, minlength=len(names))
+        means[row] = dict(zip(names, (sums / counts).tolist()))
+    if not means:
+        return {}
+    names = list(next(iter(means.values())))
+    actions_of: dict[str, set[str]] = {}
+    for name in names:
+        aff, obj = name.split("/")
+        actions_of.setdefault(obj, set()).add(aff)
+    kept = sorted(
+        (n for n in names if len(actions_of[n.split("/")[1]]) >= min_actions),
+        key=lambda n: tuple(reversed(n.split("/"))),
+    )
+    return {n: {row: m[n] for row, m in means.items() if n in m} for n in kept}
+
+
+def per_pair_table(pairs: dict[str, dict[str, float]]) -> list[str]:
+    """Markdown table of :func:`per_pair_metric`: one line per (action, object) pair."""
+    if not pairs:
+        return []
+    rows = list(next(iter(pairs.values())))
+    lines = [
+        f"| object | action | {' | '.join(rows)} |",
+        "|---" * (len(rows) + 2) + "|",
+    ]
+    for name, values in pairs.items():
+        aff, obj = name.split("/")
+        lines.append(f"| {obj} | {aff} | " + " | ".join(_fmt(values.get(r)) for r in rows) + " |")
+    return lines
+
+
 def write_report(out: Path, results: dict[str, Any]) -> str:
     """results.json + results.md; returns the Markdown text."""
 
     def strip(rows: dict[str, Any]) -> dict[str, Any]:
         return {n: {k: v for k, v in r.items() if k != "per_image"} for n, r in rows.items()}
 
-    public = {**results, "splits": {s: strip(r) for s, r in results["splits"].items()}}
+    per_pair = {s: per_pair_metric(r) for s, r in results["splits"].items()}
+    public = {
+        **results,
+        "splits": {s: strip(r) for s, r in results["splits"].items()},
+        "peak_hit_per_pair": per_pair,
+    }
     (out / "results.json").write_text(json.dumps(public, indent=1))
     lines = [
         "# Embedded default: results",
@@ -139,6 +188,14 @@ def write_report(out: Path, results: dict[str, Any]) -> str:
             ]
         for rival, gap in (scl or {}).get("gaps", {}).items():
             lines += [gap_sentence(rival, gap), ""]
+        if per_pair.get(split):
+            lines += [
+                f"Peak hit per (action, object) pair, objects with two or more actions "
+                f"({split} test split):",
+                "",
+                *per_pair_table(per_pair[split]),
+                "",
+            ]
     probe = results.get("backbone_probe")
     if probe:
         lines += [
@@ -201,4 +258,47 @@ def write_figure(out: Path, split: str, models: dict[str, Any], dataset, count: 
         )
     path = out / f"overlays_{split}.png"
     cv2.imwrite(str(path), cv2.cvtColor(np.concatenate([header, grid]), cv2.COLOR_RGB2BGR))
+    return path
+
+
+def write_action_figure(out: Path, split: str, models: dict[str, Any], dataset) -> Path | None:
+    """One object under each of its actions: the test object with the most actions, its first
+    test image, one row per method, one column per action the object affords."""
+    from affordance_core.visualize import heatmap_overlay
+
+    actions_of: dict[str, set[str]] = {}
+    first: dict[str, int] = {}
+    for index, (*_, key) in enumerate(dataset.samples):
+        aff, obj = key.split("/")[:2]
+        actions_of.setdefault(obj, set()).add(aff)
+        first.setdefault(obj, index)
+    obj = max(sorted(actions_of), key=lambda o: len(actions_of[o]))
+    item = dataset[first[obj]]
+    ids = item["afforded"].nonzero().flatten()
+    if len(ids) < 2:
+        return None
+    image = (item["image"].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    size = image.shape[0]
+    vocabulary = next(iter(models.values())).vocabulary
+    names = ["image", *(vocabulary[int(i)] for i in ids)]
+    rows = []
+    for model in models.values():
+        maps = model.predict_maps(item["image"][None].expand(len(ids), -1, -1, -1), ids)
+        tiles = [image]
+        for heat in maps.numpy():
+            heat = cv2.resize(heat, (size, size), interpolation=cv2.INTER_LINEAR)
+            tiles.append(heatmap_overlay(image, (heat - heat.min()) / (np.ptp(heat) + 1e-10)))
+        rows.append(np.concatenate(tiles, axis=1))
+    grid = np.concatenate(rows, axis=0)
+    header = np.full((24, grid.shape[1], 3), 255, np.uint8)
+    for i, name in enumerate(names):
+        cv2.putText(header, name, (i * size + 4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                    (0, 0, 0), 1, cv2.LINE_AA)  # fmt: skip
+    labels = np.full((grid.shape[0] + 24, 110, 3), 255, np.uint8)
+    for r, name in enumerate(models):
+        cv2.putText(labels, name, (4, 24 + r * size + size // 2), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.4, (0, 0, 0), 1, cv2.LINE_AA)  # fmt: skip
+    panel = np.concatenate([labels, np.concatenate([header, grid])], axis=1)
+    path = out / f"actions_{split}_{obj}.png"
+    cv2.imwrite(str(path), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
     return path
