@@ -303,36 +303,35 @@ class AffordanceModel(nn.Module):
             obj = (obj >= self.config.object_threshold).to(cams.dtype)
         return minmax(cams) * obj
 
-    def score_features(
-        self,
-        feats: Features,
-        class_ids: Tensor,
-        cams: Tensor | None = None,
-        aff: Tensor | None = None,
-    ) -> Tensor:
+    def _action_cams(self, feats: Features, class_ids: Tensor) -> Tensor:
+        """(N, A, h, w) float raw CAM logits of the requested actions on the inference branch."""
+        _, cams = self.cam(feats.keys, self.inference_branch())  # (N, C', h, w)
+        cams = cams.float()
+        return cams.gather(1, class_ids[:, :, None, None].expand(-1, -1, *cams.shape[2:]))
+
+    @staticmethod
+    def _peaks(cams: Tensor, aff: Tensor | None) -> Tensor:
+        """(N, A, 2) spatial maxima of (N, A, h, w) CAMs and affinities (0 without affinity)."""
+        z_cam = cams.amax((-1, -2))
+        z_aff = torch.zeros_like(z_cam) if aff is None else aff.amax((-1, -2))
+        return torch.stack([z_cam, z_aff], -1)
+
+    def score_features(self, feats: Features, class_ids: Tensor) -> Tensor:
         """The two inputs of the presence score for several actions per image.
 
         Args:
             feats: backbone features of N images.
             class_ids: (N, A) int64 action ids per image.
-            cams: (N, A, h, w) raw CAM logits of those actions on the inference branch, when
-                the caller already has them.
-            aff: (N, A, h, w) raw ego-prompt affinities, when the caller already has them.
 
         Returns:
             (N, A, 2) float: ``z_cam``, the spatial maximum of the action's raw CAM logit
             (unbounded), and ``z_aff``, the spatial maximum of the raw ego-prompt cosine
             (in [-1, 1]; 0 when the model has no CLIP-role backbone).
         """
-        if cams is None:
-            _, every = self.cam(feats.keys, self.inference_branch())
-            every = every.float()
-            cams = every.gather(1, class_ids[:, :, None, None].expand(-1, -1, *every.shape[2:]))
-        if aff is None and self.clip is not None:
+        aff = None
+        if self.clip is not None:
             aff = prompt_affinity(feats.clip, self.ego_text[class_ids]).float()
-        z_cam = cams.float().amax((-1, -2))
-        z_aff = torch.zeros_like(z_cam) if aff is None else aff.float().amax((-1, -2))
-        return torch.stack([z_cam, z_aff], -1)
+        return self._peaks(self._action_cams(feats, class_ids), aff)
 
     def presence_score(self, features: Tensor) -> Tensor:
         """``sigmoid(w_cam * z_cam + w_aff * z_aff + b)`` (``config.score_weights`` and
@@ -340,6 +339,14 @@ class AffordanceModel(nn.Module):
         w_cam, w_aff = self.config.score_weights
         logit = w_cam * features[..., 0] + w_aff * features[..., 1] + self.config.score_bias
         return torch.sigmoid(logit)
+
+    @property
+    def uses_affinity(self) -> bool:
+        """True if :meth:`infer` reads the CLIP patch embeddings: calibrated maps, or a presence
+        score that weights the affinity peak (``score_weights[1] != 0``)."""
+        return self.clip is not None and (
+            self.config.calibration != "none" or self.config.score_weights[1] != 0.0
+        )
 
     def infer(self, feats: Features, class_ids: Tensor) -> tuple[Tensor, Tensor]:
         """Inference maps and scores for several actions per image: the one map path shared by
@@ -359,19 +366,11 @@ class AffordanceModel(nn.Module):
             softmax over the vocabulary.
         """
         n, a = class_ids.shape
-        _, cams = self.cam(feats.keys, self.inference_branch())  # (N, C', h, w)
-        cams = cams.float()
-        picked = cams.gather(1, class_ids[:, :, None, None].expand(-1, -1, *cams.shape[2:]))
+        picked = self._action_cams(feats, class_ids)  # (N, A, h, w)
         aff = None
-        if self.clip is not None and (
-            self.config.calibration != "none" or self.config.score_weights[1] != 0.0
-        ):
+        if self.uses_affinity:
             aff = prompt_affinity(feats.clip, self.ego_text[class_ids]).float()  # (N, A, h, w)
-        if aff is None:
-            z = torch.stack([picked.amax((-1, -2)), picked.new_zeros(n, a)], -1)
-        else:
-            z = self.score_features(feats, class_ids, picked, aff)
-        scores = self.presence_score(z)
+        scores = self.presence_score(self._peaks(picked, aff))
         calib_aff = None if self.config.calibration == "none" else aff
         maps = self.calibrate(
             picked.flatten(0, 1), None if calib_aff is None else calib_aff.flatten(0, 1)

@@ -91,10 +91,8 @@ def _import_ort() -> Any:
 
 def uses_clip(model: AffordanceModel) -> bool:
     """True if the model's inference uses the CLIP patch embeddings: calibrated maps, or a
-    presence score that weights the affinity peak (``score_weights[1] != 0``)."""
-    return model.clip is not None and (
-        model.config.calibration != "none" or model.config.score_weights[1] != 0.0
-    )
+    presence score that weights the affinity peak (:attr:`AffordanceModel.uses_affinity`)."""
+    return model.uses_affinity
 
 
 class BackboneGraph(nn.Module):

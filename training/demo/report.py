@@ -224,6 +224,15 @@ def write_report(out: Path, results: dict[str, Any]) -> str:
     return text
 
 
+def _title_strip(names: list[str], tile: int) -> np.ndarray:
+    """(24, len(names) * tile, 3) uint8 white strip with one title per tile column."""
+    strip = np.full((24, len(names) * tile, 3), 255, np.uint8)
+    for i, name in enumerate(names):
+        cv2.putText(strip, name, (i * tile + 4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                    (0, 0, 0), 1, cv2.LINE_AA)  # fmt: skip
+    return strip
+
+
 def write_figure(out: Path, split: str, models: dict[str, Any], dataset, count: int = 6) -> Path:
     """Rows: test images; columns: image, GT, then each method's heatmap overlay."""
     from affordance_core.visualize import heatmap_overlay
@@ -243,19 +252,7 @@ def write_figure(out: Path, split: str, models: dict[str, Any], dataset, count: 
             tiles.append(heatmap_overlay(image, heat))
         rows.append(np.concatenate(tiles, axis=1))
     grid = np.concatenate(rows, axis=0)
-    header = np.full((24, grid.shape[1], 3), 255, np.uint8)
-    tile = grid.shape[1] // (2 + len(models))
-    for i, name in enumerate(["image", "GT", *models]):
-        cv2.putText(
-            header,
-            name,
-            (i * tile + 4, 17),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            0.45,
-            (0, 0, 0),
-            1,
-            cv2.LINE_AA,
-        )
+    header = _title_strip(["image", "GT", *models], grid.shape[1] // (2 + len(models)))
     path = out / f"overlays_{split}.png"
     cv2.imwrite(str(path), cv2.cvtColor(np.concatenate([header, grid]), cv2.COLOR_RGB2BGR))
     return path
@@ -290,10 +287,7 @@ def write_action_figure(out: Path, split: str, models: dict[str, Any], dataset) 
             tiles.append(heatmap_overlay(image, (heat - heat.min()) / (np.ptp(heat) + 1e-10)))
         rows.append(np.concatenate(tiles, axis=1))
     grid = np.concatenate(rows, axis=0)
-    header = np.full((24, grid.shape[1], 3), 255, np.uint8)
-    for i, name in enumerate(names):
-        cv2.putText(header, name, (i * size + 4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                    (0, 0, 0), 1, cv2.LINE_AA)  # fmt: skip
+    header = _title_strip(names, size)
     labels = np.full((grid.shape[0] + 24, 110, 3), 255, np.uint8)
     for r, name in enumerate(models):
         cv2.putText(labels, name, (4, 24 + r * size + size // 2), cv2.FONT_HERSHEY_SIMPLEX,
