@@ -69,6 +69,11 @@ class AffordanceConfig:
             ``training.evaluate.choose_on_validation`` (logistic regression); the default
             ``(1, 0)`` with bias 0 is the unfitted ``sigmoid(max CAM logit)``.
         score_bias: the score's bias ``b`` (see ``score_weights``).
+        part_prior: multiply the inference map by the hand-region part prior
+            ``p(action | patch)`` (:mod:`affordance_core.part_prior`), a linear classifier on
+            the DINO keys fitted on the patches next to the hand in the training exo images;
+            needs a CLIP-role backbone (the hand prompt). ``affordance-train`` fits it before
+            the heads train. Off in the papers (docs/deviations.md).
     """
 
     name: str = "tiny"
@@ -94,6 +99,7 @@ class AffordanceConfig:
     contrast_heads: bool = False
     score_weights: tuple[float, float] = (1.0, 0.0)
     score_bias: float = 0.0
+    part_prior: bool = False
 
     def __post_init__(self) -> None:
         self.calibration = CALIBRATION_ALIASES.get(self.calibration, self.calibration)
@@ -127,6 +133,11 @@ class AffordanceConfig:
         ):
             raise ValueError(f"score_bias must be a finite number, got {self.score_bias!r}")
         self.score_bias = float(self.score_bias)
+        if self.part_prior and self.clip is None:
+            raise ValueError(
+                "part_prior needs a CLIP-role backbone (it finds the hand with the hand "
+                "prompt); set clip or part_prior=false"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data view (YAML/JSON/checkpoint friendly)."""

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from .affinity import prompt_affinity
 from .backbones import ClipBackbone, DinoBackbone, cls_saliency, minmax
 from .config import AffordanceConfig
+from .part_prior import PartPriorFit, part_descriptors
 from .prompts import HAND_PROMPT, ego_prompt, exo_prompt
 
 __all__ = ["AffordanceModel", "Features", "TokenMLP"]
@@ -114,6 +115,11 @@ class AffordanceModel(nn.Module):
         wants_contrast = config.contrast_heads
         self.proto_head = nn.Conv2d(width, width, 1) if wants_contrast else None
         self.pixel_head = nn.Conv2d(width, width, 1) if wants_contrast else None
+        self.part_prior = nn.Conv2d(dim, self.num_classes, 1) if config.part_prior else None
+        if self.part_prior is not None:  # fitted by set_part_prior, never by the optimiser
+            nn.init.zeros_(self.part_prior.weight)
+            nn.init.zeros_(self.part_prior.bias)
+            self.part_prior.requires_grad_(False)
         self.register_buffer("ego_text", torch.empty(0), persistent=False)
         self.register_buffer("exo_text", torch.empty(0), persistent=False)
         self.register_buffer("hand_text", torch.empty(0), persistent=False)
@@ -270,6 +276,35 @@ class AffordanceModel(nn.Module):
             text = (self.ego_text if prompt == "ego" else self.exo_text)[class_ids]
         return prompt_affinity(clip_dense, text)
 
+    @torch.no_grad()
+    def set_part_prior(self, fit: PartPriorFit) -> None:
+        """Load a fitted part prior (:func:`affordance_core.part_prior.fit_part_prior`)."""
+        if self.part_prior is None:
+            raise ValueError("this model has no part prior; build it with part_prior=True")
+        weight = self.part_prior.weight
+        if tuple(fit.weight.shape) != tuple(weight.shape[:2]):
+            raise ValueError(
+                f"part prior weights {tuple(fit.weight.shape)} do not fit this model "
+                f"({weight.shape[0]} actions, {weight.shape[1]} key channels)"
+            )
+        weight.copy_(fit.weight.to(weight)[:, :, None, None])
+        self.part_prior.bias.copy_(fit.bias.to(weight))
+
+    def part_probability(self, keys: Tensor, class_ids: Tensor) -> Tensor:
+        """``p(action | patch)`` of the part prior.
+
+        Args:
+            keys: (N, D, h, w) DINO keys.
+            class_ids: (N, A) int64 action ids.
+
+        Returns:
+            (N, A, h, w) float in [0, 1] (uniform 1 / C before the prior is fitted).
+        """
+        if self.part_prior is None:
+            raise ValueError("this model has no part prior; build it with part_prior=True")
+        prob = self.part_prior(part_descriptors(keys)).softmax(1)  # (N, C, h, w)
+        return prob.gather(1, class_ids[:, :, None, None].expand(-1, -1, *prob.shape[2:]))
+
     def inference_branch(self) -> str:
         """The branch whose CAM maps an ego image at inference (``config.inference_branch``)."""
         return self.config.inference_branch
@@ -363,7 +398,8 @@ class AffordanceModel(nn.Module):
             of the action's raw CAM logit (inference branch) and of its raw ego-prompt
             affinity (:meth:`score_features`, :meth:`presence_score`; weights and bias from the
             config, fitted on validation data). Each (image, action) is scored on its own: no
-            softmax over the vocabulary.
+            softmax over the vocabulary. With a part prior (``config.part_prior``) the maps
+            are the min-max calibrated maps times :meth:`part_probability`, in [0, 1].
         """
         n, a = class_ids.shape
         picked = self._action_cams(feats, class_ids)  # (N, A, h, w)
@@ -375,7 +411,10 @@ class AffordanceModel(nn.Module):
         maps = self.calibrate(
             picked.flatten(0, 1), None if calib_aff is None else calib_aff.flatten(0, 1)
         )
-        return maps.view(n, a, *maps.shape[1:]), scores
+        maps = maps.view(n, a, *maps.shape[1:])
+        if self.part_prior is not None:
+            maps = minmax(maps) * self.part_probability(feats.keys, class_ids)
+        return maps, scores
 
     def maps_from_features(self, feats: Features, class_ids: Tensor) -> Tensor:
         """(N, h, w) inference maps for features of N images and one class id each."""

@@ -83,6 +83,30 @@ def test_heads_graph_exports_the_presence_score(model, tmp_path) -> None:
         assert_same_predictions(ref, got)
 
 
+def test_heads_graph_exports_the_part_prior(tmp_path) -> None:
+    """A fitted part prior is part of the heads graph: ONNX maps equal the torch backend's,
+    and the cache key follows the prior's weights."""
+    from affordance_core.part_prior import PartPriorFit
+
+    torch.manual_seed(2)
+    prior = create_model(
+        "tiny", vocabulary=VOCAB, method="selectivecl", pretrained=False, part_prior=True
+    ).eval()
+    before = model_fingerprint(prior)
+    g = torch.Generator().manual_seed(3)
+    dim = prior.dino.dim
+    prior.set_part_prior(
+        PartPriorFit(
+            3 * torch.randn(len(VOCAB), dim, generator=g), torch.randn(4, generator=g), 1, 1
+        )
+    )
+    assert model_fingerprint(prior) != before
+    torch_predictor = AffordancePredictor(prior)
+    onnx = AffordancePredictor(prior, backend="onnxruntime", onnx_cache_dir=tmp_path)
+    for frame in _frames()[:2]:
+        assert_same_predictions(torch_predictor(frame, VOCAB), onnx(frame, VOCAB))
+
+
 def _with_config(model, **fields):
     import copy
     import dataclasses

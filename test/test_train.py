@@ -346,7 +346,8 @@ def hand_scores(
     binary_threshold: float | None = None,
 ) -> dict[str, float]:
     """Mean KLD/SIM/NSS of a checkpoint's maps built here from its heads: the labelled CAM of
-    ``branch``, times the binarised min-max affinity when ``binary_threshold`` is given."""
+    ``branch``, times the binarised min-max affinity when ``binary_threshold`` is given, and
+    min-max normalised times the part prior's probability when the model has one."""
     from affordance_core import load_model
     from affordance_core.backbones import minmax
     from affordance_core.data import AffordanceTestDataset
@@ -365,6 +366,9 @@ def hand_scores(
             if binary_threshold is not None:
                 aff = minmax(model.affinity(feats.clip, item["label"], "ego"))
                 maps = minmax(maps) * (aff >= binary_threshold).float()
+            if model.part_prior is not None:
+                prior = model.part_probability(feats.keys, item["label"][:, None])[:, 0]
+                maps = minmax(maps) * prior
             gt = item["gt"]
             per_image.append(affordance_metrics(prepare_prediction(maps, size=gt.shape[-2:]), gt))
     return {k: float(torch.cat([m[k] for m in per_image]).mean()) for k in ("KLD", "SIM", "NSS")}

@@ -262,6 +262,7 @@ def build_run(
     progress: bool,
     vocabulary: Sequence[str] | None = None,
     device: torch.device | None = None,
+    fit_part_prior: bool = True,
 ) -> Trainer:
     """Builds the model, method, datasets and :class:`~training.trainer.Trainer` of a config.
 
@@ -273,6 +274,8 @@ def build_run(
             dataset on disk.
         device: the device to train on (a torchrun process's own GPU); default: from
             ``train.device``.
+        fit_part_prior: fit the model's part prior (``model.part_prior``) on the training
+            exo images before training; a resumed run reads it from ``last.pt`` instead.
     """
     from affordance_core.data import (
         AffordanceTestDataset,
@@ -311,6 +314,7 @@ def build_run(
         "augment": bool(data_cfg.get("augment", True)),
     }
     train_set = AffordanceTrainDataset(*dataset_args, **dataset_kwargs)
+    cache = None
     if data_cfg.get("cache_features"):
         from affordance_core.feature_cache import CachedTrainDataset, FeatureCache
 
@@ -320,6 +324,10 @@ def build_run(
                 model, train_set.image_paths(), cache_dir, device=device, progress=progress
             )
         train_set = CachedTrainDataset(cache, *dataset_args, **dataset_kwargs)
+    if fit_part_prior and model.part_prior is not None:
+        from training.part_prior import fit_training_part_prior
+
+        fit_training_part_prior(model, train_set, cache=cache, device=device, progress=progress)
     eval_set = None
     if config["train"].get("select_on_test"):
         eval_set = AffordanceTestDataset(
@@ -423,6 +431,7 @@ def _train(
         progress=not args.no_progress,
         vocabulary=payload["vocabulary"] if payload else None,
         device=device,
+        fit_part_prior=payload is None,
     )
     if payload is not None and state is not None:
         try:

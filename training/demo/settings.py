@@ -22,13 +22,15 @@ DEFAULT_METHODS = ("ce", "locate", "selectivecl", "selectivecl_paper", "looptran
 SPLITS = ("Seen", "Unseen")
 
 #: SelectiveCL exactly as the paper sets it: ego branch, binary calibration, lambda = 1, no
-#: residual token MLP, exo action prompt; trained to the end of the budget, nothing chosen.
+#: residual token MLP, exo action prompt, no part prior; trained to the end of the budget,
+#: nothing chosen.
 PAPER_SETTINGS = (
     "model.proj_residual=false",
     "method.contrast_scale=1.0",
     "model.exo_cue=prompt",
     "model.inference_branch=ego",
     "model.calibration=binary",
+    "model.part_prior=false",
 )
 
 #: Row name -> (affordance-train --method, extra --set items, choose on validation).

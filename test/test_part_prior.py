@@ -1,0 +1,145 @@
+"""The hand-region part prior: the interaction patches by hand, the fit on descriptors whose
+actions are known, the map rule inside ``AffordanceModel.infer``, checkpoints, and the fit that
+affordance-train runs before training."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from affordance_core.part_prior import fit_part_prior, interaction_patches
+
+
+def test_interaction_patches_are_the_salient_3x3_around_the_hand():
+    saliency = torch.zeros(1, 6, 6)
+    saliency[0, 1:5, 1:5] = 1.0  # the object
+    hand = torch.zeros(1, 6, 6)
+    hand[0, 4, 4] = 1.0  # hand on the object's corner
+    hand[0, 0, 0] = 2.0  # a stronger hand-like patch off the object loses to saliency
+    region = interaction_patches(hand, saliency)
+    expected = torch.zeros(1, 6, 6, dtype=torch.bool)
+    expected[0, 3:5, 3:5] = True  # the 3x3 around (4, 4), cut to the salient patches
+    assert torch.equal(region, expected)
+    assert interaction_patches(hand, saliency, radius=0).nonzero().tolist() == [[0, 4, 4]]
+    with pytest.raises(ValueError, match="radius"):
+        interaction_patches(hand, saliency, radius=-1)
+
+
+def _exo_batch(num_classes: int, n: int, dim: int = 8, seed: int = 0):
+    """Images whose one-patch region has key direction e_<label> (plus noise)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % num_classes
+    keys = 0.3 * torch.randn(n, dim, 5, 5, generator=g)
+    keys[torch.arange(n), labels, 2, 2] += 3.0
+    region = torch.zeros(n, 5, 5, dtype=torch.bool)
+    region[:, 2, 2] = True
+    return keys, region, labels
+
+
+def test_fit_recovers_each_actions_part_direction():
+    batches = [_exo_batch(3, 30, seed=s) for s in range(2)]
+    fit = fit_part_prior(batches, num_classes=4)  # action 3 never shows up
+    assert fit.n_images == 60 and fit.n_patches == 60
+    assert fit.patches_per_action == {0: 20, 1: 20, 2: 20}
+    assert fit.train_accuracy == 1.0
+    assert fit.weight.shape == (4, 8) and fit.bias[3] == -30.0
+    probe = F.normalize(torch.eye(8)[:3], dim=1)  # descriptors pointing at e_0, e_1, e_2
+    prob = (probe @ fit.weight.T + fit.bias).softmax(1)
+    assert prob.argmax(1).tolist() == [0, 1, 2]
+    assert (prob[:, 3] < 1e-6).all()
+    # two actions: the binary solution still gives one softmax row per action
+    two = fit_part_prior([_exo_batch(2, 20)], num_classes=2)
+    prob = (F.normalize(torch.eye(8)[:2], dim=1) @ two.weight.T + two.bias).softmax(1)
+    assert prob.argmax(1).tolist() == [0, 1]
+
+
+def test_fit_refuses_data_without_two_actions():
+    with pytest.raises(ValueError, match="at least two actions"):
+        fit_part_prior([_exo_batch(1, 4)], num_classes=2)
+    with pytest.raises(ValueError, match="no interaction patch"):
+        fit_part_prior([], num_classes=2)
+
+
+@pytest.fixture(scope="module")
+def prior_model():
+    from affordance_core import create_model
+
+    torch.manual_seed(0)
+    return create_model(
+        "tiny", vocabulary=["hold", "cut_with", "sit_on"], pretrained=False, part_prior=True
+    ).eval()
+
+
+def test_infer_multiplies_the_minmax_map_by_the_part_probability(prior_model):
+    import dataclasses
+
+    from affordance_core.backbones import minmax
+    from affordance_core.part_prior import PartPriorFit
+
+    model = prior_model
+    feats = model.extract(torch.rand(2, 3, model.image_size, model.image_size))
+    ids = torch.tensor([[0, 2], [1, 1]])
+    g = torch.Generator().manual_seed(1)
+    fit = PartPriorFit(
+        torch.randn(3, model.dino.dim, generator=g), torch.randn(3, generator=g), 1, 1
+    )
+    model.set_part_prior(fit)
+    with torch.inference_mode():
+        maps, scores = model.infer(feats, ids)
+        original = model.config
+        plain = dataclasses.replace(original, part_prior=False)
+        prior, model.part_prior = model.part_prior, None
+        model.config = plain
+        try:
+            raw, raw_scores = model.infer(feats, ids)
+        finally:
+            model.part_prior, model.config = prior, original
+        keys = F.normalize(feats.keys, dim=1)
+        prob = (torch.einsum("cd,ndhw->nchw", fit.weight, keys) + fit.bias[:, None, None]).softmax(
+            1
+        )
+    expected = minmax(raw) * prob.gather(1, ids[:, :, None, None].expand(-1, -1, 14, 14))
+    assert torch.allclose(maps, expected, atol=1e-5)
+    assert torch.equal(scores, raw_scores)  # the presence score does not read the prior
+    with pytest.raises(ValueError, match="do not fit"):
+        model.set_part_prior(PartPriorFit(torch.zeros(2, 5), torch.zeros(2), 1, 1))
+
+
+def test_part_prior_is_saved_and_needs_clip(tmp_path, prior_model, random_tiny_weights):
+    from affordance_core import AffordanceConfig, load_model, save_model
+
+    path = tmp_path / "model.pt"
+    save_model(path, prior_model)
+    loaded = load_model(path, weights_dir=random_tiny_weights)
+    assert loaded.config.part_prior
+    assert torch.equal(loaded.part_prior.weight, prior_model.part_prior.weight)
+    assert not any(
+        p is loaded.part_prior.weight for g in loaded.param_groups(1.0) for p in g["params"]
+    )
+    with pytest.raises(ValueError, match="part_prior needs a CLIP-role backbone"):
+        AffordanceConfig(clip=None, part_prior=True)
+
+
+def test_affordance_train_fits_the_prior_before_training(
+    tmp_path, make_agd_tree, random_tiny_weights
+):
+    from affordance_core import load_model
+    from training import train
+
+    root = make_agd_tree(tmp_path / "data", split="Seen", n_exo=3, n_ego=2, n_test=2, seed=1)
+    run = tmp_path / "run"
+    args = [
+        "--data-root", str(root.parent), "--split", "Seen", "--method", "locate",
+        "--out", str(run), "--iters", "2", "--weights-dir", str(random_tiny_weights),
+        "--batch-size", "2", "--num-workers", "0", "--no-progress", "--cache-features",
+    ]  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert train.main(args) == 0
+    model = load_model(run / "model.pt", weights_dir=random_tiny_weights)
+    assert model.config.part_prior
+    assert model.part_prior.weight.abs().sum() > 0  # fitted, not the uniform start
+    assert "part prior:" in (run / "train.log").read_text()
