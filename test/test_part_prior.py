@@ -143,3 +143,31 @@ def test_affordance_train_fits_the_prior_before_training(
     assert model.config.part_prior
     assert model.part_prior.weight.abs().sum() > 0  # fitted, not the uniform start
     assert "part prior:" in (run / "train.log").read_text()
+
+
+def test_parts_probe_reports_every_stage_and_checks_the_corpus_seed(tmp_path):
+    """The diagnosis probe on a small corpus: every stage is reported with shares in [0, 1],
+    the grid ceiling is near perfect, and a wrong corpus seed is refused by name."""
+    from affordance_core import create_model, save_model
+    from affordance_core.data import resolve_vocabulary
+    from affordance_core.synthetic import write_agd_corpus
+    from training.probes.parts import probe_parts
+
+    objects = {"Seen": {"train": ["knife", "cup"], "test": ["knife", "cup"]}}
+    sizes = {"n_ego_per_pair": 1, "n_test_per_pair": 2, "n_background": 1, "progress": False}
+    write_agd_corpus(tmp_path / "train", seed=3, split_objects=objects, n_exo_per_pair=3, **sizes)
+    write_agd_corpus(tmp_path / "val", seed=4, split_objects=objects, n_exo_per_pair=1, **sizes)
+    vocabulary = resolve_vocabulary(tmp_path / "train", "Seen")
+    torch.manual_seed(0)
+    save_model(tmp_path / "model.pt", create_model("tiny", vocabulary=vocabulary))
+    result = probe_parts(tmp_path / "model.pt", tmp_path / "train", 3, tmp_path / "val")
+    exo = result["exo"]
+    assert exo["n"] == 3 * 5  # five (action, object) training pairs
+    for key in ("hand_pointing", "part_precision", "chance", "oracle_hand_precision"):
+        assert 0.0 <= exo[key] <= 1.0, key
+    assert len(result["ego"]) == 7
+    for name, metrics in result["ego"].items():
+        assert 0.0 <= metrics["peak_hit"] <= 1.0, name
+    assert result["ego"]["GT pooled to the patch grid: ceiling"]["peak_hit"] > 0.9
+    with pytest.raises(ValueError, match="--train-seed"):
+        probe_parts(tmp_path / "model.pt", tmp_path / "train", 5, tmp_path / "val")
