@@ -74,6 +74,11 @@ class AffordanceConfig:
             the DINO keys fitted on the patches next to the hand in the training exo images;
             needs a CLIP-role backbone (the hand prompt). ``affordance-train`` fits it before
             the heads train. Off in the papers (docs/deviations.md).
+        objectness: multiply the presence score by the frame's objectness ``P(object in
+            frame)`` (:mod:`affordance_core.objectness`), a logistic read-out of the frozen
+            backbones fitted on frames with and without an object; needs a CLIP-role backbone.
+            ``affordance-train`` copies it from the weights folder. Not in the papers
+            (docs/deviations.md).
     """
 
     name: str = "tiny"
@@ -100,6 +105,7 @@ class AffordanceConfig:
     score_weights: tuple[float, float] = (1.0, 0.0)
     score_bias: float = 0.0
     part_prior: bool = False
+    objectness: bool = False
 
     def __post_init__(self) -> None:
         self.calibration = CALIBRATION_ALIASES.get(self.calibration, self.calibration)
@@ -137,6 +143,11 @@ class AffordanceConfig:
             raise ValueError(
                 "part_prior needs a CLIP-role backbone (it finds the hand with the hand "
                 "prompt); set clip or part_prior=false"
+            )
+        if self.objectness and self.clip is None:
+            raise ValueError(
+                "objectness needs a CLIP-role backbone (its frame descriptor reads the CLIP "
+                "patch embeddings); set clip or objectness=false"
             )
 
     def to_dict(self) -> dict[str, Any]:

@@ -12,10 +12,14 @@ from torch import Tensor, nn
 from .affinity import prompt_affinity
 from .backbones import ClipBackbone, DinoBackbone, cls_saliency, minmax
 from .config import AffordanceConfig
+from .objectness import ObjectnessFit, descriptor_dim, frame_descriptor
 from .part_prior import PartPriorFit, part_descriptors
 from .prompts import HAND_PROMPT, ego_prompt, exo_prompt
 
 __all__ = ["AffordanceModel", "Features", "TokenMLP"]
+
+#: Bias of an objectness read-out that was never fitted: P(object) = 1 - 1e-13, no gating.
+_UNFITTED_OBJECTNESS_LOGIT = 30.0
 
 
 @dataclass
@@ -120,6 +124,13 @@ class AffordanceModel(nn.Module):
             nn.init.zeros_(self.part_prior.weight)
             nn.init.zeros_(self.part_prior.bias)
             self.part_prior.requires_grad_(False)
+        self.objectness: nn.Linear | None = None
+        if config.objectness and clip is not None:  # fitted by set_objectness, never trained
+            heads = len(dino.saliency_heads)
+            self.objectness = nn.Linear(descriptor_dim(dim, clip.dim, heads), 1)
+            nn.init.zeros_(self.objectness.weight)
+            nn.init.constant_(self.objectness.bias, _UNFITTED_OBJECTNESS_LOGIT)
+            self.objectness.requires_grad_(False)
         self.register_buffer("ego_text", torch.empty(0), persistent=False)
         self.register_buffer("exo_text", torch.empty(0), persistent=False)
         self.register_buffer("hand_text", torch.empty(0), persistent=False)
@@ -305,6 +316,36 @@ class AffordanceModel(nn.Module):
         prob = self.part_prior(part_descriptors(keys)).softmax(1)  # (N, C, h, w)
         return prob.gather(1, class_ids[:, :, None, None].expand(-1, -1, *prob.shape[2:]))
 
+    @torch.no_grad()
+    def set_objectness(self, fit: ObjectnessFit) -> None:
+        """Load a fitted objectness read-out (:func:`affordance_core.objectness.fit_objectness`).
+
+        Raises:
+            ValueError: the model has no read-out, or the fit's width does not match the
+                backbones' frame descriptor (fitted on other backbones).
+        """
+        if self.objectness is None:
+            raise ValueError(
+                "this model has no objectness read-out; build it with objectness=True"
+            )
+        width = self.objectness.in_features
+        if fit.weight.shape != (width,):
+            raise ValueError(
+                f"the objectness read-out has {tuple(fit.weight.shape)} weights but these "
+                f"backbones' frame descriptor has {width}: it was fitted on other backbones; "
+                "refit it with `python -m training.pretrain.objectness --weights-dir DIR`"
+            )
+        self.objectness.weight.copy_(fit.weight.to(self.objectness.weight)[None])
+        self.objectness.bias.fill_(float(fit.bias))
+
+    def frame_objectness(self, feats: Features) -> Tensor:
+        """(N,) float in [0, 1]: the probability that each frame shows an object (1 without a
+        read-out, or with an unfitted one)."""
+        if self.objectness is None or feats.clip is None:
+            return torch.ones(feats.keys.shape[0], device=feats.keys.device)
+        desc = frame_descriptor(feats.keys, feats.cls_attention, feats.clip)
+        return torch.sigmoid(self.objectness(desc)[:, 0])
+
     def inference_branch(self) -> str:
         """The branch whose CAM maps an ego image at inference (``config.inference_branch``)."""
         return self.config.inference_branch
@@ -380,7 +421,9 @@ class AffordanceModel(nn.Module):
         """True if :meth:`infer` reads the CLIP patch embeddings: calibrated maps, or a presence
         score that weights the affinity peak (``score_weights[1] != 0``)."""
         return self.clip is not None and (
-            self.config.calibration != "none" or self.config.score_weights[1] != 0.0
+            self.config.calibration != "none"
+            or self.config.score_weights[1] != 0.0
+            or self.objectness is not None
         )
 
     def infer(self, feats: Features, class_ids: Tensor) -> tuple[Tensor, Tensor]:
@@ -398,8 +441,11 @@ class AffordanceModel(nn.Module):
             of the action's raw CAM logit (inference branch) and of its raw ego-prompt
             affinity (:meth:`score_features`, :meth:`presence_score`; weights and bias from the
             config, fitted on validation data). Each (image, action) is scored on its own: no
-            softmax over the vocabulary. With a part prior (``config.part_prior``) the maps
-            are the min-max calibrated maps times :meth:`part_probability`, in [0, 1].
+            softmax over the vocabulary. With an objectness read-out (``config.objectness``)
+            the score is that probability times :meth:`frame_objectness`, ``P(object in
+            frame)``, so background-only frames score low for every action. With a part prior
+            (``config.part_prior``) the maps are the min-max calibrated maps times
+            :meth:`part_probability`, in [0, 1].
         """
         n, a = class_ids.shape
         picked = self._action_cams(feats, class_ids)  # (N, A, h, w)
@@ -407,6 +453,8 @@ class AffordanceModel(nn.Module):
         if self.uses_affinity:
             aff = prompt_affinity(feats.clip, self.ego_text[class_ids]).float()  # (N, A, h, w)
         scores = self.presence_score(self._peaks(picked, aff))
+        if self.objectness is not None:
+            scores = scores * self.frame_objectness(feats)[:, None]
         calib_aff = None if self.config.calibration == "none" else aff
         maps = self.calibrate(
             picked.flatten(0, 1), None if calib_aff is None else calib_aff.flatten(0, 1)

@@ -61,6 +61,7 @@ __all__ = [
     "OnnxCacheEntry",
     "OnnxRuntimeEngine",
     "default_cache_dir",
+    "feature_names",
     "model_fingerprint",
     "prepare_onnx_cache",
     "select_providers",
@@ -73,7 +74,8 @@ VARIANTS = ("fp32", "int8")
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 # Bump when the exported graphs change meaning or layout: older cache entries become stale.
 # 2: the heads graph's scores are the calibrated presence score, not a softmax.
-EXPORT_VERSION = 2
+# 3: with an objectness gate the graphs pass the CLS attention (``attn``) too.
+EXPORT_VERSION = 3
 GRAPH_FILES = ("backbone.onnx", "heads.onnx")
 
 
@@ -95,34 +97,47 @@ def uses_clip(model: AffordanceModel) -> bool:
     return model.uses_affinity
 
 
-class BackboneGraph(nn.Module):
-    """Exported backbone pass: images -> DINO keys (and CLIP patch embeddings).
+def feature_names(model: AffordanceModel) -> list[str]:
+    """The backbone features the heads graph reads, in graph order: ``keys``, then ``clip``
+    (:func:`uses_clip`), then ``attn`` (the CLS attention, for an objectness gate)."""
+    names = ["keys"]
+    if uses_clip(model):
+        names.append("clip")
+    if model.objectness is not None:
+        names.append("attn")
+    return names
 
-    Inputs: ``images`` (1, 3, S, S) float32 RGB in [0, 1]. Outputs: ``keys`` (1, D, h, w)
-    float32 and, when the model calibrates with CLIP, ``clip`` (1, Dc, h, w) float32,
-    L2-normalised per patch; exactly :meth:`AffordanceModel.extract`'s fields.
+
+class BackboneGraph(nn.Module):
+    """Exported backbone pass: images -> DINO keys (and CLIP patch embeddings, CLS attention).
+
+    Inputs: ``images`` (1, 3, S, S) float32 RGB in [0, 1]. Outputs (:func:`feature_names`):
+    ``keys`` (1, D, h, w) float32; when the model reads CLIP, ``clip`` (1, Dc, h, w) float32,
+    L2-normalised per patch; with an objectness gate, ``attn`` (1, K, h, w) float32; exactly
+    :meth:`AffordanceModel.extract`'s fields.
     """
 
     def __init__(self, model: AffordanceModel) -> None:
         super().__init__()
         self.model = model
-        self.with_clip = uses_clip(model)
+        self.names = feature_names(model)
         self.eval()
 
     @property
     def output_names(self) -> list[str]:
-        return ["keys", "clip"] if self.with_clip else ["keys"]
+        return list(self.names)
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         feats = self.model.extract(images)
-        return (feats.keys, feats.clip) if self.with_clip else (feats.keys,)
+        fields = {"keys": feats.keys, "clip": feats.clip, "attn": feats.cls_attention}
+        return tuple(fields[name] for name in self.names)
 
 
 class HeadsGraph(nn.Module):
     """Exported heads pass: one frame's features + A action ids -> A maps and scores.
 
-    Inputs: ``keys`` (1, D, h, w) float32, ``clip`` (1, Dc, h, w) float32 (only when the
-    model calibrates with CLIP), ``class_ids`` (A,) int64 in [0, C). Outputs: ``maps``
+    Inputs: the :class:`BackboneGraph` outputs (:func:`feature_names`), then ``class_ids``
+    (A,) int64 in [0, C). Outputs: ``maps``
     (1, A, h, w) float32 (raw scale) and ``scores`` (1, A) float32 in [0, 1] (the calibrated
     presence score), exactly
     :meth:`AffordanceModel.infer` for that frame.
@@ -131,17 +146,18 @@ class HeadsGraph(nn.Module):
     def __init__(self, model: AffordanceModel) -> None:
         super().__init__()
         self.model = model
-        self.with_clip = uses_clip(model)
+        self.names = feature_names(model)
         self.eval()
 
     @property
     def input_names(self) -> list[str]:
-        return ["keys", "clip", "class_ids"] if self.with_clip else ["keys", "class_ids"]
+        return [*self.names, "class_ids"]
 
     def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor]:
-        keys, class_ids = inputs[0], inputs[-1]
-        clip = inputs[1] if self.with_clip else None
-        feats = Features(keys, keys.new_zeros(0), clip)  # CLS attention is not used
+        fields = dict(zip(self.names, inputs[:-1], strict=True))
+        class_ids, keys = inputs[-1], fields["keys"]
+        # the CLS attention is read only by an objectness gate
+        feats = Features(keys, fields.get("attn", keys.new_zeros(0)), fields.get("clip"))
         maps, scores = self.model.infer(feats, class_ids[None])
         return maps.float(), scores.float()
 
@@ -451,7 +467,6 @@ class OnnxRuntimeEngine:
                 model, cache_dir, variant, opset, force=True, fingerprint=fingerprint
             )
             self._open()
-        self.with_clip = uses_clip(model)
         logger.info(
             "onnxruntime backend (%s): providers %s, cache %s (%s)",
             variant,
@@ -497,7 +512,7 @@ class OnnxRuntimeEngine:
 
     def extract(self, images: Tensor) -> tuple[np.ndarray, ...]:
         """Backbone pass on (1, 3, S, S) float32 images in [0, 1]; returns the graph's outputs
-        (``keys`` and, with CLIP calibration, ``clip``) as float32 numpy arrays."""
+        (:func:`feature_names`) as float32 numpy arrays."""
         array = images.detach().to("cpu", torch.float32).contiguous().numpy()
         return tuple(self.backbone.run(self._backbone_outputs, {"images": array}))
 
@@ -506,8 +521,7 @@ class OnnxRuntimeEngine:
     ) -> tuple[Tensor, Tensor]:
         """Heads pass for one frame: (1, A, h, w) float32 raw maps and (1, A) float32 scores
         in [0, 1], as CPU tensors (the shapes of :meth:`AffordanceModel.infer`)."""
-        feeds = {"keys": features[0], "class_ids": np.asarray(class_ids, dtype=np.int64)}
-        if self.with_clip:
-            feeds["clip"] = features[1]
+        feeds = dict(zip(self._backbone_outputs, features, strict=True))
+        feeds["class_ids"] = np.asarray(class_ids, dtype=np.int64)
         maps, scores = self.heads.run(["maps", "scores"], feeds)
         return torch.from_numpy(maps), torch.from_numpy(scores)

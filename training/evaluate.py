@@ -556,6 +556,11 @@ def fit_presence_score(
     the fit with the highest validation AUROC is kept (the regression maximises the
     likelihood, not the ranking).
 
+    With an objectness read-out (``model.objectness``) the model's score is
+    ``P(object in frame) * sigmoid(...)``: the regression is then fitted on the frames with an
+    object only (``P(afforded | object)``), and the fits are ranked by the AUROC of the
+    product over every pair, background frames included.
+
     Args:
         model: the chosen model (its inference branch decides ``z_cam``), on ``device``.
         val: the validation set's features (:func:`extract_test_set`), never the test set.
@@ -565,19 +570,27 @@ def fit_presence_score(
         ``{"score_weights": [w_cam, w_aff], "score_bias": b, "features": the kept fit
         (``cam+aff``, ``cam`` or ``aff``), "n_pos", "n_neg", "n_background": frames,
         "auroc": validation AUROC of the kept score, "auroc_fits": of each fit, "auroc_cam",
-        "auroc_aff": of each raw feature}``, or ``{"skipped": reason, "n_pos", "n_neg"}``
+        "auroc_aff": of each raw feature, "objectness": whether the score is gated,
+        "auroc_objectness_background": with a gate, how well ``P(object)`` alone separates
+        background pairs from afforded pairs}``, or ``{"skipped": reason, "n_pos", "n_neg"}``
         when one class is empty (the config is then left as it was).
     """
     from sklearn.linear_model import LogisticRegression
 
     from affordance_core.metrics import auroc
 
-    feats_all, labels_all = [], []
+    gated = getattr(model, "objectness", None) is not None
+    feats_all, labels_all, objectness_all, background_all = [], [], [], []
     with torch.inference_mode():
         for feats, labels, _, info in feature_batches(model, val, device=device):
             every = torch.arange(model.num_classes, device=labels.device).expand(len(labels), -1)
-            feats_all.append(model.score_features(feats, every).float().cpu().flatten(0, 1))
+            z = model.score_features(feats, every).float().cpu().flatten(0, 1)
+            feats_all.append(z)
             labels_all.append(info["afforded"].cpu().bool().flatten())
+            objectness_all.append(
+                model.frame_objectness(feats).float().cpu().repeat_interleave(every.shape[1])
+            )
+            background_all.append(torch.zeros(len(z), dtype=torch.bool))
         n_background = 0
         if val.background is not None:
             bg = val.background
@@ -586,30 +599,50 @@ def fit_presence_score(
             z = model.score_features(bg, every).float().cpu().flatten(0, 1)
             feats_all.append(z)
             labels_all.append(torch.zeros(len(z), dtype=torch.bool))
+            objectness_all.append(
+                model.frame_objectness(bg).float().cpu().repeat_interleave(every.shape[1])
+            )
+            background_all.append(torch.ones(len(z), dtype=torch.bool))
     x = torch.cat(feats_all).double().numpy()
     y = torch.cat(labels_all).numpy()
+    p_object = torch.cat(objectness_all).double().numpy()
+    is_background = torch.cat(background_all).numpy()
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         return {"skipped": "one class is empty", "n_pos": n_pos, "n_neg": n_neg}
+    # With an objectness read-out the score is P(object) * P(afforded | object): the logistic
+    # part is fitted on the frames with an object only, and ranked with the product.
+    fit_rows = ~is_background if gated else np.ones(len(y), dtype=bool)
+    if gated and (y[fit_rows].all() or not y[fit_rows].any()):
+        skipped = "one class is empty among object frames"
+        return {"skipped": skipped, "n_pos": n_pos, "n_neg": n_neg}
     # The regression runs on standardised features (the CAM logit and the cosine differ in
     # scale by orders of magnitude, and the L2 penalty would otherwise mostly shrink the
     # cosine's weight); the fitted line is mapped back to raw-feature weights and bias.
-    mean, std = x.mean(0), x.std(0) + 1e-12
+    mean, std = x[fit_rows].mean(0), x[fit_rows].std(0) + 1e-12
     candidates = {}
     for name, columns in (("cam+aff", [0, 1]), ("cam", [0]), ("aff", [1])):
         fit = LogisticRegression(C=1.0, max_iter=1000).fit(
-            (x[:, columns] - mean[columns]) / std[columns], y
+            (x[fit_rows][:, columns] - mean[columns]) / std[columns], y[fit_rows]
         )
         weights = [0.0, 0.0]
         bias = float(fit.intercept_[0])
         for column, w in zip(columns, fit.coef_[0], strict=True):
             weights[column] = float(w / std[column])
             bias -= float(w * mean[column] / std[column])
-        candidates[name] = (auroc(x @ np.asarray(weights) + bias, y), weights, bias)
+        score = 1.0 / (1.0 + np.exp(-(x @ np.asarray(weights) + bias))) * p_object
+        candidates[name] = (auroc(score, y), weights, bias)
     # logistic regression maximises the likelihood, not the ranking: keep the fit whose
     # validation AUROC is highest (the two-feature fit on ties)
     features = max(candidates, key=lambda k: candidates[k][0])
     value, weights, bias = candidates[features]
+    extra: dict[str, Any] = {}
+    if gated:
+        extra["auroc_objectness_background"] = (
+            auroc(p_object[y | is_background], y[y | is_background])
+            if is_background.any()
+            else float("nan")
+        )
     return {
         "score_weights": weights,
         "score_bias": bias,
@@ -621,6 +654,8 @@ def fit_presence_score(
         "auroc_fits": {k: v[0] for k, v in candidates.items()},
         "auroc_cam": auroc(x[:, 0], y),
         "auroc_aff": auroc(x[:, 1], y),
+        "objectness": gated,
+        **extra,
     }
 
 

@@ -256,6 +256,36 @@ def _split_options(config: dict[str, Any], prefix_keys: Sequence[str]) -> dict[s
     return {k: v for k, v in config.items() if k not in prefix_keys}
 
 
+def _load_objectness(model: Any, model_cfg: dict[str, Any]) -> None:
+    """Copy the objectness read-out of the model's backbone weights into its heads.
+
+    Random backbones (``model.pretrained: false``, tests) keep the unfitted read-out, which
+    passes every frame.
+    """
+    from affordance_core.objectness import load_objectness, objectness_file
+    from affordance_core.weights import find_weights
+
+    if not bool(model_cfg.get("pretrained", True)):
+        logger.info("objectness: random backbones, the read-out stays unfitted (no gating)")
+        return
+    name = objectness_file(model.config.name)
+    weights_dir = model_cfg.get("weights_dir")
+    if weights_dir is None and model.config.dino == "tiny":
+        from affordance_core.tiny import default_tiny_weights_dir
+
+        weights_dir = default_tiny_weights_dir()
+    path = find_weights(name, weights_dir)
+    if path is None:
+        raise ValueError(
+            f"model.objectness is on but {name} is not in {weights_dir or '-'}, "
+            "AFFORDANCE_WEIGHTS_DIR or the torch hub cache: write it with `python -m "
+            f"training.pretrain.objectness --model {model.config.name} --weights-dir DIR`, "
+            "or train without the gate (--set model.objectness=false)"
+        )
+    model.set_objectness(load_objectness(path))
+    logger.info("objectness read-out: %s", path)
+
+
 def build_run(
     config: dict[str, Any],
     run_dir: Path,
@@ -324,6 +354,8 @@ def build_run(
                 model, train_set.image_paths(), cache_dir, device=device, progress=progress
             )
         train_set = CachedTrainDataset(cache, *dataset_args, **dataset_kwargs)
+    if fit_part_prior and model.objectness is not None:
+        _load_objectness(model, model_cfg)
     if fit_part_prior and model.part_prior is not None:
         from training.part_prior import fit_training_part_prior
 

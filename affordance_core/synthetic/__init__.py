@@ -10,6 +10,7 @@ from .corpus import (
     CorpusStats,
     corpus_image_rng,
     corpus_pairs,
+    iter_pretrain_backgrounds,
     iter_pretrain_scenes,
     write_agd_corpus,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "afforded_parts",
     "corpus_image_rng",
     "corpus_pairs",
+    "iter_pretrain_backgrounds",
     "iter_pretrain_scenes",
     "list_actions",
     "make_contact_sheet",

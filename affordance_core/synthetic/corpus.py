@@ -45,12 +45,14 @@ __all__ = [
     "CorpusStats",
     "corpus_image_rng",
     "corpus_pairs",
+    "iter_pretrain_backgrounds",
     "iter_pretrain_scenes",
     "write_agd_corpus",
 ]
 
 _BENCH_SALT = 0x5EED_A6D
 _PRETRAIN_SALT = 0x9E7A_1111
+_PRETRAIN_BACKGROUND_SALT = 0x9E7A_B6B6
 
 # Unseen: test categories never appear in training; every part type they are tested on is
 # afforded, for the same action, by some training category (scissors <- knife/axe blades and
@@ -347,3 +349,21 @@ def iter_pretrain_scenes(
             action=action,
             occlude_part=bool(view == "exo" and rng.random() < 0.25),
         )
+
+
+def iter_pretrain_backgrounds(seed: int, n: int, size: int = 112) -> Iterator[np.ndarray]:
+    """Background-only frames (the clutter every scene is drawn on, no object) from the
+    pretraining seed space, disjoint from every benchmark corpus and from
+    :func:`iter_pretrain_scenes`.
+
+    Args:
+        seed: Pretraining seed.
+        n: Number of frames.
+        size: Image side in pixels.
+
+    Yields:
+        (size, size, 3) uint8 RGB frames.
+    """
+    for i in range(n):
+        rng = np.random.default_rng(_key(seed, _PRETRAIN_BACKGROUND_SALT, i))
+        yield background_image(rng, size)

@@ -22,8 +22,8 @@ DEFAULT_METHODS = ("ce", "locate", "selectivecl", "selectivecl_paper", "looptran
 SPLITS = ("Seen", "Unseen")
 
 #: SelectiveCL exactly as the paper sets it: ego branch, binary calibration, lambda = 1, no
-#: residual token MLP, exo action prompt, no part prior; trained to the end of the budget,
-#: nothing chosen.
+#: residual token MLP, exo action prompt, no part prior, no objectness gate; trained to the
+#: end of the budget, nothing chosen.
 PAPER_SETTINGS = (
     "model.proj_residual=false",
     "method.contrast_scale=1.0",
@@ -31,6 +31,7 @@ PAPER_SETTINGS = (
     "model.inference_branch=ego",
     "model.calibration=binary",
     "model.part_prior=false",
+    "model.objectness=false",
 )
 
 #: Row name -> (affordance-train --method, extra --set items, choose on validation).
