@@ -201,3 +201,37 @@ def test_affordance_train_copies_the_read_out_and_names_a_missing_file(
     err = capsys.readouterr().err
     assert "objectness_tiny.pt is not in" in err
     assert "python -m training.pretrain.objectness" in err and "model.objectness=false" in err
+
+
+def test_absence_probe_reports_signals_and_rules_on_validation_frames(tmp_path):
+    """The probe on a small corpus: every signal and rule in range, the gated rule present
+    with a read-out, and a corpus without background frames refused by name."""
+    from affordance_core import create_model, save_model
+    from affordance_core.data import resolve_vocabulary
+    from affordance_core.synthetic import write_agd_corpus
+    from training.probes.absence import probe_absence
+
+    objects = {"Seen": {"train": ["knife", "cup"], "test": ["knife", "cup"]}}
+    sizes = {"n_exo_per_pair": 1, "n_ego_per_pair": 1, "n_test_per_pair": 3, "progress": False}
+    write_agd_corpus(tmp_path / "val", seed=4, split_objects=objects, n_background=4, **sizes)
+    write_agd_corpus(tmp_path / "nobg", seed=5, split_objects=objects, n_background=0, **sizes)
+    vocabulary = resolve_vocabulary(tmp_path / "val", "Seen")
+    torch.manual_seed(0)
+    model = create_model("tiny", vocabulary=vocabulary, objectness=True)
+    model.set_objectness(load_objectness("weights/tiny/objectness_tiny.pt"))
+    save_model(tmp_path / "model.pt", model)
+    result = probe_absence(tmp_path / "model.pt", tmp_path / "val")
+    assert result["n_background_frames"] == 4 and result["objectness"]
+    assert result["n_afforded"] > 0 and result["n_not_afforded"] > 0
+    assert set(result["signals"]) >= {"peak CAM logit", "objectness"}
+    assert result["signals"]["peak DINO saliency"] == 0.5  # min-max saliency: always 1
+    assert set(result["rules"]) == {
+        "cam+aff",
+        "cam+aff+objectness",
+        "P(object) x P(afforded | object)",
+    }
+    for rule in result["rules"].values():
+        for value in rule.values():
+            assert 0.0 <= value <= 1.0
+    with pytest.raises(ValueError, match="background"):
+        probe_absence(tmp_path / "model.pt", tmp_path / "nobg")
