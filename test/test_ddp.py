@@ -34,16 +34,6 @@ def _uniform_images(split: Path) -> None:
         cv2.imwrite(str(path), np.full((40, 48, 3), rng.integers(0, 256, 3), dtype=np.uint8))
 
 
-def _random_weights(directory: Path) -> Path:
-    from affordance_core import tiny
-
-    directory.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    torch.save(tiny.build_tiny_dino().state_dict(), directory / tiny.TINY_DINO_FILE)
-    torch.save(tiny.build_tiny_clip().state_dict(), directory / tiny.TINY_CLIP_FILE)
-    return directory
-
-
 def _train_command(root: Path, weights: Path, out: Path) -> list[str]:
     return [
         "-m",
@@ -97,12 +87,14 @@ def _steps(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_match_one(make_agd_tree, tmp_path: Path) -> None:
+def test_torchrun_two_processes_match_one(
+    make_agd_tree, tmp_path: Path, random_tiny_weights: Path
+) -> None:
     root = tmp_path / "data"
     _uniform_images(
         make_agd_tree(root, split="Seen", objects_per_aff=2, n_exo=2, n_ego=1, n_test=1, seed=3)
     )
-    weights = _random_weights(tmp_path / "weights")
+    weights = random_tiny_weights
     single = _run(_train_command(root, weights, tmp_path / "single"))
     multi = _run(
         [
