@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,10 @@ from affordance_core.objectness import (
     load_objectness,
     objectness_file,
     save_objectness,
+)
+
+SHIPPED_READ_OUT = (
+    Path(__file__).resolve().parents[1] / "weights" / "tiny" / objectness_file("tiny")
 )
 
 
@@ -218,7 +223,7 @@ def test_absence_probe_reports_signals_and_rules_on_validation_frames(tmp_path):
     vocabulary = resolve_vocabulary(tmp_path / "val", "Seen")
     torch.manual_seed(0)
     model = create_model("tiny", vocabulary=vocabulary, objectness=True)
-    model.set_objectness(load_objectness("weights/tiny/objectness_tiny.pt"))
+    model.set_objectness(load_objectness(SHIPPED_READ_OUT))
     save_model(tmp_path / "model.pt", model)
     result = probe_absence(tmp_path / "model.pt", tmp_path / "val")
     assert result["n_background_frames"] == 4 and result["objectness"]
@@ -235,3 +240,28 @@ def test_absence_probe_reports_signals_and_rules_on_validation_frames(tmp_path):
             assert 0.0 <= value <= 1.0
     with pytest.raises(ValueError, match="background"):
         probe_absence(tmp_path / "model.pt", tmp_path / "nobg")
+
+
+def test_shipped_tiny_read_out_tells_empty_clutter_from_objects():
+    """The committed weights/tiny read-out on pretraining-space frames it was not fitted on
+    (seed 99; the file was fitted on seed 10): most clutter-only frames fall below 0.5 and
+    most frames with an object above it, and a blank frame is far below."""
+    import numpy as np
+
+    from affordance_core import create_model
+    from affordance_core.synthetic.corpus import iter_pretrain_backgrounds, iter_pretrain_scenes
+    from training.pretrain.objectness import descriptors_of
+
+    fit = load_objectness(SHIPPED_READ_OUT)
+    model = create_model("tiny", vocabulary=["hold"], objectness=True).eval()
+    model.set_objectness(fit)
+    n = 40
+    scenes = (s.image for s in iter_pretrain_scenes(99, n, size=128))
+    objects = descriptors_of(model, scenes, n, progress=False)
+    backgrounds = descriptors_of(
+        model, iter_pretrain_backgrounds(99, n, size=128), n, progress=False
+    )
+    assert (fit.logit(objects) >= 0).float().mean() >= 0.9
+    assert (fit.logit(backgrounds) < 0).float().mean() >= 0.9
+    blank = descriptors_of(model, [np.zeros((96, 96, 3), np.uint8)], 1, progress=False)
+    assert torch.sigmoid(fit.logit(blank)).item() < 0.01
