@@ -73,3 +73,30 @@ def test_corrupt_and_mismatched_weights(tmp_path) -> None:
     torch.save(other.state_dict(), tmp_path / "dino_tiny.pt")
     with pytest.raises(WeightsError, match="does not match the architecture"):
         build_backbones(cfg, weights_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_paper_tier_objectness_read_out_is_fitted_beside_its_weights(paper_weights) -> None:
+    """`python -m training.pretrain.objectness --model paper` reads the upstream-format files
+    and writes objectness_paper.pt there, which a paper-tier model with the gate accepts."""
+    import contextlib
+    import io
+    import json
+
+    from affordance_core import create_model
+    from affordance_core.objectness import load_objectness, objectness_file
+    from training.pretrain import objectness as cli
+
+    root, _, _ = paper_weights
+    out = io.StringIO()
+    args = ["--model", "paper", "--weights-dir", str(root), "--n-frames", "3", "--size", "64"]
+    with contextlib.redirect_stdout(out):
+        assert cli.main([*args, "--no-progress"]) == 0
+    assert json.loads(out.getvalue().strip().splitlines()[-1])["n_backgrounds"] == 3
+    fit = load_objectness(root / objectness_file("paper"))
+    model = create_model("paper", vocabulary=["hold"], weights_dir=root, objectness=True)
+    assert model.objectness.in_features == 3 * 384 + 2 * 512 + 2 * 3
+    model.set_objectness(fit)
+    with torch.no_grad():
+        p_object = model.frame_objectness(model.extract(torch.rand(2, 3, 224, 224)))
+    assert p_object.shape == (2,) and ((p_object >= 0) & (p_object <= 1)).all()
