@@ -16,7 +16,7 @@ from .model import AffordanceModel
 from .registry import get_config
 from .weights import WeightsError, find_weights, load_strict, read_state_dict
 
-__all__ = ["build_backbones", "create_model"]
+__all__ = ["build_backbones", "create_model", "default_weights_dir"]
 
 
 def _how_to_get(cfg_file: str, url: str) -> str:
@@ -49,6 +49,19 @@ def _load_backbone_state(
     return True
 
 
+def default_weights_dir(
+    cfg: AffordanceConfig, weights_dir: str | os.PathLike | None = None
+) -> str | os.PathLike | None:
+    """``weights_dir`` if given, else the folder a preset's own weights ship in
+    (``weights/tiny`` for a preset with a tiny backbone), else None (search
+    ``$AFFORDANCE_WEIGHTS_DIR`` and the hub cache only)."""
+    if weights_dir is None and (cfg.dino == "tiny" or cfg.clip == "tiny"):
+        from . import tiny as tiny_arch
+
+        return tiny_arch.default_tiny_weights_dir()
+    return weights_dir
+
+
 def build_backbones(
     cfg: AffordanceConfig,
     weights_dir: str | os.PathLike | None = None,
@@ -66,11 +79,9 @@ def build_backbones(
         WeightsError: a checkpoint is missing (and downloading is off or failed), unreadable
             or does not match; the message names the file and how to get it.
     """
+    weights_dir = default_weights_dir(cfg, weights_dir)
     if cfg.dino == "tiny" or cfg.clip == "tiny":
         from . import tiny as tiny_arch
-
-        if weights_dir is None:
-            weights_dir = tiny_arch.default_tiny_weights_dir()
     if cfg.dino == "tiny":
         vit = tiny_arch.build_tiny_dino()
     else:

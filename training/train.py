@@ -262,6 +262,7 @@ def _load_objectness(model: Any, model_cfg: dict[str, Any]) -> None:
     Random backbones (``model.pretrained: false``, tests) keep the unfitted read-out, which
     passes every frame.
     """
+    from affordance_core.factory import default_weights_dir
     from affordance_core.objectness import load_objectness, objectness_file
     from affordance_core.weights import find_weights
 
@@ -269,11 +270,7 @@ def _load_objectness(model: Any, model_cfg: dict[str, Any]) -> None:
         logger.info("objectness: random backbones, the read-out stays unfitted (no gating)")
         return
     name = objectness_file(model.config.name)
-    weights_dir = model_cfg.get("weights_dir")
-    if weights_dir is None and model.config.dino == "tiny":
-        from affordance_core.tiny import default_tiny_weights_dir
-
-        weights_dir = default_tiny_weights_dir()
+    weights_dir = default_weights_dir(model.config, model_cfg.get("weights_dir"))
     path = find_weights(name, weights_dir)
     if path is None:
         raise ValueError(

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from affordance_core import create_model
 from affordance_core.data.transforms import center_resize, to_tensor
+from affordance_core.factory import default_weights_dir
 from affordance_core.model import AffordanceModel
 from affordance_core.objectness import (
     fit_objectness,
@@ -34,6 +35,7 @@ from affordance_core.objectness import (
     objectness_file,
     save_objectness,
 )
+from affordance_core.registry import get_config
 from affordance_core.synthetic.corpus import iter_pretrain_backgrounds, iter_pretrain_scenes
 
 __all__ = ["descriptors_of", "main"]
@@ -92,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--weights-dir",
         default=None,
         help="folder of the backbone weights; the read-out is written there "
-        "(default: the tiny tier's weights/tiny)",
+        "(default for the tiny preset: weights/tiny; required for the others)",
     )
     ap.add_argument("--n-frames", type=int, default=3000, help="frames of each kind (>= 3)")
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED, help="pretraining seed")
@@ -107,11 +109,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error(f"--n-frames must be at least 3, got {args.n_frames}")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    weights_dir = args.weights_dir
+    weights_dir = default_weights_dir(get_config(args.model), args.weights_dir)
     if weights_dir is None:
-        from affordance_core.tiny import default_tiny_weights_dir
-
-        weights_dir = str(default_tiny_weights_dir())
+        ap.error(
+            f"pass --weights-dir: the folder holding preset {args.model!r}'s backbone "
+            "weights, where the read-out is written"
+        )
     model = create_model(
         args.model, vocabulary=["hold"], weights_dir=weights_dir, objectness=False
     ).eval()
