@@ -49,6 +49,20 @@ def _load_backbone_state(
     return True
 
 
+def _tiny_dino_size(
+    cfg: AffordanceConfig, weights_dir: str | os.PathLike | None, pretrained: bool
+) -> tuple[int, int]:
+    """Width and depth of the tiny DINO-role checkpoint that will be loaded (the shipped size
+    when none is found or ``pretrained`` is False)."""
+    from . import tiny as tiny_arch
+
+    path = find_weights(cfg.dino_file, weights_dir) if pretrained else None
+    if path is None:
+        return tiny_arch.TINY_DINO_WIDTH, tiny_arch.TINY_DINO_DEPTH
+    state = read_state_dict(path, _how_to_get(cfg.dino_file, cfg.dino_url))
+    return tiny_arch.tiny_dino_size(state, path)
+
+
 def default_weights_dir(
     cfg: AffordanceConfig, weights_dir: str | os.PathLike | None = None
 ) -> str | os.PathLike | None:
@@ -83,7 +97,7 @@ def build_backbones(
     if cfg.dino == "tiny" or cfg.clip == "tiny":
         from . import tiny as tiny_arch
     if cfg.dino == "tiny":
-        vit = tiny_arch.build_tiny_dino()
+        vit = tiny_arch.build_tiny_dino(*_tiny_dino_size(cfg, weights_dir, pretrained))
     else:
         import timm
 

@@ -16,6 +16,7 @@ production backbone wrappers compute:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import open_clip
@@ -54,6 +55,7 @@ __all__ = [
     "normalize_clip",
     "normalize_dino",
     "save_state_dict_fp16",
+    "tiny_dino_size",
     "tiny_tokenizer",
 ]
 
@@ -62,6 +64,9 @@ TINY_CLIP_FILE = "clip_tiny.pt"
 TINY_IMAGE_SIZE = 112
 TINY_GRID = 14
 TINY_CONTEXT_LENGTH = 16
+TINY_HEAD_WIDTH = 64  # attention head width of the tiny DINO-role ViT at every size
+TINY_DINO_WIDTH = 192  # size of the shipped dino_tiny.pt
+TINY_DINO_DEPTH = 4
 WEIGHTS_ENV = "AFFORDANCE_WEIGHTS_DIR"
 
 
@@ -80,14 +85,28 @@ def default_tiny_weights_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "weights" / "tiny"
 
 
-def build_tiny_dino() -> tvit.VisionTransformer:
-    """Tiny DINO-role ViT: 112 px, patch 8 (14x14 grid), width 192, 4 blocks, 3 heads."""
+def build_tiny_dino(
+    width: int = TINY_DINO_WIDTH, depth: int = TINY_DINO_DEPTH
+) -> tvit.VisionTransformer:
+    """Tiny DINO-role ViT: 112 px, patch 8 (14x14 grid), ``width // 64`` heads of width 64.
+
+    The shipped ``dino_tiny.pt`` is width 192, 4 blocks (3 heads); other sizes are for
+    pretraining experiments (:func:`load_tiny_dino` reads the size from the checkpoint).
+
+    Raises:
+        ValueError: ``width`` is not a positive multiple of 64, or ``depth < 1``.
+    """
+    if width < TINY_HEAD_WIDTH or width % TINY_HEAD_WIDTH or depth < 1:
+        raise ValueError(
+            f"tiny DINO-role width must be a positive multiple of {TINY_HEAD_WIDTH} and depth "
+            f">= 1, got width {width}, depth {depth}"
+        )
     return tvit.VisionTransformer(
         img_size=TINY_IMAGE_SIZE,
         patch_size=8,
-        embed_dim=192,
-        depth=4,
-        num_heads=3,
+        embed_dim=width,
+        depth=depth,
+        num_heads=width // TINY_HEAD_WIDTH,
         mlp_ratio=4,
         qkv_bias=True,
         num_classes=0,
@@ -218,13 +237,19 @@ def save_state_dict_fp16(model: torch.nn.Module, path: str | os.PathLike[str]) -
     return path
 
 
-def _load(model: torch.nn.Module, path: Path) -> torch.nn.Module:
+def _read_state(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise FileNotFoundError(
             f"tiny checkpoint not found: {path}; rebuild it with `make pretrain` "
             f"(python -m training.pretrain --out weights/tiny) or set {WEIGHTS_ENV}"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _load(
+    model: torch.nn.Module, path: Path, state: dict[str, Tensor] | None = None
+) -> torch.nn.Module:
+    state = _read_state(path) if state is None else state
     ref = model.state_dict()
     state = {k: v.to(ref[k].dtype) if k in ref else v for k, v in state.items()}
     model.load_state_dict(state, strict=True)
@@ -232,9 +257,26 @@ def _load(model: torch.nn.Module, path: Path) -> torch.nn.Module:
 
 
 def load_tiny_dino(path: str | os.PathLike[str] | None = None) -> tvit.VisionTransformer:
-    """Build the tiny ViT and load its float16 checkpoint (strict) as float32, in eval mode."""
+    """Build the tiny ViT and load its float16 checkpoint (strict) as float32, in eval mode.
+
+    Width and depth come from the checkpoint (``cls_token`` width, number of blocks).
+    """
     p = Path(path) if path is not None else default_tiny_weights_dir() / TINY_DINO_FILE
-    return _load(build_tiny_dino(), p)  # type: ignore[return-value]
+    state = _read_state(p)
+    return _load(build_tiny_dino(*tiny_dino_size(state, p)), p, state)  # type: ignore[return-value]
+
+
+def tiny_dino_size(state: Mapping[str, Tensor], source: object = "checkpoint") -> tuple[int, int]:
+    """``(width, depth)`` of the tiny DINO-role ViT a state dict belongs to.
+
+    Raises:
+        ValueError: the state dict has no ``cls_token`` or no ``blocks.N`` entries (named after
+            ``source``).
+    """
+    blocks = [int(k.split(".")[1]) for k in state if k.startswith("blocks.")]
+    if "cls_token" not in state or not blocks:
+        raise ValueError(f"{source} is not a tiny DINO-role ViT state dict (no cls_token/blocks)")
+    return int(state["cls_token"].shape[-1]), 1 + max(blocks)
 
 
 def load_tiny_clip(path: str | os.PathLike[str] | None = None) -> open_clip.model.CLIP:

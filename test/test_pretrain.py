@@ -377,3 +377,41 @@ def test_second_stage_starts_from_the_first_and_adds_the_threshold_term(data, wo
             data=data,
             verbose=False,
         )
+
+
+def test_a_wider_deeper_dino_role_is_pretrained_saved_and_rebuilt_from_its_file(
+    data, world, tmp_path
+):
+    cfg = pretrain.PretrainConfig(
+        steps=2, batch_size=4, models=("dino",), dino_width=128, dino_depth=2, save_every=0
+    )
+    res = pretrain.pretrain(cfg, out_dir=tmp_path, world=world, data=data, verbose=False)
+    assert res["dino"].embed_dim == 128 and len(res["dino"].blocks) == 2
+    loaded = tiny.load_tiny_dino(tmp_path / tiny.TINY_DINO_FILE)
+    assert loaded.embed_dim == 128 and len(loaded.blocks) == 2
+    assert loaded.blocks[-1].attn.num_heads == 128 // tiny.TINY_HEAD_WIDTH
+    # The model factory builds the same size from the file it loads.
+    import dataclasses
+
+    from affordance_core.factory import build_backbones
+    from affordance_core.presets import tiny as tiny_preset
+
+    dino, _ = build_backbones(dataclasses.replace(tiny_preset(), clip=None), tmp_path)
+    with torch.no_grad():
+        keys = dino(torch.rand(1, 3, 112, 112)).keys
+    assert keys.shape == (1, 128, 14, 14)
+    with pytest.raises(ValueError, match="multiple of 64"):
+        tiny.build_tiny_dino(width=100)
+
+
+def test_parallel_rendering_gives_the_serial_scene_set(world):
+    from training.pretrain.data import render_pretrain_data
+
+    serial = pretrain.build_pretrain_data(
+        world.iter_pretrain_scenes(seed=5, n=6, size=tiny.TINY_IMAGE_SIZE),
+        world.OBJECTS,
+        world.PART_TYPES,
+    )
+    parallel = render_pretrain_data(5, 6, workers=2)
+    for name in ("images", "object_mask", "part_index", "obj_index", "hand_mask"):
+        assert torch.equal(getattr(serial, name), getattr(parallel, name)), name

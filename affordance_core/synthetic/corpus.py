@@ -47,6 +47,7 @@ __all__ = [
     "corpus_pairs",
     "iter_pretrain_backgrounds",
     "iter_pretrain_scenes",
+    "pretrain_scene",
     "write_agd_corpus",
 ]
 
@@ -331,24 +332,38 @@ def iter_pretrain_scenes(
     Yields:
         ``Scene`` objects (``affordance_map`` is set, but is not to be used).
     """
+    names = _pretrain_objects(objects)
+    for i in range(n):
+        yield pretrain_scene(seed, i, size, objects=names)
+
+
+def _pretrain_objects(objects: Sequence[str] | None) -> list[str]:
     names = sorted(OBJECTS) if objects is None else list(objects)
     for o in names:
         if o not in OBJECTS:
             raise ValueError(f"unknown object {o!r}; choose from {sorted(OBJECTS)}")
-    for i in range(n):
-        rng = np.random.default_rng(_key(seed, _PRETRAIN_SALT, i))
-        obj = names[int(rng.integers(0, len(names)))]
-        acts = list_actions(obj)
-        action = acts[int(rng.integers(0, len(acts)))]
-        view = "ego" if rng.random() < 0.5 else "exo"
-        yield render_scene(
-            rng,
-            obj,
-            size=size,
-            view=view,
-            action=action,
-            occlude_part=bool(view == "exo" and rng.random() < 0.25),
-        )
+    return names
+
+
+def pretrain_scene(
+    seed: int, index: int, size: int = 112, *, objects: Sequence[str] | None = None
+) -> Scene:
+    """Scene ``index`` of :func:`iter_pretrain_scenes` (each scene has its own generator, so
+    scenes can be rendered in any order or in parallel)."""
+    names = _pretrain_objects(objects)
+    rng = np.random.default_rng(_key(seed, _PRETRAIN_SALT, index))
+    obj = names[int(rng.integers(0, len(names)))]
+    acts = list_actions(obj)
+    action = acts[int(rng.integers(0, len(acts)))]
+    view = "ego" if rng.random() < 0.5 else "exo"
+    return render_scene(
+        rng,
+        obj,
+        size=size,
+        view=view,
+        action=action,
+        occlude_part=bool(view == "exo" and rng.random() < 0.25),
+    )
 
 
 def iter_pretrain_backgrounds(seed: int, n: int, size: int = 112) -> Iterator[np.ndarray]:

@@ -56,6 +56,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="DIR",
         help="start from the checkpoints in DIR (a later stage of the recipe)",
     )
+    ap.add_argument(
+        "--dino-width",
+        type=int,
+        default=d.dino_width,
+        help="width of a DINO-role ViT trained from scratch (multiple of 64)",
+    )
+    ap.add_argument("--dino-depth", type=int, default=d.dino_depth, help="its number of blocks")
+    ap.add_argument("--device", default=d.device, help="torch device (cpu, cuda)")
+    ap.add_argument(
+        "--render-workers",
+        type=int,
+        default=d.render_workers,
+        help="processes rendering the scene set (same scenes for any number)",
+    )
     ap.add_argument("--no-probe", action="store_true", help="skip the backbone probe")
     args = ap.parse_args(argv)
     cfg = PretrainConfig(
@@ -69,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         init_from=args.init_from,
         w_threshold=args.w_threshold,
         w_hand=args.w_hand,
+        dino_width=args.dino_width,
+        dino_depth=args.dino_depth,
+        device=args.device,
+        render_workers=args.render_workers,
     )
     res = pretrain(cfg, out_dir=args.out, log_every=args.log_every)
     summary: dict[str, Any] = {

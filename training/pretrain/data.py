@@ -26,6 +26,7 @@ __all__ = [
     "load_world",
     "object_captions",
     "patch_targets",
+    "render_pretrain_data",
 ]
 
 
@@ -145,6 +146,47 @@ def build_pretrain_data(
         objects=list(objects),
         part_types=list(part_types),
         hand_mask=torch.from_numpy(np.stack(hands).astype(bool)),
+    )
+
+
+def _render_chunk(args: tuple[int, int, int, int]) -> PretrainData:
+    from affordance_core.synthetic.corpus import pretrain_scene
+    from affordance_core.synthetic.world import OBJECTS, PART_TYPES
+
+    seed, start, stop, size = args
+    scenes = (pretrain_scene(seed, i, size) for i in range(start, stop))
+    return build_pretrain_data(scenes, list(OBJECTS), list(PART_TYPES), size)
+
+
+def render_pretrain_data(
+    seed: int, n: int, size: int = TINY_IMAGE_SIZE, workers: int = 1
+) -> PretrainData:
+    """Render scenes ``0 .. n-1`` of the pretraining seed space
+    (:func:`~affordance_core.synthetic.corpus.pretrain_scene`) into a :class:`PretrainData`,
+    in ``workers`` processes; the result does not depend on ``workers``.
+
+    Raises:
+        ValueError: ``n < 1`` or ``workers < 1``.
+    """
+    if n < 1 or workers < 1:
+        raise ValueError(f"need n >= 1 scenes and workers >= 1, got n={n}, workers={workers}")
+    bounds = np.linspace(0, n, min(workers, n) * 4 + 1).astype(int)
+    chunks = [(seed, int(a), int(b), size) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    if workers == 1:
+        parts = [_render_chunk(c) for c in chunks]
+    else:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            parts = pool.map(_render_chunk, chunks)
+    return PretrainData(
+        images=torch.cat([p.images for p in parts]),
+        object_mask=torch.cat([p.object_mask for p in parts]),
+        part_index=torch.cat([p.part_index for p in parts]),
+        obj_index=torch.cat([p.obj_index for p in parts]),
+        objects=parts[0].objects,
+        part_types=parts[0].part_types,
+        hand_mask=torch.cat([p.hand_mask for p in parts]),  # type: ignore[misc]
     )
 
 

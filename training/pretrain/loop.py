@@ -16,7 +16,9 @@ from torch import nn
 
 from affordance_core.tiny import (
     TINY_CLIP_FILE,
+    TINY_DINO_DEPTH,
     TINY_DINO_FILE,
+    TINY_DINO_WIDTH,
     TINY_GRID,
     TINY_IMAGE_SIZE,
     build_tiny_clip,
@@ -33,6 +35,7 @@ from training.pretrain.data import (
     build_text_vocabulary,
     load_world,
     patch_targets,
+    render_pretrain_data,
 )
 from training.pretrain.losses import clip_dense_losses, dino_dense_losses
 
@@ -70,6 +73,12 @@ class PretrainConfig:
         init_from: folder holding ``dino_tiny.pt`` / ``clip_tiny.pt`` to start from instead of
             a random initialisation (a later stage of a multi-stage recipe; the query scaling
             is then not applied again). None starts from scratch.
+        dino_width: width of a DINO-role ViT trained from scratch (multiple of 64; the
+            shipped one is 192). With ``init_from`` the checkpoint's size is kept.
+        dino_depth: its number of blocks (shipped: 4).
+        device: torch device of the models and losses (``cpu``, ``cuda``); data rendering and
+            augmentation stay on the CPU, so a run draws the same batches on any device.
+        render_workers: processes rendering the scene set (the set does not depend on it).
     """
 
     seed: int = 0
@@ -92,6 +101,10 @@ class PretrainConfig:
     save_every: int = 250
     threads: int = 0
     init_from: str | None = None
+    dino_width: int = TINY_DINO_WIDTH
+    dino_depth: int = TINY_DINO_DEPTH
+    device: str = "cpu"
+    render_workers: int = 1
 
 
 def _param_groups(model: nn.Module, wd: float) -> list[dict[str, Any]]:
@@ -109,10 +122,13 @@ MODELS = ("dino", "clip")
 TrainedModel = tuple[nn.Module, list[nn.Parameter], torch.optim.Optimizer]
 
 
-def _initial_model(name: str, init_from: str | None) -> nn.Module:
+def _initial_model(name: str, cfg: PretrainConfig) -> nn.Module:
     """A freshly initialised backbone, or the checkpoint of an earlier stage, in train mode."""
+    init_from = cfg.init_from
     if init_from is None:
-        return (build_tiny_dino() if name == "dino" else build_tiny_clip()).train()
+        if name == "dino":
+            return build_tiny_dino(cfg.dino_width, cfg.dino_depth).train()
+        return build_tiny_clip().train()
     path = Path(init_from) / (TINY_DINO_FILE if name == "dino" else TINY_CLIP_FILE)
     if not path.is_file():
         raise FileNotFoundError(
@@ -180,26 +196,30 @@ def pretrain(
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     np.random.seed(cfg.seed)
+    default_world = world is None
     world = world if world is not None else load_world()
+    device = torch.device(cfg.device)
     t0 = time.perf_counter()
-    if data is None:
-        scenes = world.iter_pretrain_scenes(
-            seed=cfg.seed * 1000 + PRETRAIN_SEED_SALT, n=cfg.n_scenes, size=TINY_IMAGE_SIZE
-        )
+    scene_seed = cfg.seed * 1000 + PRETRAIN_SEED_SALT
+    if data is None and default_world:
+        data = render_pretrain_data(scene_seed, cfg.n_scenes, workers=cfg.render_workers)
+    elif data is None:
+        scenes = world.iter_pretrain_scenes(seed=scene_seed, n=cfg.n_scenes, size=TINY_IMAGE_SIZE)
         data = build_pretrain_data(scenes, world.OBJECTS, world.PART_TYPES)
     render_s = time.perf_counter() - t0
     vocab = build_text_vocabulary(world, hand=cfg.w_hand > 0)
     if vocab.has_hand and data.hand_mask is None:
         raise ValueError("w_hand > 0 needs pretraining data with hand masks")
-    tokens = tiny_tokenizer()(vocab.texts)
+    tokens = tiny_tokenizer()(vocab.texts).to(device)
+    positives = vocab.positives.to(device)
     n_parts = len(data.part_types)
 
     dino = clip = None
     trained: dict[str, TrainedModel] = {}
     if "dino" in cfg.models:
         torch.manual_seed(cfg.seed * 7 + 1)
-        dino = _initial_model("dino", cfg.init_from)
-        prototypes = nn.Parameter(torch.randn(n_parts + 1, dino.embed_dim) * 0.02)
+        dino = _initial_model("dino", cfg).to(device)
+        prototypes = nn.Parameter((torch.randn(n_parts + 1, dino.embed_dim) * 0.02).to(device))
         groups = _param_groups(dino, cfg.weight_decay)
         groups.append({"params": [prototypes], "weight_decay": 0.0})
         trained["dino"] = (
@@ -209,16 +229,16 @@ def pretrain(
         )
     if "clip" in cfg.models:
         torch.manual_seed(cfg.seed * 7 + 2)
-        clip = _initial_model("clip", cfg.init_from)
+        clip = _initial_model("clip", cfg).to(device)
         if cfg.init_from is None:
             with torch.no_grad():
                 # Larger initial queries make ClearCLIP's q-q attention start near-diagonal, so
                 # each patch embedding starts local instead of an image-wide average.
                 attn = clip.visual.transformer.resblocks[-1].attn
                 attn.in_proj_weight[: attn.embed_dim] *= cfg.clearclip_query_init_scale
-        dense_scale = nn.Parameter(torch.tensor(math.log(10.0)))
-        dense_bias = nn.Parameter(torch.tensor(-2.0))
-        objectness = nn.Linear(clip.visual.transformer.width, 1)
+        dense_scale = nn.Parameter(torch.tensor(math.log(10.0), device=device))
+        dense_bias = nn.Parameter(torch.tensor(-2.0, device=device))
+        objectness = nn.Linear(clip.visual.transformer.width, 1).to(device)
         groups = _param_groups(clip, cfg.weight_decay) + _param_groups(objectness, 0.0)
         groups.append({"params": [dense_scale, dense_bias], "weight_decay": 0.0})
         trained["clip"] = (
@@ -251,7 +271,12 @@ def pretrain(
         else:
             imgs, omask, pidx = augment(imgs, data.object_mask[idx], data.part_index[idx], gen)
         obj_frac, part_label, purity = patch_targets(omask, pidx, n_parts)
+        imgs, obj_frac, part_label, purity = (
+            t.to(device) for t in (imgs, obj_frac, part_label, purity)
+        )
+        hand_frac = None if hand_frac is None else hand_frac.to(device)
         rec: dict[str, float] = {"step": step}
+        logging = step % log_every == 0 or step == cfg.steps - 1
         for name, (model, params, opt) in trained.items():
             for g in opt.param_groups:
                 g["lr"] = learning_rate(cfg, step)
@@ -259,10 +284,10 @@ def pretrain(
                 parts = clip_dense_losses(
                     model,
                     imgs,
-                    data.obj_index[idx],
+                    data.obj_index[idx].to(device),
                     obj_frac,
                     tokens,
-                    vocab.positives,
+                    positives,
                     vocab.n_objects,
                     dense_scale,
                     dense_bias,
@@ -289,11 +314,12 @@ def pretrain(
             loss.backward()
             nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-            rec[f"{name}_loss"] = float(loss.detach())
-            rec.update({f"{name}_{k}": float(v.detach()) for k, v in parts.items()})
+            if logging:  # reading a loss waits for the device: only on logged steps
+                rec[f"{name}_loss"] = float(loss.detach())
+                rec.update({f"{name}_{k}": float(v.detach()) for k, v in parts.items()})
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
             _save_checkpoints(trained, out_dir)
-        if step % log_every == 0 or step == cfg.steps - 1:
+        if logging:
             rec["elapsed_s"] = time.perf_counter() - t1
             history.append(rec)
             if verbose:
