@@ -52,15 +52,20 @@ def _load_backbone_state(
 def _tiny_dino_size(
     cfg: AffordanceConfig, weights_dir: str | os.PathLike | None, pretrained: bool
 ) -> tuple[int, int]:
-    """Width and depth of the tiny DINO-role checkpoint that will be loaded (the shipped size
-    when none is found or ``pretrained`` is False)."""
+    """Width and depth of the tiny DINO-role checkpoint that will be loaded: the shipped size
+    when none is found, ``pretrained`` is False or the file is no tiny DINO-role ViT (loading
+    it then fails with the architecture mismatch)."""
     from . import tiny as tiny_arch
 
+    shipped = tiny_arch.TINY_DINO_WIDTH, tiny_arch.TINY_DINO_DEPTH
     path = find_weights(cfg.dino_file, weights_dir) if pretrained else None
     if path is None:
-        return tiny_arch.TINY_DINO_WIDTH, tiny_arch.TINY_DINO_DEPTH
+        return shipped
     state = read_state_dict(path, _how_to_get(cfg.dino_file, cfg.dino_url))
-    return tiny_arch.tiny_dino_size(state, path)
+    try:
+        return tiny_arch.tiny_dino_size(state, path)
+    except ValueError:
+        return shipped
 
 
 def default_weights_dir(

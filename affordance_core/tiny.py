@@ -270,12 +270,26 @@ def tiny_dino_size(state: Mapping[str, Tensor], source: object = "checkpoint") -
     """``(width, depth)`` of the tiny DINO-role ViT a state dict belongs to.
 
     Raises:
-        ValueError: the state dict has no ``cls_token`` or no ``blocks.N`` entries (named after
-            ``source``).
+        ValueError: the state dict is not a tiny DINO-role ViT's (no ``cls_token`` or blocks,
+            not patch 8 on the 14x14 grid, or a width that is not a multiple of 64); the
+            message names ``source``.
     """
     blocks = [int(k.split(".")[1]) for k in state if k.startswith("blocks.")]
-    if "cls_token" not in state or not blocks:
-        raise ValueError(f"{source} is not a tiny DINO-role ViT state dict (no cls_token/blocks)")
+    patch = state.get("patch_embed.proj.weight")
+    pos = state.get("pos_embed")
+    if (
+        "cls_token" not in state
+        or not blocks
+        or patch is None
+        or tuple(patch.shape[-2:]) != (8, 8)
+        or pos is None
+        or pos.shape[1] != TINY_GRID * TINY_GRID + 1
+        or int(state["cls_token"].shape[-1]) % TINY_HEAD_WIDTH
+    ):
+        raise ValueError(
+            f"{source} is not a tiny DINO-role ViT state dict (patch 8 on a {TINY_GRID}x"
+            f"{TINY_GRID} grid, width a multiple of {TINY_HEAD_WIDTH})"
+        )
     return int(state["cls_token"].shape[-1]), 1 + max(blocks)
 
 

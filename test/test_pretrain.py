@@ -402,6 +402,11 @@ def test_a_wider_deeper_dino_role_is_pretrained_saved_and_rebuilt_from_its_file(
     assert keys.shape == (1, 128, 14, 14)
     with pytest.raises(ValueError, match="multiple of 64"):
         tiny.build_tiny_dino(width=100)
+    import timm  # a patch-16 ViT of the same width is not read as a tiny DINO role
+
+    foreign = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0)
+    with pytest.raises(ValueError, match="not a tiny DINO-role ViT"):
+        tiny.tiny_dino_size(foreign.state_dict())
 
 
 def test_parallel_rendering_gives_the_serial_scene_set(world):

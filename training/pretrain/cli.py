@@ -102,7 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
     elif not args.no_probe:
-        probe = probe_backbones(res["dino"], res["clip"], tiny_tokenizer(), seed=cfg.seed)
+        # the probe runs on the CPU, wherever the models trained
+        dino, clip = res["dino"].cpu(), res["clip"].cpu()
+        probe = probe_backbones(dino, clip, tiny_tokenizer(), seed=cfg.seed)
         summary["probe"] = probe
         tmp = Path(args.out) / "probe.json.tmp"
         tmp.write_text(json.dumps(probe, indent=2) + "\n")
