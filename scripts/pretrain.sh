@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Rebuild the tiny backbones (weights/tiny). The DINO role and the CLIP role train in two
 # processes. The DINO role trains 6000 steps of batch 64 on 24000 scenes: 339 s on one H200
-# (DEVICE=cuda), hours on a CPU (weights/tiny/README.md); RENDER_WORKERS processes render its
-# scenes (the same scenes for any number).
+# (DEVICE=cuda), about 5.5 hours on one CPU thread (weights/tiny/README.md). RENDER_WORKERS
+# processes render its scenes (the same scenes for any number).
 # The CLIP role has three more stages, each from the previous stage's weights on 6000 newly
 # rendered scenes: stages 2 and 3 (seeds 1, 2) a new cosine cycle at half the peak rate with
 # the soft-threshold term; stage 4 (seed 3, 1000 steps at lr 5e-4) adds the hand prompt. Then the

@@ -276,7 +276,7 @@ def pretrain(
         )
         hand_frac = None if hand_frac is None else hand_frac.to(device)
         rec: dict[str, float] = {"step": step}
-        logging = step % log_every == 0 or step == cfg.steps - 1
+        log_step = step % log_every == 0 or step == cfg.steps - 1
         for name, (model, params, opt) in trained.items():
             for g in opt.param_groups:
                 g["lr"] = learning_rate(cfg, step)
@@ -314,12 +314,12 @@ def pretrain(
             loss.backward()
             nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-            if logging:  # reading a loss waits for the device: only on logged steps
+            if log_step:  # reading a loss waits for the device: only on logged steps
                 rec[f"{name}_loss"] = float(loss.detach())
                 rec.update({f"{name}_{k}": float(v.detach()) for k, v in parts.items()})
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
             _save_checkpoints(trained, out_dir)
-        if logging:
+        if log_step:
             rec["elapsed_s"] = time.perf_counter() - t1
             history.append(rec)
             if verbose:
