@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +27,16 @@ def _how_to_get(cfg_file: str, url: str) -> str:
     )
 
 
+LocalState = tuple[Path, dict[str, torch.Tensor]]  # a checkpoint found locally, and its contents
+
+
+def _read_local_state(
+    file_name: str, url: str, weights_dir: str | os.PathLike | None
+) -> LocalState | None:
+    path = find_weights(file_name, weights_dir)
+    return None if path is None else (path, read_state_dict(path, _how_to_get(file_name, url)))
+
+
 def _load_backbone_state(
     module: torch.nn.Module,
     file_name: str,
@@ -33,12 +44,14 @@ def _load_backbone_state(
     weights_dir: str | os.PathLike | None,
     ignore: tuple[str, ...] = (),
     what: str = "",
+    local: LocalState | None = None,
 ) -> bool:
-    path = find_weights(file_name, weights_dir)
-    if path is None:
+    """Load the local checkpoint (``local`` if already read) into ``module``; False if none."""
+    local = local or _read_local_state(file_name, url, weights_dir)
+    if local is None:
         return False
+    path, state = local
     how = _how_to_get(file_name, url)
-    state = read_state_dict(path, how)
     for key in ("input_resolution", "context_length", "vocab_size"):
         state.pop(key, None)
     if what == "dino":
@@ -49,23 +62,18 @@ def _load_backbone_state(
     return True
 
 
-def _tiny_dino_size(
-    cfg: AffordanceConfig, weights_dir: str | os.PathLike | None, pretrained: bool
-) -> tuple[int, int]:
+def _tiny_dino_size(local: LocalState | None) -> tuple[int, int]:
     """Width and depth of the tiny DINO-role checkpoint that will be loaded: the shipped size
-    when none is found, ``pretrained`` is False or the file is no tiny DINO-role ViT (loading
-    it then fails with the architecture mismatch)."""
+    when there is none or it is no tiny DINO-role ViT (loading it then fails with the
+    architecture mismatch)."""
     from . import tiny as tiny_arch
 
-    shipped = tiny_arch.TINY_DINO_WIDTH, tiny_arch.TINY_DINO_DEPTH
-    path = find_weights(cfg.dino_file, weights_dir) if pretrained else None
-    if path is None:
-        return shipped
-    state = read_state_dict(path, _how_to_get(cfg.dino_file, cfg.dino_url))
-    try:
-        return tiny_arch.tiny_dino_size(state, path)
-    except ValueError:
-        return shipped
+    if local is not None:
+        try:
+            return tiny_arch.tiny_dino_size(local[1], local[0])
+        except ValueError:
+            pass
+    return tiny_arch.TINY_DINO_WIDTH, tiny_arch.TINY_DINO_DEPTH
 
 
 def default_weights_dir(
@@ -101,8 +109,11 @@ def build_backbones(
     weights_dir = default_weights_dir(cfg, weights_dir)
     if cfg.dino == "tiny" or cfg.clip == "tiny":
         from . import tiny as tiny_arch
+    dino_local = None  # read once: the tiny DINO role's size comes from its checkpoint
     if cfg.dino == "tiny":
-        vit = tiny_arch.build_tiny_dino(*_tiny_dino_size(cfg, weights_dir, pretrained))
+        if pretrained:
+            dino_local = _read_local_state(cfg.dino_file, cfg.dino_url, weights_dir)
+        vit = tiny_arch.build_tiny_dino(*_tiny_dino_size(dino_local))
     else:
         import timm
 
@@ -114,6 +125,7 @@ def build_backbones(
         weights_dir,
         ignore=("head.weight", "head.bias"),
         what="dino",
+        local=dino_local,
     ):
         if allow_download and cfg.dino_hub:
             import timm
