@@ -12,13 +12,21 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["AffordanceConfig", "CALIBRATIONS", "CALIBRATION_ALIASES", "INFERENCE_BRANCHES"]
+__all__ = [
+    "AffordanceConfig",
+    "CALIBRATIONS",
+    "CALIBRATION_ALIASES",
+    "INFERENCE_BRANCHES",
+    "PART_PRIOR_TEMPERATURES",
+]
 
 
 CALIBRATIONS = ("none", "binary", "product", "reference")
 #: Former calibration names still accepted in configs and checkpoints (old -> current).
 CALIBRATION_ALIASES = {"continuous": "product"}
 INFERENCE_BRANCHES = ("ego", "exo", "ego+exo", "pixel")
+PART_PRIOR_TEMPERATURES = (1.0, 0.7, 0.5, 0.35, 0.25)
+"""The part prior's softmax temperatures compared on validation data (1 = the plain fit)."""
 
 
 @dataclass
@@ -74,6 +82,10 @@ class AffordanceConfig:
             the DINO keys fitted on the patches next to the hand in the training exo images;
             needs a CLIP-role backbone (the hand prompt). ``affordance-train`` fits it before
             the heads train. Off in the papers (docs/deviations.md).
+        part_prior_temperature: temperature ``T > 0`` of the prior's softmax over the actions,
+            ``softmax(logits / T)``: below 1 the prior is sharper than the regularised fit. A
+            choice for held-out data, made by ``training.evaluate.choose_on_validation``
+            (among :data:`PART_PRIOR_TEMPERATURES`); 1 is the plain fit.
         objectness: multiply the presence score by the frame's objectness ``P(object in
             frame)`` (:mod:`affordance_core.objectness`), a logistic read-out of the frozen
             backbones fitted on frames with and without an object; needs a CLIP-role backbone.
@@ -105,6 +117,7 @@ class AffordanceConfig:
     score_weights: tuple[float, float] = (1.0, 0.0)
     score_bias: float = 0.0
     part_prior: bool = False
+    part_prior_temperature: float = 1.0
     objectness: bool = False
 
     def __post_init__(self) -> None:
@@ -139,6 +152,17 @@ class AffordanceConfig:
         ):
             raise ValueError(f"score_bias must be a finite number, got {self.score_bias!r}")
         self.score_bias = float(self.score_bias)
+        if (
+            isinstance(self.part_prior_temperature, bool)
+            or not isinstance(self.part_prior_temperature, int | float)
+            or not math.isfinite(float(self.part_prior_temperature))
+            or float(self.part_prior_temperature) <= 0.0
+        ):
+            raise ValueError(
+                f"part_prior_temperature must be a finite number > 0, got "
+                f"{self.part_prior_temperature!r}"
+            )
+        self.part_prior_temperature = float(self.part_prior_temperature)
         if self.part_prior and self.clip is None:
             raise ValueError(
                 "part_prior needs a CLIP-role backbone (it finds the hand with the hand "

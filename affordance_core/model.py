@@ -313,7 +313,8 @@ class AffordanceModel(nn.Module):
         """
         if self.part_prior is None:
             raise ValueError("this model has no part prior; build it with part_prior=True")
-        prob = self.part_prior(part_descriptors(keys)).softmax(1)  # (N, C, h, w)
+        logits = self.part_prior(part_descriptors(keys))  # (N, C, h, w)
+        prob = (logits / self.config.part_prior_temperature).softmax(1)
         return prob.gather(1, class_ids[:, :, None, None].expand(-1, -1, *prob.shape[2:]))
 
     @torch.no_grad()

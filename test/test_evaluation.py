@@ -356,6 +356,17 @@ def test_eval_reports_planner_metrics_and_train_chooses_on_validation(
     assert saved["config"]["inference_branch"] == record["inference_branch"]
     assert saved["config"]["calibration"] == record["calibration"]
     assert saved["extra"]["step"] == record["step"]
+    # the part prior's temperature: each candidate scored on the chosen branch and calibration,
+    # the best kept, written into the checkpoint, and the final step's row is at that setting
+    from affordance_core.config import PART_PRIOR_TEMPERATURES
+
+    temperatures = record["temperature_scores"]
+    assert set(temperatures) == {str(t) for t in PART_PRIOR_TEMPERATURES}
+    chosen_t = record["part_prior_temperature"]
+    assert temperatures[str(chosen_t)]["KLD"] == min(v["KLD"] for v in temperatures.values())
+    assert summary["validation"]["part_prior_temperature"] == chosen_t
+    assert saved["config"]["part_prior_temperature"] == chosen_t
+    assert record["scores"][f"4/{chosen}"] == temperatures[str(chosen_t)]
     # the presence score is fitted on validation pairs and written into the checkpoint; the
     # checkpoint's own scores, recomputed here, rank afforded pairs above the negatives at
     # least as well as either feature alone

@@ -109,6 +109,71 @@ def test_infer_multiplies_the_minmax_map_by_the_part_probability(prior_model):
         model.set_part_prior(PartPriorFit(torch.zeros(2, 5), torch.zeros(2), 1, 1))
 
 
+def test_temperature_sharpens_the_prior_without_reordering_actions(prior_model):
+    import dataclasses
+
+    from affordance_core import AffordanceConfig
+    from affordance_core.part_prior import PartPriorFit
+
+    model = prior_model
+    g = torch.Generator().manual_seed(2)
+    model.set_part_prior(
+        PartPriorFit(
+            torch.randn(3, model.dino.dim, generator=g), torch.randn(3, generator=g), 1, 1
+        )
+    )
+    keys = model.extract(torch.rand(2, 3, model.image_size, model.image_size)).keys
+    every = torch.arange(3).expand(2, -1)
+    original = model.config
+    try:
+        with torch.inference_mode():
+            plain = model.part_probability(keys, every)
+            model.config = dataclasses.replace(original, part_prior_temperature=0.5)
+            sharp = model.part_probability(keys, every)
+    finally:
+        model.config = original
+    assert original.part_prior_temperature == 1.0
+    # softmax(logits / 0.5) is the plain softmax squared, renormalised over the actions
+    assert torch.allclose(sharp, plain**2 / (plain**2).sum(1, keepdim=True), atol=1e-5)
+    assert torch.equal(sharp.argmax(1), plain.argmax(1))
+    assert (sharp.amax(1) >= plain.amax(1) - 1e-6).all()
+    for bad in (0, -1.0, float("nan"), float("inf"), True, "0.5"):
+        with pytest.raises(ValueError, match="part_prior_temperature must be a finite number > 0"):
+            AffordanceConfig(part_prior_temperature=bad)
+
+
+def test_temperature_is_chosen_on_validation_by_the_metric(prior_model):
+    from affordance_core.feature_cache import backbone_fingerprint
+    from training import evaluate
+
+    model = prior_model
+    feats = model.extract(torch.rand(3, 3, model.image_size, model.image_size))
+    labels = torch.tensor([0, 1, 2])
+    gt = torch.zeros(3, 32, 32)
+    gt[:, 4:12, 4:12] = 1.0
+    data = evaluate.ExtractedTestSet([(feats, labels, gt, {})], backbone_fingerprint(model), None)
+    best, scores = evaluate.select_part_prior_temperature(
+        model, data, device=torch.device("cpu"), temperatures=(1.0, 0.5, 0.25)
+    )
+    assert set(scores) == {"1.0", "0.5", "0.25"}
+    assert scores[str(best)]["KLD"] == min(v["KLD"] for v in scores.values())
+    assert model.config.part_prior_temperature == 1.0  # left as it was
+    best_nss, by_nss = evaluate.select_part_prior_temperature(
+        model, data, device=torch.device("cpu"), temperatures=(1.0, 0.5), metric="NSS"
+    )
+    assert by_nss[str(best_nss)]["NSS"] == max(v["NSS"] for v in by_nss.values())
+    with pytest.raises(ValueError, match="temperatures must be numbers > 0"):
+        evaluate.select_part_prior_temperature(
+            model, data, device=torch.device("cpu"), temperatures=(1.0, 0.0)
+        )
+    prior, model.part_prior = model.part_prior, None
+    try:
+        with pytest.raises(ValueError, match="no part prior"):
+            evaluate.select_part_prior_temperature(model, data, device=torch.device("cpu"))
+    finally:
+        model.part_prior = prior
+
+
 def test_part_prior_is_saved_and_needs_clip(tmp_path, prior_model, random_tiny_weights):
     from affordance_core import AffordanceConfig, load_model, save_model
 

@@ -105,6 +105,21 @@ def test_heads_graph_exports_the_part_prior(tmp_path) -> None:
     onnx = AffordancePredictor(prior, backend="onnxruntime", onnx_cache_dir=tmp_path)
     for frame in _frames()[:2]:
         assert_same_predictions(torch_predictor(frame, VOCAB), onnx(frame, VOCAB))
+    # the prior's temperature is part of the graph and of the cache key
+    sharp = _with_config(prior, part_prior_temperature=0.35)
+    assert model_fingerprint(sharp) != model_fingerprint(prior)
+    sharp_torch = AffordancePredictor(sharp)
+    sharp_onnx = AffordancePredictor(sharp, backend="onnxruntime", onnx_cache_dir=tmp_path)
+    frame = _frames()[0]
+    got = sharp_onnx(frame, VOCAB)
+    assert_same_predictions(sharp_torch(frame, VOCAB), got)
+    assert (
+        max(
+            np.abs(a.heatmap - b.heatmap).max()
+            for a, b in zip(got, onnx(frame, VOCAB), strict=True)
+        )
+        > 1e-3
+    )
 
 
 def _with_config(model, **fields):

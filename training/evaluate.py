@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from affordance_core.config import PART_PRIOR_TEMPERATURES
 from affordance_core.metrics import (
     EVAL_SIZE,
     METRIC_NAMES,
@@ -54,6 +55,7 @@ __all__ = [
     "main",
     "score_batch",
     "select_inference",
+    "select_part_prior_temperature",
     "viz_panel",
 ]
 
@@ -528,6 +530,71 @@ def select_inference(
     return {"inference_branch": branch, "calibration": calibration}, scores
 
 
+def select_part_prior_temperature(
+    model: nn.Module,
+    dataset: Dataset | ExtractedTestSet,
+    *,
+    device: torch.device,
+    temperatures: Sequence[float] = PART_PRIOR_TEMPERATURES,
+    metric: str = "KLD",
+    batch_size: int = 32,
+) -> tuple[float, dict[str, dict[str, Any]]]:
+    """Choose the part prior's softmax temperature (``model.part_prior_temperature``) on a
+    *validation* set.
+
+    The prior is a logistic regression fitted, with an L2 penalty, on patches whose labels are
+    mostly wrong (the hand's neighbourhood lies on the afforded part for about a fifth of its
+    area; docs/diagnosis.md), so its probabilities are flatter than its ranking deserves.
+    Dividing its logits by ``T < 1`` sharpens it without changing which action each patch
+    prefers; how much is a choice for held-out data, like the calibration.
+
+    Args:
+        model: an :class:`~affordance_core.model.AffordanceModel` with a part prior, on
+            ``device``, in eval mode, with its branch and calibration already chosen. Its
+            config is left as it was.
+        dataset: validation images with GT (or their :func:`extract_test_set`), never the
+            test set.
+        device: where the images go.
+        temperatures: candidates, each > 0.
+        metric: ``KLD`` (lower wins) or ``SIM`` / ``NSS`` (higher wins).
+        batch_size: images per forward pass.
+
+    Returns:
+        (the winning temperature, {``str(T)``: {"KLD", "SIM", "NSS", "n"}}).
+
+    Raises:
+        ValueError: the model has no part prior, no or a non-positive candidate, or an unknown
+            metric.
+    """
+    if getattr(model, "part_prior", None) is None:
+        raise ValueError("this model has no part prior; there is no temperature to choose")
+    if metric not in METRIC_NAMES:
+        raise ValueError(f"metric must be one of {METRIC_NAMES}, got {metric!r}")
+    if not temperatures or any(not float(t) > 0.0 for t in temperatures):
+        raise ValueError(f"temperatures must be numbers > 0, got {list(temperatures)}")
+    original = model.config
+    accumulators = {float(t): MetricAccumulator() for t in temperatures}
+    try:
+        with torch.inference_mode():
+            for feats, labels, gt, _ in feature_batches(
+                model, dataset, device=device, batch_size=batch_size
+            ):
+                for temperature, acc in accumulators.items():
+                    model.config = dataclasses.replace(
+                        original, part_prior_temperature=temperature
+                    )
+                    maps = model.maps_from_features(feats, labels).float().cpu()
+                    acc.update(
+                        prepare_prediction(maps, size=tuple(gt.shape[-2:])), gt, prepared=True
+                    )
+    finally:
+        model.config = original
+    scores = {str(t): dict(acc.compute()) for t, acc in accumulators.items()}
+    sign = 1.0 if metric == "KLD" else -1.0
+    best = min(accumulators, key=lambda t: sign * float(scores[str(t)][metric]))
+    return best, scores
+
+
 def _validation_scores(
     model: nn.Module, val: ExtractedTestSet, device: torch.device
 ) -> dict[str, float | int]:
@@ -676,13 +743,18 @@ def choose_on_validation(
     1. on the final ``model.pt``, every branch (ego, exo, ego+exo) and calibration (none,
        binary, product, reference; only none without a CLIP-role backbone) is scored
        (:func:`select_inference`); LoopTrans' pixel decoder has no such choice;
-    2. with the winning branch and calibration, every ``snapshot_<step>.pt`` is scored, and the
-       budget (snapshot or final step) with the best validation score is kept;
-    3. the chosen model's presence score (``score_weights``, ``score_bias``) is fitted on the
+    2. with a part prior, its softmax temperature (:func:`select_part_prior_temperature`) for
+       the winning branch and calibration;
+    3. with those settings, every ``snapshot_<step>.pt`` is scored, and the budget (snapshot
+       or final step) with the best validation score is kept;
+    4. the chosen model's presence score (``score_weights``, ``score_bias``) is fitted on the
        validation images and background-only frames (:func:`fit_presence_score`).
 
     The backbones run once over the validation images. ``RUN_DIR/validation.json`` records
-    every score (keys ``step/branch/calibration``) and the score fit (``score_fit``).
+    every score (keys ``step/branch/calibration``; with a part prior, the chosen branch and
+    calibration are scored at the chosen temperature, the other rows at the config's), each
+    temperature's score (``temperature_scores``), the chosen ``part_prior_temperature`` and
+    the score fit (``score_fit``).
 
     Args:
         run_dir: the run folder written by ``affordance-train``.
@@ -694,7 +766,8 @@ def choose_on_validation(
         metric: ``KLD`` (lower wins), ``SIM`` or ``NSS`` (higher win).
 
     Returns:
-        ``{"step", "inference_branch", "calibration", metric: value, "candidates": n}``.
+        ``{"step", "inference_branch", "calibration", metric: value, "candidates": n}``, and
+        ``"part_prior_temperature"`` for a model with a part prior.
 
     Raises:
         FileNotFoundError: no ``model.pt`` in ``run_dir``.
@@ -743,7 +816,15 @@ def choose_on_validation(
         )
     key = inference_key(choice["inference_branch"], choice["calibration"])
     table = {f"{final_step}/{k}": v for k, v in scores.items()}
-    best = (float(scores[key][metric]), final, final_step)
+    temperature_scores: dict[str, dict[str, Any]] | None = None
+    if model.part_prior is not None:
+        model.config = dataclasses.replace(model.config, **choice)
+        temperature, temperature_scores = select_part_prior_temperature(
+            model, val, device=device, metric=metric
+        )
+        choice["part_prior_temperature"] = temperature
+        table[f"{final_step}/{key}"] = temperature_scores[str(temperature)]
+    best = (float(table[f"{final_step}/{key}"][metric]), final, final_step)
     for path in sorted(run_dir.glob("snapshot_*.pt")):
         snapshot = (
             load_model(path, device=str(device), weights_dir=weights_dir, **choice)
@@ -777,20 +858,26 @@ def choose_on_validation(
         "scores": {k: {m: round(float(x), 4) for m, x in v.items()} for k, v in table.items()},
         "score_fit": score_fit,
     }
+    if temperature_scores is not None:
+        record["part_prior_temperature"] = choice["part_prior_temperature"]
+        record["temperature_scores"] = {
+            t: {m: round(float(x), 4) for m, x in v.items()} for t, v in temperature_scores.items()
+        }
     (run_dir / "validation.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     logger.info(
-        "validation choice (%s of %d candidates): step %d, branch %s, calibration %s, %s %.4f",
+        "validation choice (%s of %d candidates): step %d, branch %s, calibration %s, "
+        "part prior temperature %s, %s %.4f",
         metric,
         len(table),
         step,
         choice["inference_branch"],
         choice["calibration"],
+        choice.get("part_prior_temperature", "-"),
         metric,
         value,
     )
-    return {
-        k: record[k] for k in ("step", "inference_branch", "calibration", metric, "candidates")
-    }
+    keys = ("step", "inference_branch", "calibration", "part_prior_temperature", metric)
+    return {k: record[k] for k in (*keys, "candidates") if k in record}
 
 
 def _rounded(result: dict[str, Any]) -> dict[str, Any]:

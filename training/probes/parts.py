@@ -19,7 +19,7 @@ split. Stages:
   prior fitted on the training exo images': interaction patches (what ``affordance-train``
   fits), the same on the method's projected features instead of the DINO keys, the salient
   patches next to the true hand, and the true afforded part (the ceiling of a linear part
-  prior on these keys).
+  prior on these keys). Every prior row uses the model's ``part_prior_temperature``.
 
 Last line: one JSON object.
 """
@@ -115,10 +115,12 @@ def _fit(descriptors: Tensor, region: Tensor, labels: Tensor, num_classes: int) 
     return fit_part_prior([(descriptors, region, labels)], num_classes)
 
 
-def _probability(fit: PartPriorFit, descriptors: Tensor, ids: Tensor) -> Tensor:
+def _probability(
+    fit: PartPriorFit, descriptors: Tensor, ids: Tensor, temperature: float = 1.0
+) -> Tensor:
     d = F.normalize(descriptors.float(), dim=1)
     logits = torch.einsum("cd,ndhw->nchw", fit.weight, d) + fit.bias[None, :, None, None]
-    prob = logits.softmax(1)
+    prob = (logits / temperature).softmax(1)
     return prob.gather(1, ids[:, :, None, None].expand(-1, -1, *prob.shape[2:]))
 
 
@@ -201,8 +203,12 @@ def probe_parts(
             del model.infer
         return {k: round(float(result[k]), 4) for k in EGO_METRICS}
 
+    temperature = model.config.part_prior_temperature
+
     def with_prior(fit: PartPriorFit, descriptors: Callable[[Features], Tensor]):
-        return lambda feats, ids, maps: minmax(maps) * _probability(fit, descriptors(feats), ids)
+        return lambda feats, ids, maps: (
+            minmax(maps) * _probability(fit, descriptors(feats), ids, temperature)
+        )
 
     keys = lambda f: f.keys  # noqa: E731
     branch = model.inference_branch()
@@ -236,6 +242,7 @@ def probe_parts(
         "split": split,
         "calibration": model.config.calibration,
         "inference_branch": branch,
+        "part_prior_temperature": temperature,
         "exo": {k: round(v, 4) if isinstance(v, float) else v for k, v in exo_stage.items()},
         "ego": ego,
     }
