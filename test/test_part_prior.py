@@ -234,5 +234,14 @@ def test_parts_probe_reports_every_stage_and_checks_the_corpus_seed(tmp_path):
     for name, metrics in result["ego"].items():
         assert 0.0 <= metrics["peak_hit"] <= 1.0, name
     assert result["ego"]["GT pooled to the patch grid: ceiling"]["peak_hit"] > 0.9
+    # a model with a sharper prior: each prior row at its temperature and again at T = 1
+    torch.manual_seed(0)
+    sharp = create_model("tiny", vocabulary=vocabulary, part_prior_temperature=0.5)
+    save_model(tmp_path / "sharp.pt", sharp)
+    rows = probe_parts(tmp_path / "sharp.pt", tmp_path / "train", 3, tmp_path / "val")["ego"]
+    priors = [name for name in result["ego"] if name.startswith("x prior")]
+    assert set(rows) == set(result["ego"]) | {f"{name}, T = 1" for name in priors}
+    for name in priors:  # T = 1 reproduces the plain model's rows
+        assert rows[f"{name}, T = 1"] == result["ego"][name]
     with pytest.raises(ValueError, match="--train-seed"):
         probe_parts(tmp_path / "model.pt", tmp_path / "train", 5, tmp_path / "val")

@@ -19,7 +19,8 @@ split. Stages:
   prior fitted on the training exo images': interaction patches (what ``affordance-train``
   fits), the same on the method's projected features instead of the DINO keys, the salient
   patches next to the true hand, and the true afforded part (the ceiling of a linear part
-  prior on these keys). Every prior row uses the model's ``part_prior_temperature``.
+  prior on these keys). Every prior row uses the model's ``part_prior_temperature``; when
+  that is not 1, each is repeated at ``T = 1`` (the plain fit).
 
 Last line: one JSON object.
 """
@@ -205,9 +206,9 @@ def probe_parts(
 
     temperature = model.config.part_prior_temperature
 
-    def with_prior(fit: PartPriorFit, descriptors: Callable[[Features], Tensor]):
+    def with_prior(fit: PartPriorFit, descriptors: Callable[[Features], Tensor], t: float):
         return lambda feats, ids, maps: (
-            minmax(maps) * _probability(fit, descriptors(feats), ids, temperature)
+            minmax(maps) * _probability(fit, descriptors(feats), ids, t)
         )
 
     keys = lambda f: f.keys  # noqa: E731
@@ -234,7 +235,9 @@ def probe_parts(
         ego["method map (raw CAM)"] = evaluate(None)
         model.config = plain_config
         for name, (fit, descriptors) in fits.items():
-            ego[name] = evaluate(with_prior(fit, descriptors))
+            ego[name] = evaluate(with_prior(fit, descriptors, temperature))
+            if temperature != 1.0:
+                ego[f"{name}, T = 1"] = evaluate(with_prior(fit, descriptors, 1.0))
         ego["GT pooled to the patch grid: ceiling"] = _grid_ceiling(extracted, grid)
     model.part_prior = own_prior
     return {
