@@ -301,20 +301,25 @@ class AffordanceModel(nn.Module):
         weight.copy_(fit.weight.to(weight)[:, :, None, None])
         self.part_prior.bias.copy_(fit.bias.to(weight))
 
-    def part_probability(self, keys: Tensor, class_ids: Tensor) -> Tensor:
-        """``p(action | patch)`` of the part prior.
+    def part_probability(
+        self, keys: Tensor, class_ids: Tensor, temperature: float | None = None
+    ) -> Tensor:
+        """``p(action | patch)`` of the part prior, ``softmax(logits / T)`` over the actions.
 
         Args:
             keys: (N, D, h, w) DINO keys.
             class_ids: (N, A) int64 action ids.
+            temperature: T > 0; None takes ``config.part_prior_temperature``.
 
         Returns:
             (N, A, h, w) float in [0, 1] (uniform 1 / C before the prior is fitted).
         """
         if self.part_prior is None:
             raise ValueError("this model has no part prior; build it with part_prior=True")
+        if temperature is None:
+            temperature = self.config.part_prior_temperature
         logits = self.part_prior(part_descriptors(keys))  # (N, C, h, w)
-        prob = (logits / self.config.part_prior_temperature).softmax(1)
+        prob = (logits / temperature).softmax(1)
         return prob.gather(1, class_ids[:, :, None, None].expand(-1, -1, *prob.shape[2:]))
 
     @torch.no_grad()
@@ -448,6 +453,15 @@ class AffordanceModel(nn.Module):
             (``config.part_prior``) the maps are the min-max calibrated maps times
             :meth:`part_probability`, in [0, 1].
         """
+        maps, scores = self.method_maps(feats, class_ids)
+        if self.part_prior is not None:
+            maps = minmax(maps) * self.part_probability(feats.keys, class_ids)
+        return maps, scores
+
+    def method_maps(self, feats: Features, class_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`infer` without the part prior: the method's calibrated maps (N, A, h, w)
+        float (raw scale) and the presence scores (N, A) float in [0, 1] (the same as
+        :meth:`infer`'s; the score does not read the prior)."""
         n, a = class_ids.shape
         picked = self._action_cams(feats, class_ids)  # (N, A, h, w)
         aff = None
@@ -460,10 +474,7 @@ class AffordanceModel(nn.Module):
         maps = self.calibrate(
             picked.flatten(0, 1), None if calib_aff is None else calib_aff.flatten(0, 1)
         )
-        maps = maps.view(n, a, *maps.shape[1:])
-        if self.part_prior is not None:
-            maps = minmax(maps) * self.part_probability(feats.keys, class_ids)
-        return maps, scores
+        return maps.view(n, a, *maps.shape[1:]), scores
 
     def maps_from_features(self, feats: Features, class_ids: Tensor) -> Tensor:
         """(N, h, w) inference maps for features of N images and one class id each."""

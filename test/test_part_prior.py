@@ -157,6 +157,23 @@ def test_temperature_is_chosen_on_validation_by_the_metric(prior_model):
     )
     assert set(scores) == {"1.0", "0.5", "0.25"}
     assert scores[str(best)]["KLD"] == min(v["KLD"] for v in scores.values())
+    # each candidate scores the maps the model infers with that temperature
+    import dataclasses
+
+    from affordance_core.metrics import MetricAccumulator, prepare_prediction
+
+    original = model.config
+    for t in (1.0, 0.25):
+        model.config = dataclasses.replace(original, part_prior_temperature=t)
+        try:
+            acc = MetricAccumulator()
+            maps = model.maps_from_features(feats, labels)
+            acc.update(prepare_prediction(maps, size=(32, 32)), gt, prepared=True)
+        finally:
+            model.config = original
+        expected = acc.compute()
+        for metric in ("KLD", "SIM", "NSS"):
+            assert scores[str(t)][metric] == pytest.approx(expected[metric], rel=1e-5)
     assert model.config.part_prior_temperature == 1.0  # left as it was
     best_nss, by_nss = evaluate.select_part_prior_temperature(
         model, data, device=torch.device("cpu"), temperatures=(1.0, 0.5), metric="NSS"

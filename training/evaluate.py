@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from affordance_core.backbones import minmax
 from affordance_core.config import PART_PRIOR_TEMPERATURES
 from affordance_core.metrics import (
     EVAL_SIZE,
@@ -555,7 +556,8 @@ def select_part_prior_temperature(
         dataset: validation images with GT (or their :func:`extract_test_set`), never the
             test set.
         device: where the images go.
-        temperatures: candidates, each > 0.
+        temperatures: candidates, each > 0. The method's map is computed once per batch;
+            each candidate only re-weights it (the maps equal :meth:`infer`'s at that T).
         metric: ``KLD`` (lower wins) or ``SIM`` / ``NSS`` (higher wins).
         batch_size: images per forward pass.
 
@@ -572,23 +574,17 @@ def select_part_prior_temperature(
         raise ValueError(f"metric must be one of {METRIC_NAMES}, got {metric!r}")
     if not temperatures or any(not float(t) > 0.0 for t in temperatures):
         raise ValueError(f"temperatures must be numbers > 0, got {list(temperatures)}")
-    original = model.config
     accumulators = {float(t): MetricAccumulator() for t in temperatures}
-    try:
-        with torch.inference_mode():
-            for feats, labels, gt, _ in feature_batches(
-                model, dataset, device=device, batch_size=batch_size
-            ):
-                for temperature, acc in accumulators.items():
-                    model.config = dataclasses.replace(
-                        original, part_prior_temperature=temperature
-                    )
-                    maps = model.maps_from_features(feats, labels).float().cpu()
-                    acc.update(
-                        prepare_prediction(maps, size=tuple(gt.shape[-2:])), gt, prepared=True
-                    )
-    finally:
-        model.config = original
+    with torch.inference_mode():
+        for feats, labels, gt, _ in feature_batches(
+            model, dataset, device=device, batch_size=batch_size
+        ):
+            ids = labels.view(-1, 1)
+            method_map = minmax(model.method_maps(feats, ids)[0])  # the same for every T
+            for temperature, acc in accumulators.items():
+                prior = model.part_probability(feats.keys, ids, temperature)
+                maps = (method_map * prior)[:, 0].float().cpu()
+                acc.update(prepare_prediction(maps, size=tuple(gt.shape[-2:])), gt, prepared=True)
     scores = {str(t): dict(acc.compute()) for t, acc in accumulators.items()}
     sign = 1.0 if metric == "KLD" else -1.0
     best = min(accumulators, key=lambda t: sign * float(scores[str(t)][metric]))
