@@ -132,11 +132,11 @@ def report(results: dict[str, Any]) -> str:
         "",
         f"Corpus seeds {results['corpus_seeds']} (never used for a design choice), "
         f"training seeds {seeds}, at most {results['budget']['iters']} iterations of batch "
-        f"{results['budget']['batch_size']}; budget, inference branch and calibration "
-        "chosen on each corpus's validation corpus (seed + 1000). Cells: mean over "
-        "training seeds [95 % interval from a bootstrap over (action, object) pairs of the "
-        "seed-averaged per-image values] (min–max over training seeds). KLD lower is "
-        "better; every other column higher is better.",
+        f"{results['budget']['batch_size']}; budget, inference branch, calibration and part "
+        "prior temperature chosen on each corpus's validation corpus (seed + 1000). "
+        "Cells: mean over training seeds [95 % interval from a bootstrap over (action, "
+        "object) pairs of the seed-averaged per-image values] (min–max over training "
+        "seeds). KLD lower is better; every other column higher is better.",
         "",
     ]
     for corpus_seed, splits in results["corpora"].items():

@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="validation data (same layout; its testset/ has GT, of the "
         "training categories, never the test split): choose the snapshot, "
-        "inference branch and calibration of model.pt on it",
+        "inference branch, calibration and part prior temperature of model.pt on it",
     )
     parser.add_argument("--val-split", help="split folder under --val-root (default --split)")
     parser.add_argument(

@@ -6,8 +6,9 @@ Stages (each cached under ``--out``, so a second run reuses what it can):
 2. check the tiny backbones (``weights/tiny``) and copy their probe numbers;
 3. train every method on each split with the same seed and budget (``affordance-train``,
    frozen features cached once per split); each method's training budget (a snapshot),
-   inference branch and calibration are chosen on the validation corpus (new images of the
-   training categories, another corpus seed), never on the test split;
+   inference branch, calibration and part prior temperature are chosen on the validation
+   corpus (new images of the training categories, another corpus seed), never on the test
+   split;
 4. evaluate them and the trivial baselines (uniform, centre Gaussian, object affinity alone)
    once on the test split: KLD, SIM, NSS and the planner metrics;
 5. write ``results.md``, ``results.json`` and heatmap overlay figures;

@@ -201,9 +201,9 @@ def train_and_evaluate_split(
 ) -> dict[str, Any]:
     """Stages 3-4 for one split: train every method, evaluate them and the baselines.
 
-    Every method but ``selectivecl_paper`` gets its budget, inference branch and calibration
-    chosen on the validation corpus in ``out / "data_val"`` while it is trained; the test
-    split is scored once, at the end.
+    Every method but ``selectivecl_paper`` gets its budget, inference branch, calibration and
+    part prior temperature chosen on the validation corpus in ``out / "data_val"`` while it is
+    trained; the test split is scored once, at the end.
 
     Args:
         seed: the corpus seed (names the feature cache).

@@ -68,7 +68,9 @@ def _inference_cell(row: dict[str, Any]) -> str:
     choice = row.get("inference")
     if not choice:
         return "–"
-    return f"{choice['inference_branch']}/{choice['calibration']} @ {choice['step']}"
+    prior = choice.get("part_prior_temperature")
+    temperature = "" if prior is None else f" T {prior:g}"
+    return f"{choice['inference_branch']}/{choice['calibration']}{temperature} @ {choice['step']}"
 
 
 def metric_table(rows: dict[str, dict[str, Any]]) -> list[str]:
@@ -163,7 +165,8 @@ def write_report(out: Path, results: dict[str, Any]) -> str:
         f"{results['budget']['batch_size']}, at most {results['budget']['iters']} "
         "iterations per method and split, training seed "
         f"{results.get('train_seed', results['seed'])}. Each method's budget (snapshot "
-        "step), inference branch and calibration were chosen on the validation corpus "
+        "step), inference branch, calibration and part prior temperature (T) were chosen on "
+        "the validation corpus "
         "(new images of the training categories, corpus seed "
         f"{results['seed'] + VALIDATION_SEED_OFFSET}); the test split was scored once. "
         "selectivecl_paper is SelectiveCL with the paper's settings (ego branch, binary "
