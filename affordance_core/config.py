@@ -70,13 +70,16 @@ class AffordanceConfig:
             :class:`~affordance_core.methods.MethodSpec` by
             :func:`~affordance_core.registry.get_config`.
         score_weights: ``(w_cam, w_aff)`` of the absolute presence score
-            ``sigmoid(w_cam * z_cam + w_aff * z_aff + score_bias)``
+            ``sigmoid(w_cam * z_cam + w_aff * z_aff + w_map * z_map + score_bias)``
             (:meth:`AffordanceModel.infer`): ``z_cam`` is the spatial maximum of the action's
             raw CAM logit on the inference branch, ``z_aff`` the spatial maximum of the raw
             ego-prompt affinity (0 without CLIP). Fitted on validation data by
             ``training.evaluate.choose_on_validation`` (logistic regression); the default
             ``(1, 0)`` with bias 0 is the unfitted ``sigmoid(max CAM logit)``.
         score_bias: the score's bias ``b`` (see ``score_weights``).
+        score_map_weight: weight ``w_map`` of ``z_map``, the spatial maximum of the inference
+            map before any stretching, in the score's logit (0: the score without it; fitted
+            with the other weights).
         part_prior: multiply the inference map by the hand-region part prior
             ``p(action | patch)`` (:mod:`affordance_core.part_prior`), a linear classifier on
             the DINO keys fitted on the patches next to the hand in the training exo images;
@@ -116,6 +119,7 @@ class AffordanceConfig:
     contrast_heads: bool = False
     score_weights: tuple[float, float] = (1.0, 0.0)
     score_bias: float = 0.0
+    score_map_weight: float = 0.0
     part_prior: bool = False
     part_prior_temperature: float = 1.0
     objectness: bool = False
@@ -152,6 +156,15 @@ class AffordanceConfig:
         ):
             raise ValueError(f"score_bias must be a finite number, got {self.score_bias!r}")
         self.score_bias = float(self.score_bias)
+        if (
+            isinstance(self.score_map_weight, bool)
+            or not isinstance(self.score_map_weight, int | float)
+            or not math.isfinite(float(self.score_map_weight))
+        ):
+            raise ValueError(
+                f"score_map_weight must be a finite number, got {self.score_map_weight!r}"
+            )
+        self.score_map_weight = float(self.score_map_weight)
         if (
             isinstance(self.part_prior_temperature, bool)
             or not isinstance(self.part_prior_temperature, int | float)

@@ -391,35 +391,56 @@ class AffordanceModel(nn.Module):
         cams = cams.float()
         return cams.gather(1, class_ids[:, :, None, None].expand(-1, -1, *cams.shape[2:]))
 
-    @staticmethod
-    def _peaks(cams: Tensor, aff: Tensor | None) -> Tensor:
-        """(N, A, 2) spatial maxima of (N, A, h, w) CAMs and affinities (0 without affinity)."""
-        z_cam = cams.amax((-1, -2))
+    def _maps_and_peaks(
+        self, feats: Features, class_ids: Tensor, *, affinity: bool, prior: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        """The one map path: maps (N, A, h, w) float (calibrated, times the part prior when
+        ``prior`` and the model has one) and the presence score's inputs (N, A, 3) float
+        (:meth:`score_features`). ``affinity`` reads the CLIP-role affinity (needed by the
+        calibration and by ``z_aff``)."""
+        n, a = class_ids.shape
+        picked = self._action_cams(feats, class_ids)  # (N, A, h, w)
+        aff = None
+        if affinity:
+            aff = prompt_affinity(feats.clip, self.ego_text[class_ids]).float()  # (N, A, h, w)
+        calib_aff = None if self.config.calibration == "none" else aff
+        maps = self.calibrate(
+            picked.flatten(0, 1), None if calib_aff is None else calib_aff.flatten(0, 1)
+        ).view(n, a, *picked.shape[2:])
+        if prior and self.part_prior is not None:
+            maps = minmax(maps) * self.part_probability(feats.keys, class_ids)
+        z_cam = picked.amax((-1, -2))
         z_aff = torch.zeros_like(z_cam) if aff is None else aff.amax((-1, -2))
-        return torch.stack([z_cam, z_aff], -1)
+        return maps, torch.stack([z_cam, z_aff, maps.float().amax((-1, -2))], -1)
 
     def score_features(self, feats: Features, class_ids: Tensor) -> Tensor:
-        """The two inputs of the presence score for several actions per image.
+        """The three inputs of the presence score for several actions per image.
 
         Args:
             feats: backbone features of N images.
             class_ids: (N, A) int64 action ids per image.
 
         Returns:
-            (N, A, 2) float: ``z_cam``, the spatial maximum of the action's raw CAM logit
-            (unbounded), and ``z_aff``, the spatial maximum of the raw ego-prompt cosine
-            (in [-1, 1]; 0 when the model has no CLIP-role backbone).
+            (N, A, 3) float: ``z_cam``, the spatial maximum of the action's raw CAM logit
+            (unbounded); ``z_aff``, the spatial maximum of the raw ego-prompt cosine (in
+            [-1, 1]; 0 when the model has no CLIP-role backbone); ``z_map``, the spatial
+            maximum of the inference map before any stretching (in [0, 1] with a part prior:
+            how strongly the action's part is found on the object; the calibrated map's own
+            scale without one).
         """
-        aff = None
-        if self.clip is not None:
-            aff = prompt_affinity(feats.clip, self.ego_text[class_ids]).float()
-        return self._peaks(self._action_cams(feats, class_ids), aff)
+        return self._maps_and_peaks(feats, class_ids, affinity=self.clip is not None)[1]
 
     def presence_score(self, features: Tensor) -> Tensor:
-        """``sigmoid(w_cam * z_cam + w_aff * z_aff + b)`` (``config.score_weights`` and
-        ``config.score_bias``) of :meth:`score_features`' (..., 2) output; (...) in [0, 1]."""
+        """``sigmoid(w_cam * z_cam + w_aff * z_aff + w_map * z_map + b)``
+        (``config.score_weights``, ``config.score_map_weight``, ``config.score_bias``) of
+        :meth:`score_features`' (..., 3) output; (...) in [0, 1]."""
         w_cam, w_aff = self.config.score_weights
-        logit = w_cam * features[..., 0] + w_aff * features[..., 1] + self.config.score_bias
+        logit = (
+            w_cam * features[..., 0]
+            + w_aff * features[..., 1]
+            + self.config.score_map_weight * features[..., 2]
+            + self.config.score_bias
+        )
         return torch.sigmoid(logit)
 
     @property
@@ -443,38 +464,27 @@ class AffordanceModel(nn.Module):
         Returns:
             maps (N, A, h, w) float (raw scale: evaluation resizes and min-max normalises them)
             and scores (N, A) float in [0, 1]: the absolute probability that the image affords
-            each action, ``sigmoid(w_cam * z_cam + w_aff * z_aff + b)`` of the spatial maxima
-            of the action's raw CAM logit (inference branch) and of its raw ego-prompt
-            affinity (:meth:`score_features`, :meth:`presence_score`; weights and bias from the
-            config, fitted on validation data). Each (image, action) is scored on its own: no
+            each action, ``sigmoid(w_cam * z_cam + w_aff * z_aff + w_map * z_map + b)`` of the
+            spatial maxima of the action's raw CAM logit (inference branch), of its raw
+            ego-prompt affinity and of the returned map (:meth:`score_features`,
+            :meth:`presence_score`; weights and bias from the config, fitted on validation
+            data). Each (image, action) is scored on its own: no
             softmax over the vocabulary. With an objectness read-out (``config.objectness``)
             the score is that probability times :meth:`frame_objectness`, ``P(object in
             frame)``, so background-only frames score low for every action. With a part prior
             (``config.part_prior``) the maps are the min-max calibrated maps times
             :meth:`part_probability`, in [0, 1].
         """
-        maps, scores = self.method_maps(feats, class_ids)
-        if self.part_prior is not None:
-            maps = minmax(maps) * self.part_probability(feats.keys, class_ids)
-        return maps, scores
-
-    def method_maps(self, feats: Features, class_ids: Tensor) -> tuple[Tensor, Tensor]:
-        """:meth:`infer` without the part prior: the method's calibrated maps (N, A, h, w)
-        float (raw scale) and the presence scores (N, A) float in [0, 1] (the same as
-        :meth:`infer`'s; the score does not read the prior)."""
-        n, a = class_ids.shape
-        picked = self._action_cams(feats, class_ids)  # (N, A, h, w)
-        aff = None
-        if self.uses_affinity:
-            aff = prompt_affinity(feats.clip, self.ego_text[class_ids]).float()  # (N, A, h, w)
-        scores = self.presence_score(self._peaks(picked, aff))
+        maps, peaks = self._maps_and_peaks(feats, class_ids, affinity=self.uses_affinity)
+        scores = self.presence_score(peaks)
         if self.objectness is not None:
             scores = scores * self.frame_objectness(feats)[:, None]
-        calib_aff = None if self.config.calibration == "none" else aff
-        maps = self.calibrate(
-            picked.flatten(0, 1), None if calib_aff is None else calib_aff.flatten(0, 1)
-        )
-        return maps.view(n, a, *maps.shape[1:]), scores
+        return maps, scores
+
+    def method_maps(self, feats: Features, class_ids: Tensor) -> Tensor:
+        """:meth:`infer`'s maps without the part prior: the method's calibrated maps
+        (N, A, h, w) float (raw scale)."""
+        return self._maps_and_peaks(feats, class_ids, affinity=self.uses_affinity, prior=False)[0]
 
     def maps_from_features(self, feats: Features, class_ids: Tensor) -> Tensor:
         """(N, h, w) inference maps for features of N images and one class id each."""

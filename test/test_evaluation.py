@@ -131,9 +131,10 @@ def test_infer_is_the_one_map_path_for_several_actions(model):
         assert torch.allclose(scores[:, a], every.gather(1, ids[:, a : a + 1])[:, 0])
 
 
-def test_infer_score_is_the_sigmoid_of_the_cam_and_affinity_peaks(model):
-    """The score by hand: sigmoid(w_cam * max CAM logit + w_aff * max ego cosine + b), each
-    (image, action) on its own, on the inference branch; the maps do not depend on it."""
+def test_infer_score_is_the_sigmoid_of_the_cam_affinity_and_map_peaks(model):
+    """The score by hand: sigmoid(w_cam * max CAM logit + w_aff * max ego cosine + w_map * max
+    of the returned map + b), each (image, action) on its own, on the inference branch; the
+    maps do not depend on it."""
     from affordance_core.affinity import prompt_affinity
 
     images = torch.rand(2, 3, model.image_size, model.image_size)
@@ -141,9 +142,17 @@ def test_infer_score_is_the_sigmoid_of_the_cam_and_affinity_peaks(model):
     ids = torch.tensor([[0, 2], [1, 1]])
     original = model.config
     try:
-        for branch, weights, bias in (("ego", (0.7, -2.0), 0.3), ("ego+exo", (1.5, 4.0), -1.0)):
+        for branch, weights, w_map, bias in (
+            ("ego", (0.7, -2.0), 0.0, 0.3),
+            ("ego+exo", (1.5, 4.0), 0.0, -1.0),
+            ("ego+exo", (0.2, 1.0), 2.5, -0.5),
+        ):
             model.config = dataclasses.replace(
-                original, inference_branch=branch, score_weights=weights, score_bias=bias
+                original,
+                inference_branch=branch,
+                score_weights=weights,
+                score_map_weight=w_map,
+                score_bias=bias,
             )
             with torch.inference_mode():
                 maps, scores = model.infer(feats, ids)
@@ -156,7 +165,8 @@ def test_infer_score_is_the_sigmoid_of_the_cam_and_affinity_peaks(model):
                 for a in range(2):
                     z_cam = float(cams[i, ids[i, a]].max())
                     z_aff = float(aff[i, a].max())
-                    logit = weights[0] * z_cam + weights[1] * z_aff + bias
+                    z_map = float(maps[i, a].max())
+                    logit = weights[0] * z_cam + weights[1] * z_aff + w_map * z_map + bias
                     expected = 1.0 / (1.0 + math.exp(-logit))
                     assert float(scores[i, a]) == pytest.approx(expected, abs=1e-5)
             model.config = dataclasses.replace(original, inference_branch=branch)
@@ -204,23 +214,29 @@ def test_score_config_round_trips_and_old_checkpoints_load(tmp_path, random_tiny
     )
     from affordance_core.config import AffordanceConfig
 
-    cfg = AffordanceConfig(score_weights=(2.0, -1.5), score_bias=0.25)
+    cfg = AffordanceConfig(score_weights=(2.0, -1.5), score_bias=0.25, score_map_weight=1.5)
     data = cfg.to_dict()
-    assert data["score_weights"] == [2.0, -1.5]
+    assert data["score_weights"] == [2.0, -1.5] and data["score_map_weight"] == 1.5
     assert AffordanceConfig.from_dict(data) == cfg
-    for bad in ({"score_weights": (1.0,)}, {"score_bias": float("nan")}):
+    for bad in (
+        {"score_weights": (1.0,)},
+        {"score_bias": float("nan")},
+        {"score_map_weight": float("inf")},
+        {"score_map_weight": True},
+    ):
         with pytest.raises(ValueError, match="score_"):
             AffordanceConfig(**bad)
     model = create_model("tiny", vocabulary=["hold", "cut_with"], pretrained=False)
     path = tmp_path / "model.pt"
     save_model(path, model)
     payload = torch.load(path, weights_only=False)
-    for key in ("score_weights", "score_bias"):
+    for key in ("score_weights", "score_bias", "score_map_weight"):
         payload["config"].pop(key)
     torch.save(payload, path)
     assert "score_bias" not in read_checkpoint(path)["config"]
     old = load_model(path, weights_dir=random_tiny_weights)
     assert old.config.score_weights == (1.0, 0.0) and old.config.score_bias == 0.0
+    assert old.config.score_map_weight == 0.0
     update_checkpoint_config(path, score_weights=[0.5, 3.0], score_bias=-2.0)
     new = load_model(path, weights_dir=random_tiny_weights)
     assert new.config.score_weights == (0.5, 3.0) and new.config.score_bias == -2.0
@@ -372,6 +388,7 @@ def test_eval_reports_planner_metrics_and_train_chooses_on_validation(
     # least as well as either feature alone
     fit = record["score_fit"]
     assert saved["config"]["score_weights"] == fit["score_weights"]
+    assert saved["config"]["score_map_weight"] == fit["score_map_weight"]
     assert saved["config"]["score_bias"] == fit["score_bias"]
     model = load_model(run / "model.pt", weights_dir=random_tiny_weights)
     assert model.config.score_weights == tuple(fit["score_weights"])
@@ -396,6 +413,8 @@ def test_eval_reports_planner_metrics_and_train_chooses_on_validation(
     assert fitted == pytest.approx(fit["auroc"], abs=1e-4)
     assert fitted >= auroc(peaks[:, 0], positive) - 1e-6
     assert fitted >= auroc(peaks[:, 1], positive) - 1e-6
+    assert fitted >= auroc(peaks[:, 2], positive) - 1e-6
+    assert set(fit["auroc_fits"]) == {"cam+aff", "cam", "aff", "cam+aff+map", "map"}
     snapshot = read_checkpoint(run / "snapshot_000002.pt")
     same = all(torch.equal(saved["heads"][k], snapshot["heads"][k]) for k in snapshot["heads"])
     assert same == (record["step"] == 2)

@@ -71,10 +71,19 @@ def test_heads_graph_exports_the_presence_score(model, tmp_path) -> None:
     parameters."""
     from affordance_core.runtime import uses_clip
 
-    scored = _with_config(model, calibration="none", score_weights=(2.0, 3.0), score_bias=-0.5)
+    scored = _with_config(
+        model,
+        calibration="none",
+        score_weights=(2.0, 3.0),
+        score_map_weight=1.5,
+        score_bias=-0.5,
+    )
     assert uses_clip(scored)
     assert not uses_clip(_with_config(scored, score_weights=(2.0, 0.0)))
     assert model_fingerprint(scored) != model_fingerprint(_with_config(scored, score_bias=0.5))
+    assert model_fingerprint(scored) != model_fingerprint(
+        _with_config(scored, score_map_weight=0.0)
+    )
     torch_predictor = AffordancePredictor(scored, min_score=0.6)
     onnx = AffordancePredictor(scored, backend="onnxruntime", onnx_cache_dir=tmp_path)
     onnx.min_score = 0.6

@@ -580,7 +580,7 @@ def select_part_prior_temperature(
             model, dataset, device=device, batch_size=batch_size
         ):
             ids = labels.view(-1, 1)
-            method_map = minmax(model.method_maps(feats, ids)[0])  # the same for every T
+            method_map = minmax(model.method_maps(feats, ids))  # the same for every T
             for temperature, acc in accumulators.items():
                 prior = model.part_probability(feats.keys, ids, temperature)
                 maps = (method_map * prior)[:, 0].float().cpu()
@@ -608,16 +608,18 @@ def fit_presence_score(
 ) -> dict[str, Any]:
     """Fit the presence score's weights and bias on validation features (logistic regression).
 
-    The two features are :meth:`~affordance_core.model.AffordanceModel.score_features`'
-    ``z_cam`` (peak raw CAM logit of the action on the model's inference branch) and ``z_aff``
-    (peak raw ego-prompt affinity). Positives are the (image, action) pairs whose object
-    affords the action; negatives are the pairs whose object does not, and every action on
-    every background-only frame (``val.background``). scikit-learn's ``LogisticRegression``
-    (L2, C = 1, on standardised features, no class weighting: the probability is calibrated
-    to the validation pairs' prior) gives ``score_weights = (w_cam, w_aff)`` and
-    ``score_bias``. It is fitted on both features and on each alone (the other weight 0);
-    the fit with the highest validation AUROC is kept (the regression maximises the
-    likelihood, not the ranking).
+    The features are :meth:`~affordance_core.model.AffordanceModel.score_features`'
+    ``z_cam`` (peak raw CAM logit of the action on the model's inference branch), ``z_aff``
+    (peak raw ego-prompt affinity) and ``z_map`` (peak of the inference map before any
+    stretching: with a part prior, how strongly the action's part is found). Positives are
+    the (image, action) pairs whose object affords the action; negatives are the pairs whose
+    object does not, and every action on every background-only frame (``val.background``).
+    scikit-learn's ``LogisticRegression`` (L2, C = 1, on standardised features, no class
+    weighting: the probability is calibrated to the validation pairs' prior) gives
+    ``score_weights = (w_cam, w_aff)``, ``score_map_weight`` and ``score_bias``. It is fitted
+    on the feature sets ``cam+aff``, ``cam``, ``aff``, ``cam+aff+map`` and ``map`` (the other
+    weights 0); the fit with the highest validation AUROC is kept, the earlier one on ties
+    (the regression maximises the likelihood, not the ranking).
 
     With an objectness read-out (``model.objectness``) the model's score is
     ``P(object in frame) * sigmoid(...)``: the regression is then fitted on the frames with an
@@ -630,10 +632,10 @@ def fit_presence_score(
         device: where the heads run.
 
     Returns:
-        ``{"score_weights": [w_cam, w_aff], "score_bias": b, "features": the kept fit
-        (``cam+aff``, ``cam`` or ``aff``), "n_pos", "n_neg", "n_background": frames,
-        "auroc": validation AUROC of the kept score, "auroc_fits": of each fit, "auroc_cam",
-        "auroc_aff": of each raw feature, "objectness": whether the score is gated,
+        ``{"score_weights": [w_cam, w_aff], "score_map_weight": w_map, "score_bias": b,
+        "features": the kept fit, "n_pos", "n_neg", "n_background": frames, "auroc":
+        validation AUROC of the kept score, "auroc_fits": of each fit, "auroc_cam",
+        "auroc_aff", "auroc_map": of each raw feature, "objectness": whether the score is gated,
         "auroc_objectness_background": with a gate, how well ``P(object)`` alone separates
         background pairs from afforded pairs}``, or ``{"skipped": reason, "n_pos", "n_neg"}``
         when one class is empty (the config is then left as it was).
@@ -684,11 +686,18 @@ def fit_presence_score(
     # cosine's weight); the fitted line is mapped back to raw-feature weights and bias.
     mean, std = x[fit_rows].mean(0), x[fit_rows].std(0) + 1e-12
     candidates = {}
-    for name, columns in (("cam+aff", [0, 1]), ("cam", [0]), ("aff", [1])):
+    feature_sets = (
+        ("cam+aff", [0, 1]),
+        ("cam", [0]),
+        ("aff", [1]),
+        ("cam+aff+map", [0, 1, 2]),
+        ("map", [2]),
+    )
+    for name, columns in feature_sets:
         fit = LogisticRegression(C=1.0, max_iter=1000).fit(
             (x[fit_rows][:, columns] - mean[columns]) / std[columns], y[fit_rows]
         )
-        weights = [0.0, 0.0]
+        weights = [0.0, 0.0, 0.0]
         bias = float(fit.intercept_[0])
         for column, w in zip(columns, fit.coef_[0], strict=True):
             weights[column] = float(w / std[column])
@@ -696,7 +705,7 @@ def fit_presence_score(
         score = 1.0 / (1.0 + np.exp(-(x @ np.asarray(weights) + bias))) * p_object
         candidates[name] = (auroc(score, y), weights, bias)
     # logistic regression maximises the likelihood, not the ranking: keep the fit whose
-    # validation AUROC is highest (the two-feature fit on ties)
+    # validation AUROC is highest (the earlier feature set on ties)
     features = max(candidates, key=lambda k: candidates[k][0])
     value, weights, bias = candidates[features]
     extra: dict[str, Any] = {}
@@ -707,7 +716,8 @@ def fit_presence_score(
             else float("nan")
         )
     return {
-        "score_weights": weights,
+        "score_weights": weights[:2],
+        "score_map_weight": weights[2],
         "score_bias": bias,
         "features": features,
         "n_pos": n_pos,
@@ -717,6 +727,7 @@ def fit_presence_score(
         "auroc_fits": {k: v[0] for k, v in candidates.items()},
         "auroc_cam": auroc(x[:, 0], y),
         "auroc_aff": auroc(x[:, 1], y),
+        "auroc_map": auroc(x[:, 2], y),
         "objectness": gated,
         **extra,
     }
@@ -842,7 +853,10 @@ def choose_on_validation(
     score_fit = fit_presence_score(chosen, val, device)
     if "skipped" not in score_fit:
         update_checkpoint_config(
-            final, score_weights=score_fit["score_weights"], score_bias=score_fit["score_bias"]
+            final,
+            score_weights=score_fit["score_weights"],
+            score_map_weight=score_fit["score_map_weight"],
+            score_bias=score_fit["score_bias"],
         )
     record = {
         "step": step,

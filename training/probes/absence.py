@@ -45,7 +45,7 @@ def _rows(model: AffordanceModel, feats: Features) -> np.ndarray:
     action of N frames (the prior's column is 0 without a part prior)."""
     n, c = feats.keys.shape[0], model.num_classes
     every = torch.arange(c, device=feats.keys.device).expand(n, -1)
-    z = model.score_features(feats, every).float()  # (N, C, 2)
+    z = model.score_features(feats, every).float()  # (N, C, 3)
     p_object = model.frame_objectness(feats).double().clamp(1e-12, 1 - 1e-12)
     logit = torch.logit(p_object).float()[:, None].expand(-1, c)
     prior = torch.zeros(n, c)
