@@ -29,6 +29,21 @@ PART_PRIOR_TEMPERATURES = (1.0, 0.7, 0.5, 0.35, 0.25)
 """The part prior's softmax temperatures compared on validation data (1 = the plain fit)."""
 
 
+def _finite_number(name: str, value: object, *, positive: bool = False) -> float:
+    """``value`` as a float; ValueError naming ``name`` unless it is a finite real number
+    (not a bool), and > 0 when ``positive``."""
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and math.isfinite(float(value))
+        and (not positive or float(value) > 0.0)
+    )
+    if not ok:
+        bound = " > 0" if positive else ""
+        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
+    return float(value)
+
+
 @dataclass
 class AffordanceConfig:
     """Everything that defines an affordance model's architecture.
@@ -149,33 +164,11 @@ class AffordanceConfig:
                 f"{self.score_weights!r}"
             )
         self.score_weights = weights
-        if (
-            isinstance(self.score_bias, bool)
-            or not isinstance(self.score_bias, int | float)
-            or (not math.isfinite(float(self.score_bias)))
-        ):
-            raise ValueError(f"score_bias must be a finite number, got {self.score_bias!r}")
-        self.score_bias = float(self.score_bias)
-        if (
-            isinstance(self.score_map_weight, bool)
-            or not isinstance(self.score_map_weight, int | float)
-            or not math.isfinite(float(self.score_map_weight))
-        ):
-            raise ValueError(
-                f"score_map_weight must be a finite number, got {self.score_map_weight!r}"
-            )
-        self.score_map_weight = float(self.score_map_weight)
-        if (
-            isinstance(self.part_prior_temperature, bool)
-            or not isinstance(self.part_prior_temperature, int | float)
-            or not math.isfinite(float(self.part_prior_temperature))
-            or float(self.part_prior_temperature) <= 0.0
-        ):
-            raise ValueError(
-                f"part_prior_temperature must be a finite number > 0, got "
-                f"{self.part_prior_temperature!r}"
-            )
-        self.part_prior_temperature = float(self.part_prior_temperature)
+        self.score_bias = _finite_number("score_bias", self.score_bias)
+        self.score_map_weight = _finite_number("score_map_weight", self.score_map_weight)
+        self.part_prior_temperature = _finite_number(
+            "part_prior_temperature", self.part_prior_temperature, positive=True
+        )
         if self.part_prior and self.clip is None:
             raise ValueError(
                 "part_prior needs a CLIP-role backbone (it finds the hand with the hand "
