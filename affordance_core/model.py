@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -391,18 +392,35 @@ class AffordanceModel(nn.Module):
         cams = cams.float()
         return cams.gather(1, class_ids[:, :, None, None].expand(-1, -1, *cams.shape[2:]))
 
+    def _action_affinity(self, feats: Features, class_ids: Tensor) -> Tensor:
+        """(N, A, h, w) float raw ego-prompt affinity of the requested actions."""
+        return prompt_affinity(feats.clip, self.ego_text[class_ids]).float()
+
     def _maps_and_peaks(
-        self, feats: Features, class_ids: Tensor, *, affinity: bool, prior: bool = True
+        self,
+        feats: Features,
+        class_ids: Tensor,
+        *,
+        affinity: bool,
+        prior: bool = True,
+        cams: Tensor | None = None,
+        action_affinity: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """The one map path: maps (N, A, h, w) float (calibrated, times the part prior when
         ``prior`` and the model has one) and the presence score's inputs (N, A, 3) float
         (:meth:`score_features`). ``affinity`` reads the CLIP-role affinity (needed by the
-        calibration and by ``z_aff``)."""
+        calibration and by ``z_aff``). ``cams`` (:meth:`_action_cams`) and
+        ``action_affinity`` (:meth:`_action_affinity`), when given, are used instead of
+        computing them."""
         n, a = class_ids.shape
-        picked = self._action_cams(feats, class_ids)  # (N, A, h, w)
+        picked = self._action_cams(feats, class_ids) if cams is None else cams  # (N, A, h, w)
         aff = None
         if affinity:
-            aff = prompt_affinity(feats.clip, self.ego_text[class_ids]).float()  # (N, A, h, w)
+            aff = (
+                self._action_affinity(feats, class_ids)
+                if action_affinity is None
+                else action_affinity
+            )
         calib_aff = None if self.config.calibration == "none" else aff
         maps = self.calibrate(
             picked.flatten(0, 1), None if calib_aff is None else calib_aff.flatten(0, 1)
@@ -485,6 +503,46 @@ class AffordanceModel(nn.Module):
         """:meth:`infer`'s maps without the part prior: the method's calibrated maps
         (N, A, h, w) float (raw scale)."""
         return self._maps_and_peaks(feats, class_ids, affinity=self.uses_affinity, prior=False)[0]
+
+    def maps_under(
+        self, feats: Features, class_ids: Tensor, choices: Sequence[tuple[str, str]]
+    ) -> list[Tensor]:
+        """:meth:`infer`'s maps under several ``(inference_branch, calibration)`` choices, each
+        branch's CAM and the affinity computed once (what a validation choice compares).
+
+        Args:
+            feats: backbone features of N images.
+            class_ids: (N, A) int64 action ids per image.
+            choices: ``(branch, calibration)`` pairs (``AffordanceConfig`` values; not
+                ``pixel``).
+
+        Returns:
+            one (N, A, h, w) float map per choice, in order; the config is left as it was.
+        """
+        original = self.config
+        affinity = self.clip is not None
+        action_affinity = self._action_affinity(feats, class_ids) if affinity else None
+        cams: dict[str, Tensor] = {}
+        maps = []
+        try:
+            for branch, calibration in choices:
+                self.config = dataclasses.replace(
+                    original, inference_branch=branch, calibration=calibration
+                )
+                if branch not in cams:
+                    cams[branch] = self._action_cams(feats, class_ids)
+                maps.append(
+                    self._maps_and_peaks(
+                        feats,
+                        class_ids,
+                        affinity=affinity,
+                        cams=cams[branch],
+                        action_affinity=action_affinity,
+                    )[0]
+                )
+        finally:
+            self.config = original
+        return maps
 
     def maps_from_features(self, feats: Features, class_ids: Tensor) -> Tensor:
         """(N, h, w) inference maps for features of N images and one class id each."""

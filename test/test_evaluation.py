@@ -131,6 +131,27 @@ def test_infer_is_the_one_map_path_for_several_actions(model):
         assert torch.allclose(scores[:, a], every.gather(1, ids[:, a : a + 1])[:, 0])
 
 
+def test_maps_under_each_choice_are_the_maps_of_that_config(model):
+    """The validation choice's shortcut (each branch's CAM once) gives, for every (branch,
+    calibration), the maps the model gives with that config, and leaves the config alone."""
+    feats = model.extract(torch.rand(3, 3, model.image_size, model.image_size))
+    ids = torch.tensor([[0, 2], [1, 1], [2, 0]])
+    choices = [(b, c) for b in ("ego", "exo", "ego+exo") for c in ("binary", "product", "none")]
+    original = model.config
+    with torch.inference_mode():
+        candidates = model.maps_under(feats, ids, choices)
+        assert model.config is original
+        try:
+            for (branch, calibration), maps in zip(choices, candidates, strict=True):
+                model.config = dataclasses.replace(
+                    original, inference_branch=branch, calibration=calibration
+                )
+                assert torch.equal(maps, model.infer(feats, ids)[0]), (branch, calibration)
+        finally:
+            model.config = original
+    assert not torch.allclose(candidates[0], candidates[3])  # the branches differ
+
+
 def test_infer_score_is_the_sigmoid_of_the_cam_affinity_and_map_peaks(model):
     """The score by hand: sigmoid(w_cam * max CAM logit + w_aff * max ego cosine + w_map * max
     of the returned map + b), each (image, action) on its own, on the inference branch; the

@@ -472,7 +472,9 @@ def select_inference(
       branch's, which is trained on images of people using the object and reads the same
       DINO keys, or the mean of the two.
 
-    The backbones run once per batch and every candidate is scored on the same features.
+    The backbones run once per batch, each branch's CAM once per batch
+    (:meth:`~affordance_core.model.AffordanceModel.maps_under`), and every candidate is
+    scored on the same features.
 
     Args:
         model: an :class:`~affordance_core.model.AffordanceModel` (with a CLIP-role backbone
@@ -505,24 +507,19 @@ def select_inference(
             f"{list(branches)} for a model whose branch is "
             f"{model.config.inference_branch!r}"
         )
-    original = model.config
     choices = [(b, c) for b in branches for c in calibrations]
     accumulators = {choice: MetricAccumulator() for choice in choices}
-    try:
-        with torch.inference_mode():
-            for feats, labels, gt, _ in feature_batches(
-                model, dataset, device=device, batch_size=batch_size
-            ):
-                for (branch, calibration), acc in accumulators.items():
-                    model.config = dataclasses.replace(
-                        original, inference_branch=branch, calibration=calibration
-                    )
-                    maps = model.maps_from_features(feats, labels).float().cpu()
-                    acc.update(
-                        prepare_prediction(maps, size=tuple(gt.shape[-2:])), gt, prepared=True
-                    )
-    finally:
-        model.config = original
+    with torch.inference_mode():
+        for feats, labels, gt, _ in feature_batches(
+            model, dataset, device=device, batch_size=batch_size
+        ):
+            candidates = model.maps_under(feats, labels.view(-1, 1), choices)
+            for maps, acc in zip(candidates, accumulators.values(), strict=True):
+                acc.update(
+                    prepare_prediction(maps[:, 0].float().cpu(), size=tuple(gt.shape[-2:])),
+                    gt,
+                    prepared=True,
+                )
     scores = {inference_key(*choice): dict(acc.compute()) for choice, acc in accumulators.items()}
     sign = 1.0 if metric == "KLD" else -1.0
     branch, calibration = min(
