@@ -227,19 +227,26 @@ def test_affordance_train_fits_the_prior_before_training(
     assert "part prior:" in (run / "train.log").read_text()
 
 
+def _probe_corpora(root):
+    """A training corpus (seed 3, three exo images per pair) and a validation corpus (seed 4)
+    of the knife and the cup under ``root``; returns the training vocabulary."""
+    from affordance_core.data import resolve_vocabulary
+    from affordance_core.synthetic import write_agd_corpus
+
+    objects = {"Seen": {"train": ["knife", "cup"], "test": ["knife", "cup"]}}
+    sizes = {"n_ego_per_pair": 1, "n_test_per_pair": 2, "n_background": 1, "progress": False}
+    write_agd_corpus(root / "train", seed=3, split_objects=objects, n_exo_per_pair=3, **sizes)
+    write_agd_corpus(root / "val", seed=4, split_objects=objects, n_exo_per_pair=1, **sizes)
+    return resolve_vocabulary(root / "train", "Seen")
+
+
 def test_parts_probe_reports_every_stage_and_checks_the_corpus_seed(tmp_path):
     """The diagnosis probe on a small corpus: every stage is reported with shares in [0, 1],
     the grid ceiling is near perfect, and a wrong corpus seed is refused by name."""
     from affordance_core import create_model, save_model
-    from affordance_core.data import resolve_vocabulary
-    from affordance_core.synthetic import write_agd_corpus
     from training.probes.parts import probe_parts
 
-    objects = {"Seen": {"train": ["knife", "cup"], "test": ["knife", "cup"]}}
-    sizes = {"n_ego_per_pair": 1, "n_test_per_pair": 2, "n_background": 1, "progress": False}
-    write_agd_corpus(tmp_path / "train", seed=3, split_objects=objects, n_exo_per_pair=3, **sizes)
-    write_agd_corpus(tmp_path / "val", seed=4, split_objects=objects, n_exo_per_pair=1, **sizes)
-    vocabulary = resolve_vocabulary(tmp_path / "train", "Seen")
+    vocabulary = _probe_corpora(tmp_path)
     torch.manual_seed(0)
     save_model(tmp_path / "model.pt", create_model("tiny", vocabulary=vocabulary))
     result = probe_parts(tmp_path / "model.pt", tmp_path / "train", 3, tmp_path / "val")
@@ -262,3 +269,67 @@ def test_parts_probe_reports_every_stage_and_checks_the_corpus_seed(tmp_path):
         assert rows[f"{name}, T = 1"] == result["ego"][name]
     with pytest.raises(ValueError, match="--train-seed"):
         probe_parts(tmp_path / "model.pt", tmp_path / "train", 5, tmp_path / "val")
+
+
+def test_parts_probe_prior_row_is_what_a_model_with_that_prior_scores(tmp_path):
+    """The probe's hand-finder row, maps and presence gate included, is the validation result
+    of a model whose prior ``affordance-train`` fitted on the same exo images."""
+    from affordance_core import create_model, save_model
+    from affordance_core.data import AffordanceTestDataset, BackgroundFrames
+    from affordance_core.data.datasets import AffordanceTrainDataset
+    from training.evaluate import evaluate_model
+    from training.part_prior import fit_training_part_prior
+    from training.probes.parts import EGO_METRICS, probe_parts
+
+    vocabulary = _probe_corpora(tmp_path)
+    torch.manual_seed(0)
+    model = create_model(
+        "tiny",
+        vocabulary=vocabulary,
+        part_prior=True,
+        part_prior_temperature=0.5,
+        score_map_weight=4.0,  # the gate reads the map's peak
+        score_bias=-2.0,
+    ).eval()
+    train_set = AffordanceTrainDataset(tmp_path / "train", "Seen", model.image_size, vocabulary)
+    fit_training_part_prior(model, train_set, progress=False)
+    save_model(tmp_path / "model.pt", model)
+    val = AffordanceTestDataset(tmp_path / "val", "Seen", model.image_size, vocabulary=vocabulary)
+    background = BackgroundFrames(tmp_path / "val", "Seen", model.image_size)
+    with torch.no_grad():
+        own = evaluate_model(model, val, device=torch.device("cpu"), background=background)
+    row = probe_parts(tmp_path / "model.pt", tmp_path / "train", 3, tmp_path / "val")["ego"][
+        "x prior (hand finder)"
+    ]
+    for key in EGO_METRICS:
+        assert row[key] == pytest.approx(own[key], abs=2e-4), key
+
+
+def test_readout_probe_reproduces_the_prior_rows_and_reads_finer_grids(tmp_path):
+    """The read-out probe on a small corpus: its last-block row is the parts probe's prior
+    row (the same fit on the same keys), every block and the finer grid are reported, and a
+    size that is not a multiple of the patch is refused."""
+    from affordance_core import create_model, save_model
+    from training.probes.parts import probe_parts
+    from training.probes.readout import dino_at_size, probe_readout
+
+    vocabulary = _probe_corpora(tmp_path)
+    torch.manual_seed(0)
+    model = create_model("tiny", vocabulary=vocabulary)
+    save_model(tmp_path / "model.pt", model)
+    args = (tmp_path / "model.pt", tmp_path / "train", 3, tmp_path / "val")
+    rows = probe_readout(*args, sizes=(168,))["rows"]
+    depth = len(model.dino.vit.blocks)
+    last = depth - 1
+    names = [f"block {b}" for b in range(depth)] + [f"blocks {last - 1}+{last}"]
+    names.append("last block at 168 px")
+    assert set(rows) == {f"{n}, {r}" for n in names for r in ("hand finder", "true part")}
+    assert rows["last block at 168 px, hand finder"]["grid"] == 21
+    for name, row in rows.items():
+        assert 0.0 <= row["part_share"] <= 1.0, name
+        assert 0.0 <= row["T = 1"]["peak_hit"] <= 1.0, name
+    parts = probe_parts(*args)["ego"]
+    assert rows[f"block {last}, hand finder"]["T = 1"] == parts["x prior (hand finder)"]
+    assert rows[f"block {last}, true part"]["T = 1"] == parts["x prior (true part): ceiling"]
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        dino_at_size(model.dino, 100)

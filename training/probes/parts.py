@@ -51,7 +51,7 @@ from affordance_core.synthetic.world import EXO_SCALE_BENCHMARK, afforded_parts,
 from training.common import print_json_result
 from training.evaluate import evaluate_model, extract_test_set
 
-__all__ = ["main", "probe_parts"]
+__all__ = ["corpus_probe_parser", "main", "presence_of", "probe_parts", "score_with_infer"]
 
 EGO_METRICS = ("KLD", "SIM", "NSS", "peak_hit", "mask_iou", "action_sensitivity")
 
@@ -125,6 +125,35 @@ def _probability(
     return prob.gather(1, ids[:, :, None, None].expand(-1, -1, *prob.shape[2:]))
 
 
+def presence_of(
+    model: AffordanceModel, feats: Features, class_ids: Tensor, maps: Tensor
+) -> Tensor:
+    """(N, A) presence scores in [0, 1] that ``model`` would give with ``maps`` (N, A, h, w) as
+    its inference maps: its score with ``z_map`` read from them (so a prior row is gated the
+    way a model carrying that prior is), times the objectness read-out."""
+    peaks = model.score_features(feats, class_ids)
+    peaks = torch.cat([peaks[..., :2], maps.float().amax((-1, -2))[..., None]], -1)
+    scores = model.presence_score(peaks)
+    if model.objectness is not None:
+        scores = scores * model.frame_objectness(feats)[:, None]
+    return scores
+
+
+def score_with_infer(
+    model: AffordanceModel,
+    extracted: Any,
+    infer: Callable[[Features, Tensor], tuple[Tensor, Tensor]],
+) -> dict[str, float]:
+    """:data:`EGO_METRICS` of ``extracted`` (:func:`~training.evaluate.extract_test_set`) with
+    ``infer`` standing in for ``model.infer`` (restored after)."""
+    model.infer = infer  # type: ignore[method-assign]
+    try:
+        result = evaluate_model(model, extracted, device=torch.device("cpu"), progress=False)
+    finally:
+        del model.infer
+    return {k: round(float(result[k]), 4) for k in EGO_METRICS}
+
+
 def _grid_ceiling(extracted: Any, grid: int) -> dict[str, float]:
     """The GT average-pooled to the patch grid and scored as a prediction (no gate): what a
     perfect patch-level map reaches after the protocol's bilinear upsampling."""
@@ -195,14 +224,12 @@ def probe_parts(
     ) -> dict[str, float]:
         def infer(feats: Features, ids: Tensor) -> tuple[Tensor, Tensor]:
             maps, scores = method_infer(feats, ids)
-            return (maps if transform is None else transform(feats, ids, maps)), scores
+            if transform is None:
+                return maps, scores
+            maps = transform(feats, ids, maps)
+            return maps, presence_of(model, feats, ids, maps)
 
-        model.infer = infer  # type: ignore[method-assign]
-        try:
-            result = evaluate_model(model, extracted, device=torch.device("cpu"), progress=False)
-        finally:
-            del model.infer
-        return {k: round(float(result[k]), 4) for k in EGO_METRICS}
+        return score_with_infer(model, extracted, infer)
 
     temperature = model.config.part_prior_temperature
 
@@ -251,8 +278,10 @@ def probe_parts(
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.probes.parts", description=__doc__)
+def corpus_probe_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+    """The arguments of a probe that re-renders a model's training corpus: ``--checkpoint``,
+    ``--train-root``, ``--train-seed``, ``--val-root``, ``--split``, ``--out``."""
+    ap = argparse.ArgumentParser(prog=prog, description=description)
     ap.add_argument("--checkpoint", required=True, help="a trained model.pt")
     ap.add_argument(
         "--train-root", required=True, help="the corpus the model trained on (write_agd_corpus)"
@@ -261,7 +290,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--val-root", required=True, help="the validation corpus (images with GT)")
     ap.add_argument("--split", default="Seen")
     ap.add_argument("--out", default=None, help="also write the JSON to this file")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = corpus_probe_parser("python -m training.probes.parts", __doc__).parse_args(argv)
     torch.manual_seed(0)
     result = probe_parts(
         args.checkpoint, args.train_root, args.train_seed, args.val_root, args.split
