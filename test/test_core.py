@@ -62,7 +62,7 @@ def test_method_step_reduces_loss_and_trains_only_heads(method: str, batch) -> N
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
-        losses.append(float(out["loss"]))
+        losses.append(float(out["loss"].detach()))
     assert losses[-1] < losses[0]
     assert all(torch.equal(v, model.dino.state_dict()[k]) for k, v in frozen.items())
     assert not any(p.requires_grad for p in model.dino.parameters())
