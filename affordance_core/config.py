@@ -104,6 +104,10 @@ class AffordanceConfig:
             ``softmax(logits / T)``: below 1 the prior is sharper than the regularised fit. A
             choice for held-out data, made by ``training.evaluate.choose_on_validation``
             (among :data:`PART_PRIOR_TEMPERATURES`); 1 is the plain fit.
+        part_prior_hand_reach: how many patches beside the salient object the prior's hand
+            finder may place the hand (:func:`affordance_core.part_prior.hand_patch`; int >=
+            0; 0 = on a salient patch, the rule of checkpoints that do not record it). Read
+            when the prior is fitted, not at inference.
         objectness: multiply the presence score by the frame's objectness ``P(object in
             frame)`` (:mod:`affordance_core.objectness`), a logistic read-out of the frozen
             backbones fitted on frames with and without an object; needs a CLIP-role backbone.
@@ -137,6 +141,7 @@ class AffordanceConfig:
     score_map_weight: float = 0.0
     part_prior: bool = False
     part_prior_temperature: float = 1.0
+    part_prior_hand_reach: int = 0
     objectness: bool = False
 
     def __post_init__(self) -> None:
@@ -169,6 +174,11 @@ class AffordanceConfig:
         self.part_prior_temperature = _finite_number(
             "part_prior_temperature", self.part_prior_temperature, positive=True
         )
+        reach = self.part_prior_hand_reach
+        if isinstance(reach, bool) or not isinstance(reach, int) or reach < 0:
+            raise ValueError(
+                f"part_prior_hand_reach must be an integer >= 0 (patches), got {reach!r}"
+            )
         if self.part_prior and self.clip is None:
             raise ValueError(
                 "part_prior needs a CLIP-role backbone (it finds the hand with the hand "

@@ -7,8 +7,9 @@ fitted on the L2-normalised DINO keys of those patches (scikit-learn logistic re
 gives ``p(a | patch)`` for any image; :meth:`AffordanceModel.infer
 <affordance_core.model.AffordanceModel.infer>` multiplies the method's min-max map by it.
 
-Where the hand is comes from the frozen CLIP-role backbone (the hand prompt's patch affinity
-times the DINO saliency); no part mask, affordance map or hand mask is read. The backbones are
+Where the hand is comes from the frozen backbones (the CLIP-role hand prompt's patch affinity
+times the DINO saliency, optionally dilated: :func:`hand_patch`); no part mask, affordance map
+or hand mask is read. The backbones are
 frozen, so the prior depends only on the training exo images: it is fitted once, before the
 heads train, and stored with them (``AffordanceModel.part_prior``).
 """
@@ -28,6 +29,7 @@ from .backbones import minmax
 __all__ = [
     "PartPriorFit",
     "fit_part_prior",
+    "hand_patch",
     "interaction_patches",
     "part_descriptors",
 ]
@@ -38,17 +40,42 @@ def part_descriptors(keys: Tensor) -> Tensor:
     return F.normalize(keys.float(), dim=1)
 
 
-def interaction_patches(hand_affinity: Tensor, saliency: Tensor, radius: int = 1) -> Tensor:
+def hand_patch(hand_affinity: Tensor, saliency: Tensor, reach: int = 0) -> Tensor:
+    """Where the hand is in each exocentric image: the patch maximising
+    ``minmax(hand_affinity)`` times the saliency max-pooled over ``reach`` patches.
+
+    With ``reach = 0`` the hand must lie on a salient patch; with ``reach >= 1`` it may lie up
+    to ``reach`` patches beside the salient object (a hand holds a part from the side, and
+    its own patches are not object saliency).
+
+    Args:
+        hand_affinity: (N, h, w) cosine between patch embeddings and the hand prompt.
+        saliency: (N, h, w) object saliency in [0, 1].
+        reach: patches (>= 0) the hand may lie from a salient patch.
+
+    Returns:
+        (N,) int64 flat patch index (row-major).
+    """
+    if reach < 0:
+        raise ValueError(f"reach must be >= 0, got {reach}")
+    near_object = F.max_pool2d(saliency[:, None], 2 * reach + 1, 1, reach)[:, 0]
+    return (minmax(hand_affinity) * near_object).flatten(1).argmax(1)
+
+
+def interaction_patches(
+    hand_affinity: Tensor, saliency: Tensor, radius: int = 1, reach: int = 0
+) -> Tensor:
     """The patches an exocentric image's hand touches.
 
-    The hand is the patch maximising ``minmax(hand_affinity) * saliency``; the interaction
-    patches are the salient patches (saliency above the image's mean) within ``radius``
-    patches of it (a (2 radius + 1)^2 square, the hand patch included).
+    The hand is :func:`hand_patch` (``reach`` patches from the salient object at most); the
+    interaction patches are the salient patches (saliency above the image's mean) within
+    ``radius`` patches of it (a (2 radius + 1)^2 square, the hand patch included).
 
     Args:
         hand_affinity: (N, h, w) cosine between patch embeddings and the hand prompt.
         saliency: (N, h, w) object saliency in [0, 1].
         radius: neighbourhood half-width in patches (>= 0).
+        reach: see :func:`hand_patch`.
 
     Returns:
         (N, h, w) bool.
@@ -56,7 +83,7 @@ def interaction_patches(hand_affinity: Tensor, saliency: Tensor, radius: int = 1
     if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius}")
     n, h, w = saliency.shape
-    hand = (minmax(hand_affinity) * saliency).flatten(1).argmax(1)
+    hand = hand_patch(hand_affinity, saliency, reach)
     peak = F.one_hot(hand, h * w).view(n, 1, h, w).float()
     near = F.max_pool2d(peak, 2 * radius + 1, 1, radius)[:, 0] > 0
     return near & (saliency > saliency.mean((1, 2), keepdim=True))

@@ -29,6 +29,27 @@ def test_interaction_patches_are_the_salient_3x3_around_the_hand():
         interaction_patches(hand, saliency, radius=-1)
 
 
+def test_hand_reach_lets_the_hand_lie_beside_the_object():
+    """With reach r the hand may be up to r patches off the salient object: the region is then
+    the object's patches next to it; farther hand-like patches still lose."""
+    from affordance_core.part_prior import hand_patch
+
+    saliency = torch.zeros(1, 8, 8)
+    saliency[0, 2:5, 2:5] = 1.0  # the object
+    hand = torch.zeros(1, 8, 8)
+    hand[0, 3, 3] = 0.5  # a weaker hand-like patch on the object
+    hand[0, 3, 5] = 1.0  # the hand, one patch right of the object
+    hand[0, 7, 7] = 2.0  # stronger, but three patches away
+    assert hand_patch(hand, saliency).tolist() == [3 * 8 + 3]
+    assert hand_patch(hand, saliency, reach=1).tolist() == [3 * 8 + 5]
+    assert hand_patch(hand, saliency, reach=2).tolist() == [3 * 8 + 5]
+    assert hand_patch(hand, saliency, reach=3).tolist() == [7 * 8 + 7]
+    region = interaction_patches(hand, saliency, reach=1)
+    assert region[0].nonzero().tolist() == [[2, 4], [3, 4], [4, 4]]
+    with pytest.raises(ValueError, match="reach"):
+        hand_patch(hand, saliency, reach=-1)
+
+
 def _exo_batch(num_classes: int, n: int, dim: int = 8, seed: int = 0):
     """Images whose one-patch region has key direction e_<label> (plus noise)."""
     g = torch.Generator().manual_seed(seed)
@@ -140,6 +161,10 @@ def test_temperature_sharpens_the_prior_without_reordering_actions(prior_model):
     for bad in (0, -1.0, float("nan"), float("inf"), True, "0.5"):
         with pytest.raises(ValueError, match="part_prior_temperature must be a finite number > 0"):
             AffordanceConfig(part_prior_temperature=bad)
+    assert AffordanceConfig().part_prior_hand_reach == 0  # checkpoints that do not record it
+    for bad in (-1, True, 1.5, "2"):
+        with pytest.raises(ValueError, match="part_prior_hand_reach must be an integer >= 0"):
+            AffordanceConfig(part_prior_hand_reach=bad)
 
 
 def test_temperature_is_chosen_on_validation_by_the_metric(prior_model):
@@ -223,6 +248,7 @@ def test_affordance_train_fits_the_prior_before_training(
         assert train.main(args) == 0
     model = load_model(run / "model.pt", weights_dir=random_tiny_weights)
     assert model.config.part_prior
+    assert model.config.part_prior_hand_reach == 2  # training/configs/default.yaml
     assert model.part_prior.weight.abs().sum() > 0  # fitted, not the uniform start
     assert "part prior:" in (run / "train.log").read_text()
 

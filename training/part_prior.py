@@ -82,7 +82,10 @@ def fit_training_part_prior(
         for feats, labels in _exo_features(model, dataset, cache, device, batch_size, progress):
             with torch.no_grad():
                 hand = model.affinity(feats.clip, labels, "hand")
-            yield feats.keys, interaction_patches(hand, feats.saliency()), labels
+            region = interaction_patches(
+                hand, feats.saliency(), reach=model.config.part_prior_hand_reach
+            )
+            yield feats.keys, region, labels
 
     fit = fit_part_prior(batches(), model.num_classes)
     model.set_part_prior(fit)

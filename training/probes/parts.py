@@ -7,8 +7,9 @@ the hand, which the files do not store; these annotations only score the exo sta
 oracle priors. Every map is scored on the validation corpus (``--val-root``), never on a test
 split. Stages:
 
-* **exo**: in the training exo images, does the hand finder (the patch maximising the
-  min-max hand-prompt affinity times the DINO saliency) touch the hand (``hand_pointing``)?
+* **exo**: in the training exo images, does the hand finder
+  (:func:`~affordance_core.part_prior.hand_patch` with the model's
+  ``part_prior_hand_reach``) touch the hand (``hand_pointing``)?
   Which share of the interaction patches (:func:`~affordance_core.part_prior.
   interaction_patches`) lies on the afforded part (``part_precision``), against all salient
   patches (``chance``), the four top exo-CAM patches of the labelled action (what the
@@ -45,7 +46,12 @@ from affordance_core.data import AffordanceTestDataset, BackgroundFrames
 from affordance_core.data.datasets import AffordanceTrainDataset
 from affordance_core.data.transforms import center_resize, load_rgb, to_tensor
 from affordance_core.model import AffordanceModel, Features
-from affordance_core.part_prior import PartPriorFit, fit_part_prior, interaction_patches
+from affordance_core.part_prior import (
+    PartPriorFit,
+    fit_part_prior,
+    hand_patch,
+    interaction_patches,
+)
 from affordance_core.synthetic.corpus import corpus_image_rng
 from affordance_core.synthetic.world import EXO_SCALE_BENCHMARK, afforded_parts, render_scene
 from training.common import print_json_result
@@ -197,8 +203,9 @@ def probe_parts(
         saliency = exo.feats.saliency()
         _, exo_cams = model.cam(exo.feats.keys, "exo")
     salient = _salient(saliency)
-    found = interaction_patches(hand_aff, saliency)
-    hand_patch = (minmax(hand_aff) * saliency).flatten(1).argmax(1)
+    reach = model.config.part_prior_hand_reach
+    found = interaction_patches(hand_aff, saliency, reach=reach)
+    hand_index = hand_patch(hand_aff, saliency, reach)
     near_hand = F.max_pool2d((exo.hand > 0).float()[:, None], 3, 1, 1)[:, 0] > 0
     oracle_hand = near_hand & salient & (exo.hand < 0.5)
     cam = exo_cams.gather(1, exo.labels.view(-1, 1, 1, 1).expand(-1, 1, grid, grid))[:, 0]
@@ -206,7 +213,7 @@ def probe_parts(
     exo_stage = {
         "n": int(exo.labels.numel()),
         "hand_pointing": float(
-            (exo.hand.flatten(1).gather(1, hand_patch[:, None]) > 0).float().mean()
+            (exo.hand.flatten(1).gather(1, hand_index[:, None]) > 0).float().mean()
         ),
         "part_precision": float(exo.part[found].mean()),
         "chance": float(exo.part[salient].mean()),

@@ -142,7 +142,7 @@ def probe_readout(
         saliency = torch.cat([ch[1] for ch in chunks])
         hand = model.affinity(exo.feats.clip, exo.labels, "hand")
         hand = F.interpolate(hand[:, None], size=(grid, grid), mode="bilinear")[:, 0]
-        found = interaction_patches(hand, saliency)
+        found = interaction_patches(hand, saliency, reach=model.config.part_prior_hand_reach)
         resized = AffordanceTestDataset(val_root, split, size, vocabulary=model.vocabulary)
         val_keys = {}
         loader = DataLoader(resized, batch_size=32, shuffle=False)
