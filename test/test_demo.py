@@ -237,3 +237,63 @@ def test_extracted_test_set_scores_like_the_dataset_and_refuses_other_backbones(
         evaluate_model(other, extracted, device=cpu, progress=False)
     with pytest.raises(ValueError, match="viz_dir needs the images"):
         evaluate_model(model, extracted, device=cpu, viz_dir="unused", progress=False)
+
+
+def test_a_finished_run_is_reused_only_under_the_same_code_and_arguments(
+    tmp_path, monkeypatch, capsys
+):
+    """`make demo` on an existing output folder: a run trained by other code (another source
+    fingerprint) or with other arguments is trained again; the same one is reused."""
+    import training.train
+    from training.demo import pipeline
+
+    calls = []
+
+    def fake_train(args):
+        calls.append(list(args))
+        out = tmp_path / "run"
+        (out / "model.pt").write_bytes(b"model")
+        return 0
+
+    monkeypatch.setattr(training.train, "main", fake_train)
+    run = tmp_path / "run"
+
+    def train(seed=0):
+        return pipeline.train_method(
+            "ce", tmp_path / "data", "Seen", run, TINY_BUDGET, tmp_path / "cache", seed
+        )
+
+    assert train() == run / "model.pt" and len(calls) == 1
+    assert train() == run / "model.pt" and len(calls) == 1  # reused
+    assert "reusing" in capsys.readouterr().out
+    train(seed=1)  # other arguments
+    assert len(calls) == 2
+    monkeypatch.setattr(pipeline, "source_fingerprint", lambda: "other code")
+    (run / "stale.txt").write_text("left by the old run")
+    train(seed=1)
+    assert len(calls) == 3 and not (run / "stale.txt").exists()
+    assert "training ce (Seen) again" in capsys.readouterr().out
+    (run / "model.pt").unlink()
+    (run / "run_key.json").unlink()  # a run from before run keys: not reused
+    (run / "model.pt").write_bytes(b"old")
+    train(seed=1)
+    assert len(calls) == 4
+
+
+def test_benchmark_rows_are_reused_only_under_the_same_source(tmp_path, monkeypatch):
+    import training.common
+    import training.demo
+    from training import benchmark
+
+    runs = []
+
+    def fake_demo(out, **kwargs):
+        runs.append(out)
+        out.mkdir(parents=True, exist_ok=True)
+        return {"splits": {"Seen": {"rows": len(runs)}}}
+
+    monkeypatch.setattr(training.demo, "run_demo", fake_demo)
+    first = benchmark.seed_rows(tmp_path, 21, 1, TINY_BUDGET)
+    assert benchmark.seed_rows(tmp_path, 21, 1, TINY_BUDGET) == first and len(runs) == 1
+    monkeypatch.setattr(training.common, "source_fingerprint", lambda: "other code")
+    assert benchmark.seed_rows(tmp_path, 21, 1, TINY_BUDGET) != first and len(runs) == 2

@@ -183,14 +183,24 @@ def seed_rows(
     jobs: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """One training seed's rows per split (with ``per_image``), from ``rows.json`` in its run
-    folder when a run with the same budget wrote it, else by :func:`training.demo.run_demo`
-    (which itself reuses finished models). Seeds can thus run in separate processes and be
-    aggregated afterwards."""
+    folder when a run with the same budget and :func:`~training.common.source_fingerprint`
+    wrote it, else by :func:`training.demo.run_demo` (which itself reuses finished models
+    under the same rule). Seeds can thus run in separate processes and be aggregated
+    afterwards."""
     from training.demo import run_demo
 
     out = shared / f"train_{train_seed}"
+    from training.common import source_fingerprint
+
     key = json.loads(
-        json.dumps({"budget": budget, "corpus_seed": corpus_seed, "train_seed": train_seed})
+        json.dumps(
+            {
+                "budget": budget,
+                "corpus_seed": corpus_seed,
+                "train_seed": train_seed,
+                "source": source_fingerprint(),
+            }
+        )
     )
     cache = out / "rows.json"
     if cache.is_file():

@@ -17,6 +17,8 @@ Keys of ``train`` and ``data`` must exist in ``default.yaml`` (a typo is an erro
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -49,6 +51,7 @@ __all__ = [
     "seed_everything",
     "set_rng_state",
     "setup_logging",
+    "source_fingerprint",
     "write_yaml",
 ]
 
@@ -60,6 +63,28 @@ STRICT_SECTIONS = ("data", "train")
 
 class CLIError(Exception):
     """Bad command-line usage; reported as ``<prog>: error: <message>`` with exit status 2."""
+
+
+@functools.cache
+def source_fingerprint() -> str:
+    """What decides a trained run besides its arguments, as 16 hex digits of a SHA-256: the
+    Python sources of ``affordance_core`` and ``training``, the training configs and the tiny
+    tier's weight files. Cached results (demo runs, benchmark rows) are reused only under the
+    same fingerprint."""
+    from affordance_core.tiny import default_tiny_weights_dir
+
+    root = Path(__file__).resolve().parent.parent
+    files = [
+        *sorted((root / "affordance_core").rglob("*.py")),
+        *sorted((root / "training").rglob("*.py")),
+        *sorted(config_dir().glob("*.yaml")),
+        *sorted(default_tiny_weights_dir().glob("*.pt")),
+    ]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def config_dir() -> Path:

@@ -1,6 +1,7 @@
 """``affordance-demo``: the embedded default, end to end on a CPU.
 
-Stages (each cached under ``--out``, so a second run reuses what it can):
+Stages (each cached under ``--out``, so a second run reuses what it can; a trained run only
+when its arguments and :func:`~training.common.source_fingerprint` are unchanged):
 
 1. write the synthetic affordance corpus (AGD20K layout, Seen and Unseen splits);
 2. check the tiny backbones (``weights/tiny``) and copy their probe numbers;

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from training.common import source_fingerprint
 from training.demo.report import write_action_figure, write_figure, write_report
 from training.demo.settings import (
     CORPUS_VERSION,
@@ -138,15 +140,14 @@ def train_method(
 ) -> Path:
     """Train one row of :data:`VARIANTS` (or reuse its finished run) and return its model.pt.
 
+    A finished or interrupted run is reused only when ``run_key.json`` in it records the same
+    arguments and :func:`~training.common.source_fingerprint`; otherwise it is trained anew.
+
     With ``val_root``, a variant that chooses gets its budget, inference branch and
     calibration chosen there by ``affordance-train --val-root``.
     """
     from training.train import main as train_main
 
-    model_path = run_dir / "model.pt"
-    if model_path.is_file():
-        print(f"reusing {model_path}")
-        return model_path
     method, sets, choose = VARIANTS[name]
     args = train_arguments(data_root, split, method, run_dir, budget, seed, cache_dir, sets)
     if choose and val_root is not None:
@@ -154,8 +155,20 @@ def train_method(
         snapshots = budget_snapshots(budget["iters"])
         if snapshots:
             args += ["--snapshots", *map(str, snapshots)]
+    model_path = run_dir / "model.pt"
+    stamp = run_dir / "run_key.json"
+    key = {"args": args, "source": source_fingerprint()}
+    same = stamp.is_file() and json.loads(stamp.read_text()) == key
+    if same and model_path.is_file():
+        print(f"reusing {model_path}")
+        return model_path
+    if run_dir.exists() and not same:
+        print(f"training {name} ({split}) again: {run_dir} was left by other code or settings")
+        shutil.rmtree(run_dir)
     if (run_dir / "last.pt").is_file():
-        args.append("--resume")
+        args = [*args, "--resume"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(key))
     code = train_main(args)
     if code not in (0, None):
         raise RuntimeError(f"training {name} on {split} failed (exit {code})")
