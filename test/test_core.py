@@ -161,7 +161,7 @@ def test_prototype_contrast_known_value_and_gradient() -> None:
     # anchor 0: positive exo_pos[0] (cos 1); denominator: that, ego_pos[1] and exo_pos[1]
     # (other class, cos 0), ego_bg[0] and exo_bg[0] (own class background, cos 0)
     expected = -math.log(math.e / (math.e + 4))
-    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
     loss.backward()
     assert anchors.grad is not None and anchors.grad.abs().sum() > 0
 
