@@ -9,9 +9,9 @@ gives ``p(a | patch)`` for any image; :meth:`AffordanceModel.infer
 
 Where the hand is comes from the frozen backbones (the CLIP-role hand prompt's patch affinity
 times the DINO saliency, optionally dilated: :func:`hand_patch`); no part mask, affordance map
-or hand mask is read. The backbones are
-frozen, so the prior depends only on the training exo images: it is fitted once, before the
-heads train, and stored with them (``AffordanceModel.part_prior``).
+or hand mask is read. The backbones are frozen, so the prior depends only on the training exo
+images: it is fitted once, before the heads train, and stored with them
+(``AffordanceModel.part_prior``).
 """
 
 from __future__ import annotations

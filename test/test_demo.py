@@ -281,7 +281,6 @@ def test_a_finished_run_is_reused_only_under_the_same_code_and_arguments(
 
 
 def test_benchmark_rows_are_reused_only_under_the_same_source(tmp_path, monkeypatch):
-    import training.common
     import training.demo
     from training import benchmark
 
@@ -295,5 +294,5 @@ def test_benchmark_rows_are_reused_only_under_the_same_source(tmp_path, monkeypa
     monkeypatch.setattr(training.demo, "run_demo", fake_demo)
     first = benchmark.seed_rows(tmp_path, 21, 1, TINY_BUDGET)
     assert benchmark.seed_rows(tmp_path, 21, 1, TINY_BUDGET) == first and len(runs) == 1
-    monkeypatch.setattr(training.common, "source_fingerprint", lambda: "other code")
+    monkeypatch.setattr(benchmark, "source_fingerprint", lambda: "other code")
     assert benchmark.seed_rows(tmp_path, 21, 1, TINY_BUDGET) != first and len(runs) == 2

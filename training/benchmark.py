@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from training.common import source_fingerprint
 from training.demo import METHOD_ORDER, ROW_METRICS, SHORT, SPLITS, demo_budget
 from training.demo.cli import add_run_arguments
 
@@ -190,8 +191,6 @@ def seed_rows(
     from training.demo import run_demo
 
     out = shared / f"train_{train_seed}"
-    from training.common import source_fingerprint
-
     key = json.loads(
         json.dumps(
             {
