@@ -17,9 +17,11 @@ import pytest
 import torch
 
 from affordance_core import create_model
+from affordance_core.data.transforms import center_resize, to_tensor
 from affordance_core.predictor import AffordancePredictor
 from affordance_core.runtime import (
     EXPORT_VERSION,
+    BackboneGraph,
     OnnxRuntimeEngine,
     model_fingerprint,
     prepare_onnx_cache,
@@ -282,11 +284,18 @@ def test_provider_order(monkeypatch) -> None:
     assert select_providers("cuda") == ["CPUExecutionProvider"]
 
 
-def test_int8_variant_quantizes_the_backbone_only(model, cache) -> None:
+def test_int8_variant_quantizes_the_backbone_only(cache) -> None:
+    """int8 quantizes the backbone graph's weight MatMuls, not the heads, and the quantized
+    backbone's features stay close to float32 (cosine > 0.99 per frame) on the shipped tiny
+    weights. The features are compared rather than the stretched heatmaps: untrained heads on
+    noise frames give near-flat maps whose min-max stretch amplifies rounding, and how much
+    depends on the CPU's int8 kernels (without VNNI, onnxruntime's u8s8 products differ)."""
     import onnx
 
+    torch.manual_seed(0)
+    shipped = create_model("tiny", vocabulary=VOCAB, method="selectivecl").eval()
     predictor = AffordancePredictor(
-        model, backend="onnxruntime", onnx_cache_dir=cache, onnx_variant="int8"
+        shipped, backend="onnxruntime", onnx_cache_dir=cache, onnx_variant="int8"
     )
     entry = predictor._engine.entry
     assert entry.folder.name.endswith("-int8") and entry.key["variant"] == "int8"
@@ -296,9 +305,18 @@ def test_int8_variant_quantizes_the_backbone_only(model, cache) -> None:
     }
     assert "DynamicQuantizeLinear" in ops["backbone.onnx"]
     assert not any("Integer" in op or "Quantize" in op for op in ops["heads.onnx"])
-    frame = _frames()[0]
-    ref = AffordancePredictor(model)(frame, VOCAB)
-    for r, g in zip(ref, predictor(frame, VOCAB)):
+    graph = BackboneGraph(shipped)
+    for frame in _frames():
+        image = to_tensor(center_resize(frame, shipped.image_size))[None]
+        with torch.no_grad():
+            reference = graph(image)
+        for name, ref, got in zip(
+            graph.output_names, reference, predictor._engine.extract(image), strict=True
+        ):
+            ref, got = ref.numpy().ravel(), np.asarray(got).ravel()
+            cosine = float(ref @ got / (np.linalg.norm(ref) * np.linalg.norm(got)))
+            assert cosine > 0.99, f"int8 {name} drifted from float32 (cosine {cosine:.4f})"
+    for r, g in zip(
+        AffordancePredictor(shipped)(_frames()[0], VOCAB), predictor(_frames()[0], VOCAB)
+    ):
         assert g.heatmap.shape == r.heatmap.shape and g.heatmap.dtype == np.float32
-        corr = np.corrcoef(r.heatmap.ravel(), g.heatmap.ravel())[0, 1]
-        assert corr > 0.9, f"int8 heatmap decorrelated from float32 (r={corr:.3f})"
