@@ -293,6 +293,16 @@ def test_parts_probe_reports_every_stage_and_checks_the_corpus_seed(tmp_path):
     assert set(rows) == set(result["ego"]) | {f"{name}, T = 1" for name in priors}
     for name in priors:  # T = 1 reproduces the plain model's rows
         assert rows[f"{name}, T = 1"] == result["ego"][name]
+    # other hand reaches: the model's own (0) reproduces the hand-finder row
+    reached = probe_parts(
+        tmp_path / "model.pt", tmp_path / "train", 3, tmp_path / "val", hand_reaches=(0, 2)
+    )
+    assert (
+        reached["ego"]["x prior (hand finder, reach 0)"] == result["ego"]["x prior (hand finder)"]
+    )
+    assert reached["exo"]["part_precision_reach_0"] == exo["part_precision"]
+    assert 0.0 <= reached["exo"]["part_precision_reach_2"] <= 1.0
+    assert 0.0 <= reached["ego"]["x prior (hand finder, reach 2)"]["peak_hit"] <= 1.0
     with pytest.raises(ValueError, match="--train-seed"):
         probe_parts(tmp_path / "model.pt", tmp_path / "train", 5, tmp_path / "val")
 
@@ -359,3 +369,42 @@ def test_readout_probe_reproduces_the_prior_rows_and_reads_finer_grids(tmp_path)
     assert rows[f"block {last}, true part"]["T = 1"] == parts["x prior (true part): ceiling"]
     with pytest.raises(ValueError, match="multiple of the patch size"):
         dino_at_size(model.dino, 100)
+
+
+def test_heldout_folds_hold_out_training_categories_whose_parts_stay_taught():
+    """Each fold of the category-held-out probe tests only Unseen training categories (never
+    an Unseen test category), and every tested part is taught, for its action, by a remaining
+    category; a fold that would leave a part untaught is named."""
+    from affordance_core.synthetic.corpus import DEFAULT_SPLIT_OBJECTS
+    from training.probes.heldout import HELDOUT_FOLDS, fold_objects, uncovered_pairs
+
+    for held_out in HELDOUT_FOLDS:
+        objs = fold_objects(held_out)["Unseen"]
+        assert set(objs["test"]) == set(held_out)
+        assert not set(objs["train"]) & set(held_out)
+        assert set(objs["train"]) | set(held_out) == set(DEFAULT_SPLIT_OBJECTS["Unseen"]["train"])
+        assert uncovered_pairs(held_out) == []
+    assert uncovered_pairs(["cup"]) == [("drink_with", "cup", "rim"), ("pour", "cup", "rim")]
+    with pytest.raises(ValueError, match="not Unseen training categories"):
+        fold_objects(["mug"])
+
+
+def test_heldout_probe_trains_each_fold_and_scores_only_its_held_out_categories(tmp_path):
+    """One fold end to end with the demo's --quick budget: the model trains on the remaining
+    categories, the probe scores the held-out ones with each reach, the mean of one fold is
+    that fold."""
+    from training.probes.heldout import probe_heldout
+
+    kwargs = {"folds": (("hammer", "knife"),), "hand_reaches": (0, 2), "n_test_per_pair": 2}
+    result = probe_heldout(tmp_path, quick=True, **kwargs)
+    (fold,) = result["folds"]
+    assert fold["held_out"] == ["hammer", "knife"]
+    # hold and swing on the hammer, hold and cut_with on the knife (hit is not taught)
+    assert fold["n_images"] == 4 * 2
+    gt = tmp_path / "fold0_hammer_knife/data/Unseen/testset/GT"
+    assert sorted(p.name for p in gt.iterdir()) == ["cut_with", "hold", "swing"]
+    reached = {"x prior (hand finder, reach 0)", "x prior (hand finder, reach 2)"}
+    assert reached <= set(result["mean"])
+    for row, metrics in result["mean"].items():
+        for key, value in metrics.items():
+            assert value == pytest.approx(fold["ego"][row][key], abs=1e-4), (row, key)

@@ -21,7 +21,8 @@ split. Stages:
   fits), the same on the method's projected features instead of the DINO keys, the salient
   patches next to the true hand, and the true afforded part (the ceiling of a linear part
   prior on these keys). Every prior row uses the model's ``part_prior_temperature``; when
-  that is not 1, each is repeated at ``T = 1`` (the plain fit).
+  that is not 1, each is repeated at ``T = 1`` (the plain fit). ``--hand-reaches 0,1,2``
+  adds the hand-finder prior fitted with each of those reaches.
 
 Last line: one JSON object.
 """
@@ -57,7 +58,14 @@ from affordance_core.synthetic.world import EXO_SCALE_BENCHMARK, afforded_parts,
 from training.common import print_json_result
 from training.evaluate import evaluate_model, extract_test_set
 
-__all__ = ["corpus_probe_parser", "main", "presence_of", "probe_parts", "score_with_infer"]
+__all__ = [
+    "corpus_probe_parser",
+    "main",
+    "presence_of",
+    "probe_parts",
+    "reach_list",
+    "score_with_infer",
+]
 
 EGO_METRICS = ("KLD", "SIM", "NSS", "peak_hit", "mask_iou", "action_sensitivity")
 
@@ -186,8 +194,14 @@ def probe_parts(
     train_seed: int,
     val_root: str | Path,
     split: str = "Seen",
+    hand_reaches: Sequence[int] = (),
 ) -> dict[str, Any]:
-    """Run every stage (module docstring) for one model; returns ``{"exo": ..., "ego": ...}``."""
+    """Run every stage (module docstring) for one model; returns ``{"exo": ..., "ego": ...}``.
+
+    ``hand_reaches`` adds, for each reach (>= 0), the hand-finder prior fitted with that
+    ``part_prior_hand_reach`` instead of the model's (ego row ``x prior (hand finder, reach
+    r)``, exo ``part_precision_reach_r``); the heads do not depend on the prior, so this is
+    what a model trained with that reach carries, up to its presence-score fit."""
     model = load_model(checkpoint, device="cpu").eval()
     if model.clip is None:
         raise ValueError("the part probe needs a model with a CLIP-role backbone")
@@ -262,6 +276,13 @@ def probe_parts(
             keys,
         ),
     }
+    for r in hand_reaches:
+        region = interaction_patches(hand_aff, saliency, reach=r)
+        exo_stage[f"part_precision_reach_{r}"] = float(exo.part[region].mean())
+        fits[f"x prior (hand finder, reach {r})"] = (
+            _fit(exo.feats.keys, region, exo.labels, c),
+            keys,
+        )
     ego: dict[str, dict[str, float]] = {}
     with torch.no_grad():
         ego[f"method map ({model.config.calibration})"] = evaluate(None)
@@ -300,11 +321,31 @@ def corpus_probe_parser(prog: str, description: str | None) -> argparse.Argument
     return ap
 
 
+def reach_list(text: str) -> list[int]:
+    """``--hand-reaches`` value: comma-separated non-negative integers, e.g. ``0,1,2``."""
+    reaches = [int(v) for v in text.split(",") if v.strip()]
+    if any(r < 0 for r in reaches):
+        raise argparse.ArgumentTypeError(f"hand reaches must be >= 0, got {text!r}")
+    return reaches
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = corpus_probe_parser("python -m training.probes.parts", __doc__).parse_args(argv)
+    ap = corpus_probe_parser("python -m training.probes.parts", __doc__)
+    ap.add_argument(
+        "--hand-reaches",
+        type=reach_list,
+        default=[],
+        help="also fit the hand-finder prior with each of these reaches, e.g. 0,1,2",
+    )
+    args = ap.parse_args(argv)
     torch.manual_seed(0)
     result = probe_parts(
-        args.checkpoint, args.train_root, args.train_seed, args.val_root, args.split
+        args.checkpoint,
+        args.train_root,
+        args.train_seed,
+        args.val_root,
+        args.split,
+        hand_reaches=args.hand_reaches,
     )
     print_json_result(result, args.out)
     return 0
