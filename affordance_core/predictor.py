@@ -143,7 +143,8 @@ class AffordancePredictor:
         onnx_cache_dir: folder of the ONNX cache (default
             :func:`affordance_core.runtime.default_cache_dir`).
         onnx_variant: ``fp32``, or ``int8`` (the backbone graph dynamically quantized by ONNX
-            Runtime: faster on CPUs; its accuracy change is measured in docs/benchmarks.md).
+            Runtime: faster on CPUs with int8 dot-product instructions (VNNI), slower than
+            ``fp32`` on one without; speed and accuracy in docs/benchmarks.md).
         onnx_providers: ONNX Runtime execution provider names to use instead of the
             automatic choice (e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]``).
 

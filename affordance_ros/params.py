@@ -103,7 +103,7 @@ SPECS: tuple[ParamSpec, ...] = (
         "onnx_variant",
         "fp32",
         "onnxruntime backend: 'fp32', or 'int8' (dynamically quantized backbones; "
-        "faster on CPUs; docs/benchmarks.md has its measured accuracy).",
+        "faster on CPUs with VNNI, slower without; docs/benchmarks.md has its accuracy).",
         choices=("fp32", "int8"),
     ),
     ParamSpec(
