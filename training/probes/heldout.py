@@ -83,7 +83,7 @@ def probe_heldout(
     Fold ``k`` uses corpus seed ``corpus_seed + k`` and validation seed ``corpus_seed + k +
     VALIDATION_SEED_OFFSET``; finished corpora and runs are reused as the demo reuses them.
     The corpora and the training budget are the demo's (``quick``: ``--quick``'s), but for
-    ``n_test_per_pair`` held-out images per pair (a fold tests four or five pairs).
+    ``n_test_per_pair`` held-out images per pair (each fold tests four pairs).
 
     Returns:
         ``{"folds": [{"held_out", "n_images", "exo", "ego"}...], "mean": {row: metrics}}``,

@@ -277,22 +277,28 @@ def probe_parts(
         ),
     }
     for r in hand_reaches:
+        name = f"x prior (hand finder, reach {r})"
+        if r == reach:  # the model's own rule: the hand-finder row, fitted and scored once
+            fits[name] = fits["x prior (hand finder)"]
+            exo_stage[f"part_precision_reach_{r}"] = exo_stage["part_precision"]
+            continue
         region = interaction_patches(hand_aff, saliency, reach=r)
         exo_stage[f"part_precision_reach_{r}"] = float(exo.part[region].mean())
-        fits[f"x prior (hand finder, reach {r})"] = (
-            _fit(exo.feats.keys, region, exo.labels, c),
-            keys,
-        )
+        fits[name] = (_fit(exo.feats.keys, region, exo.labels, c), keys)
     ego: dict[str, dict[str, float]] = {}
     with torch.no_grad():
         ego[f"method map ({model.config.calibration})"] = evaluate(None)
         model.config = dataclasses.replace(plain_config, calibration="none")
         ego["method map (raw CAM)"] = evaluate(None)
         model.config = plain_config
+        scored: dict[int, dict[str, dict[str, float]]] = {}
         for name, (fit, descriptors) in fits.items():
-            ego[name] = evaluate(with_prior(fit, descriptors, temperature))
-            if temperature != 1.0:
-                ego[f"{name}, T = 1"] = evaluate(with_prior(fit, descriptors, 1.0))
+            if id(fit) not in scored:
+                scored[id(fit)] = {"": evaluate(with_prior(fit, descriptors, temperature))}
+                if temperature != 1.0:
+                    scored[id(fit)][", T = 1"] = evaluate(with_prior(fit, descriptors, 1.0))
+            for suffix, row in scored[id(fit)].items():
+                ego[f"{name}{suffix}"] = row
         ego["GT pooled to the patch grid: ceiling"] = _grid_ceiling(extracted, grid)
     model.part_prior = own_prior
     return {
