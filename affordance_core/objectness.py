@@ -108,7 +108,7 @@ class ObjectnessFit:
 
 
 def fit_objectness(
-    objects: Tensor, backgrounds: Tensor, *, c: float = 0.01, seed: int = 0
+    objects: Tensor, backgrounds: Tensor, *, c: float = 0.1, seed: int = 0
 ) -> ObjectnessFit:
     """Fit the read-out: logistic regression (scikit-learn, L2, balanced classes).
 

@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--n-frames", type=int, default=3000, help="frames of each kind (>= 3)")
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED, help="pretraining seed")
     ap.add_argument("--size", type=int, default=128, help="rendered frame side in pixels")
-    ap.add_argument("--c", type=float, default=0.01, help="inverse L2 strength of the fit")
+    ap.add_argument("--c", type=float, default=0.1, help="inverse L2 strength of the fit")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
