@@ -265,3 +265,46 @@ def test_shipped_tiny_read_out_tells_empty_clutter_from_objects():
     assert (fit.logit(backgrounds) < 0).float().mean() >= 0.9
     blank = descriptors_of(model, [np.zeros((96, 96, 3), np.uint8)], 1, progress=False)
     assert torch.sigmoid(fit.logit(blank)).item() < 0.01
+
+
+def test_penalty_probe_fits_what_the_cli_writes_and_scores_validation_frames(
+    tmp_path, random_tiny_weights
+):
+    """Each C of the penalty probe is the read-out `training.pretrain.objectness --c C` writes
+    from the same frames; every summary counts the corpus's frames; a corpus without
+    background frames is refused by name."""
+    import shutil
+
+    from affordance_core.synthetic import write_agd_corpus
+    from training.pretrain import objectness as cli
+    from training.probes.objectness import probe_objectness_penalty
+
+    objects = {"Seen": {"train": ["knife", "cup"], "test": ["knife", "cup"]}}
+    sizes = {"n_exo_per_pair": 1, "n_ego_per_pair": 1, "n_test_per_pair": 2, "progress": False}
+    write_agd_corpus(tmp_path / "val", seed=4, split_objects=objects, n_background=3, **sizes)
+    write_agd_corpus(tmp_path / "nobg", seed=5, split_objects=objects, n_background=0, **sizes)
+    weights = tmp_path / "weights"
+    shutil.copytree(random_tiny_weights, weights)
+    frames = {"n_frames": 6, "size": 64, "seed": 3, "progress": False}
+    result = probe_objectness_penalty(
+        [(str(tmp_path / "val"), "Seen")], [0.05, 2.0], weights_dir=str(weights), **frames
+    )
+    assert set(result["fits"]) == {"0.05", "2.0"}
+    for summary in result["fits"].values():
+        assert summary["n_background"] == 3 and summary["n_objects"] > 0
+        assert 0 <= summary["background_at_or_above_half"] <= 3
+        assert 0.0 <= summary["objects_below_half"] <= 1.0 and 0.0 <= summary["auroc"] <= 1.0
+    assert result["per_corpus"][0]["0.05"] == {
+        k: v for k, v in result["fits"]["0.05"].items() if k not in ("cv", "bias")
+    }
+    args = ["--weights-dir", str(weights), "--n-frames", "6", "--size", "64", "--seed", "3"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main([*args, "--c", "2.0", "--no-progress"]) == 0
+    written = load_objectness(weights / objectness_file("tiny"))
+    assert result["fits"]["2.0"]["cv"] == written.stats
+    assert result["fits"]["2.0"]["bias"] == pytest.approx(written.bias)
+    assert result["fits"]["0.05"]["bias"] != pytest.approx(written.bias)
+    with pytest.raises(ValueError, match="background"):
+        probe_objectness_penalty(
+            [(str(tmp_path / "nobg"), "Seen")], [0.1], weights_dir=str(weights), **frames
+        )
