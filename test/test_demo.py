@@ -296,3 +296,30 @@ def test_benchmark_rows_are_reused_only_under_the_same_source(tmp_path, monkeypa
     assert benchmark.seed_rows(tmp_path, 21, 1, TINY_BUDGET) == first and len(runs) == 1
     monkeypatch.setattr(benchmark, "source_fingerprint", lambda: "other code")
     assert benchmark.seed_rows(tmp_path, 21, 1, TINY_BUDGET) != first and len(runs) == 2
+
+
+def test_a_cached_corpus_is_rebuilt_when_its_generator_changes(tmp_path, monkeypatch, capsys):
+    """The corpus stamp holds the generator's source fingerprint: the same parameters and
+    generator reuse the corpus, another generator writes it again."""
+    import affordance_core.synthetic.corpus as corpus
+    from training.demo import pipeline
+
+    writes = []
+
+    class Stats:
+        def to_dict(self):
+            return {"n_written": len(writes)}
+
+    def fake_write(root, **kwargs):
+        writes.append(root)
+        return Stats()
+
+    monkeypatch.setattr(corpus, "write_agd_corpus", fake_write)
+    (tmp_path / "data").mkdir()
+    budget = {"corpus": {"n_test_per_pair": 2}}
+    first = pipeline.make_corpus(tmp_path / "data", budget, seed=7)
+    assert pipeline.make_corpus(tmp_path / "data", budget, seed=7) == first and len(writes) == 1
+    assert "reusing corpus" in capsys.readouterr().out
+    monkeypatch.setattr(pipeline, "generator_fingerprint", lambda: "another generator")
+    second = pipeline.make_corpus(tmp_path / "data", budget, seed=7)
+    assert len(writes) == 2 and second["params"]["generator"] == "another generator"

@@ -41,6 +41,7 @@ __all__ = [
     "choose_device",
     "config_dir",
     "deep_merge",
+    "generator_fingerprint",
     "get_rng_state",
     "layered_config",
     "load_yaml",
@@ -82,6 +83,17 @@ def source_fingerprint() -> str:
     ]
     digest = hashlib.sha256()
     for path in files:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def generator_fingerprint() -> str:
+    """The synthetic corpus generator's Python sources (``affordance_core/synthetic``) as 16
+    hex digits of a SHA-256: a cached corpus is rebuilt when they change."""
+    root = Path(__file__).resolve().parent.parent / "affordance_core" / "synthetic"
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]

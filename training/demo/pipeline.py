@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.common import source_fingerprint
+from training.common import generator_fingerprint, source_fingerprint
 from training.demo.report import write_action_figure, write_figure, write_report
 from training.demo.settings import (
     CORPUS_VERSION,
@@ -54,11 +54,17 @@ def make_corpus(
     seed: int,
     split_objects: dict[str, dict[str, list[str]]] | None = None,
 ) -> dict[str, Any]:
-    """Write the corpus once; a stamp file records the parameters it was made with."""
+    """Write the corpus once; a stamp file records the parameters and the generator's source
+    fingerprint it was made with, and the corpus is reused only under both."""
     from affordance_core.synthetic.corpus import write_agd_corpus
 
     stamp = root / "corpus.json"
-    params: dict[str, Any] = {"seed": seed, "version": CORPUS_VERSION, **budget["corpus"]}
+    params: dict[str, Any] = {
+        "seed": seed,
+        "version": CORPUS_VERSION,
+        "generator": generator_fingerprint(),
+        **budget["corpus"],
+    }
     if split_objects is not None:
         params["split_objects"] = split_objects
     if stamp.is_file() and json.loads(stamp.read_text()).get("params") == params:

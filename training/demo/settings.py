@@ -57,7 +57,8 @@ ROW_METRICS = (
     "empty_on_background",
 )
 
-#: Bumped whenever the generator's output changes, so that a cached corpus is rebuilt.
+#: Bumped when the corpus changes for a reason outside ``affordance_core/synthetic`` (whose
+#: sources are fingerprinted into the corpus stamp), so that a cached corpus is rebuilt.
 CORPUS_VERSION = 3
 
 #: The validation corpus is written with the corpus seed plus this offset.
