@@ -199,17 +199,22 @@ def affordance_metrics(pred: torch.Tensor, gt: torch.Tensor) -> dict[str, torch.
 
     p = pred / (pred.sum(dim=1, keepdim=True) + _EPS)
     g = gt / (gt.sum(dim=1, keepdim=True) + _EPS)
-    kld = (g * torch.log(g / (p + _EPS) + _EPS)).sum(dim=1)
     sim = torch.minimum(p, g).sum(dim=1)
+    # KLD = sum g * log(g / (p + eps) + eps), in place on p's buffer (one (N, HW) temporary).
+    ratio = torch.div(g, p.add_(_EPS), out=p)
+    kld = ratio.add_(_EPS).log_().mul_(g).sum(dim=1)
 
+    # NSS = mean of the z-scored prediction over the fixations, without the (N, HW) z-map:
+    # sum(z * fix) = (sum(pred * fix) - mean * n_fix) / std; 0 for a constant prediction.
     std = pred.std(dim=1, correction=0, keepdim=True)
-    z = (pred - pred.mean(dim=1, keepdim=True)) / std
-    z = torch.where(std > 0, z, torch.zeros_like(z))
-    g_lo = gt.amin(dim=1, keepdim=True)
-    g_shift = gt - g_lo
-    fixation = g_shift / (g_shift.amax(dim=1, keepdim=True) + _EPS) > _FIXATION_THRESHOLD
+    g_shift = gt - gt.amin(dim=1, keepdim=True)
+    fixation = g_shift.div_(g_shift.amax(dim=1, keepdim=True) + _EPS) > _FIXATION_THRESHOLD
     fixation = fixation.to(torch.float64)
-    nss = (z * fixation).sum(dim=1) / (fixation + _EPS).sum(dim=1)
+    n_fix = fixation.sum(dim=1, keepdim=True)
+    on_fixations = (pred * fixation).sum(dim=1, keepdim=True)
+    centred = on_fixations - pred.mean(dim=1, keepdim=True) * n_fix
+    nss = centred / std / (n_fix + _EPS * pred.shape[1])
+    nss = torch.where(std > 0, nss, torch.zeros_like(nss))[:, 0]
     return {"KLD": kld, "SIM": sim, "NSS": nss}
 
 

@@ -93,6 +93,15 @@ def test_matches_numpy_transcription_on_random_maps() -> None:
         assert out["NSS"][i].item() == pytest.approx(nss, rel=1e-9, abs=1e-9)
 
 
+def test_float64_inputs_are_left_as_they_were() -> None:
+    """The metrics work in place on their own buffers, never on the caller's tensors (float64
+    inputs are not copied by the dtype conversion)."""
+    pred, gt = (t.double() for t in _random_maps(3, 16, seed=5))
+    pred_before, gt_before = pred.clone(), gt.clone()
+    affordance_metrics(pred, gt)
+    assert torch.equal(pred, pred_before) and torch.equal(gt, gt_before)
+
+
 def test_batched_equals_per_image() -> None:
     pred, gt = _random_maps(5, 20, seed=4)
     batched = affordance_metrics(pred, gt)
