@@ -9,6 +9,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -484,3 +485,56 @@ def test_eval_reports_planner_metrics_and_train_chooses_on_validation(
     per_image = report["per_image"]
     assert len(per_image["key"]) == 6
     assert line["peak_hit"] == pytest.approx(np.mean(per_image["peak_hit"]), abs=1e-4)
+
+
+@pytest.mark.timeout(300)
+def test_validation_features_are_extracted_once_per_split_and_again_when_a_file_changes(
+    tmp_path, make_agd_tree, random_tiny_weights, monkeypatch
+):
+    """Two runs on the same backbones chosen on one validation set in one process (as `make
+    demo` does per split) extract its features once and choose as a fresh extraction would;
+    a changed validation file extracts them again."""
+    import shutil
+
+    from training import evaluate, train
+
+    root = make_agd_tree(tmp_path / "data", split="Seen", n_exo=2, n_ego=2, n_test=2, seed=1)
+    val_root = make_agd_tree(
+        tmp_path / "val", split="Seen", n_exo=1, n_ego=1, n_test=2, seed=5
+    ).parent
+    runs = []
+    for method in ("ce", "locate"):
+        run = tmp_path / method
+        args = [
+            "--data-root", str(root.parent), "--split", "Seen", "--method", method,
+            "--out", str(run), "--iters", "2", "--weights-dir", str(random_tiny_weights),
+            "--batch-size", "2", "--num-workers", "0", "--no-progress",
+        ]  # fmt: skip
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert train.main(args) == 0
+        runs.append(run)
+    fresh = tmp_path / "fresh"
+    shutil.copytree(runs[1], fresh)
+    calls = []
+    extract = evaluate.extract_test_set
+    monkeypatch.setattr(
+        evaluate, "extract_test_set", lambda *a, **k: calls.append(1) or extract(*a, **k)
+    )
+    monkeypatch.setattr(evaluate, "_LAST_VALIDATION_FEATURES", [])
+    cpu = torch.device("cpu")
+    kwargs = {"device": cpu, "weights_dir": random_tiny_weights}
+    evaluate.choose_on_validation(runs[0], val_root, "Seen", **kwargs)
+    evaluate.choose_on_validation(runs[1], val_root, "Seen", **kwargs)
+    assert len(calls) == 1
+    evaluate._LAST_VALIDATION_FEATURES.clear()
+    evaluate.choose_on_validation(fresh, val_root, "Seen", **kwargs)
+    assert len(calls) == 2
+    reused, extracted = (json.loads((r / "validation.json").read_text()) for r in (runs[1], fresh))
+    assert (
+        reused["scores"] == extracted["scores"] and reused["score_fit"] == extracted["score_fit"]
+    )
+    image = next((val_root / "Seen" / "testset" / "egocentric").rglob("*.jpg"))
+    image.write_bytes(image.read_bytes())  # same pixels, a new modification time
+    os.utime(image, ns=(1, 1))
+    evaluate.choose_on_validation(runs[1], val_root, "Seen", **kwargs)
+    assert len(calls) == 3

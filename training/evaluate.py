@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -730,6 +731,35 @@ def fit_presence_score(
     }
 
 
+#: The last validation set's features with their key (see :func:`_validation_features`).
+_LAST_VALIDATION_FEATURES: list[tuple[str, ExtractedTestSet]] = []
+
+
+def _validation_features(
+    model: nn.Module, dataset: Any, background: Any, device: torch.device
+) -> ExtractedTestSet:
+    """:func:`extract_test_set` of a validation set, reused by the next choice in the same
+    process while nothing it depends on changed: the backbones (fingerprint), device, input
+    and evaluation sizes, vocabulary, and every image, GT and background file (path, size,
+    modification time). ``make demo`` chooses for every method of a split in one process."""
+    from affordance_core.feature_cache import backbone_fingerprint
+
+    digest = hashlib.sha1()
+    parts = (device, dataset.image_size, dataset.eval_size, dataset.vocabulary)
+    digest.update(repr((*parts, backbone_fingerprint(model))).encode())
+    files = [path for sample in dataset.samples for path in sample[:2]] + list(background.paths)
+    for path in files:
+        stat = Path(path).stat()
+        digest.update(f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    key = digest.hexdigest()
+    if _LAST_VALIDATION_FEATURES and _LAST_VALIDATION_FEATURES[0][0] == key:
+        return _LAST_VALIDATION_FEATURES[0][1]
+    _LAST_VALIDATION_FEATURES.clear()
+    val = extract_test_set(model, dataset, device=device, background=background)
+    _LAST_VALIDATION_FEATURES.append((key, val))
+    return val
+
+
 def choose_on_validation(
     run_dir: str | os.PathLike,
     val_root: str | os.PathLike,
@@ -804,7 +834,7 @@ def choose_on_validation(
     except ValueError as exc:
         raise ValueError(f"validation data {val_root} ({split}): {exc}") from None
     background = BackgroundFrames(val_root, split, model.image_size)
-    val = extract_test_set(model, dataset, device=device, background=background)
+    val = _validation_features(model, dataset, background, device)
     final_step = step_of(final)
     if model.config.inference_branch == "pixel":
         choice = {"inference_branch": "pixel", "calibration": model.config.calibration}
