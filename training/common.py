@@ -81,19 +81,20 @@ def source_fingerprint() -> str:
         *sorted(config_dir().glob("*.yaml")),
         *sorted(default_tiny_weights_dir().glob("*.pt")),
     ]
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+    return _files_digest(files)
 
 
 def generator_fingerprint() -> str:
     """The synthetic corpus generator's Python sources (``affordance_core/synthetic``) as 16
     hex digits of a SHA-256: a cached corpus is rebuilt when they change."""
     root = Path(__file__).resolve().parent.parent / "affordance_core" / "synthetic"
+    return _files_digest(sorted(root.rglob("*.py")))
+
+
+def _files_digest(files: list[Path]) -> str:
+    """16 hex digits of a SHA-256 over each file's name and bytes, in the given order."""
     digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
+    for path in files:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]

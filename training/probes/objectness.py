@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from affordance_core import create_model
 from affordance_core.data import AffordanceTestDataset, BackgroundFrames
@@ -33,19 +33,16 @@ from affordance_core.objectness import ObjectnessFit, fit_objectness, frame_desc
 from affordance_core.registry import get_config
 from affordance_core.synthetic.corpus import iter_pretrain_backgrounds, iter_pretrain_scenes
 from training.common import print_json_result
+from training.evaluate import extract_background
 from training.pretrain.objectness import DEFAULT_SEED, descriptors_of
 
 __all__ = ["probe_objectness_penalty", "main"]
 
 
-def _descriptors(model: AffordanceModel, dataset: Dataset, batch_size: int = 64) -> torch.Tensor:
-    """(N, F) frame descriptors of a dataset whose items hold an ``image`` tensor."""
-    out = []
-    with torch.inference_mode():
-        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            feats = model.extract(batch["image"])
-            out.append(frame_descriptor(feats.keys, feats.cls_attention, feats.clip))
-    return torch.cat(out) if out else torch.zeros(0, 0)
+def _descriptors(model: AffordanceModel, dataset: Dataset) -> torch.Tensor:
+    """(N, F) frame descriptors of a non-empty dataset whose items hold an ``image`` tensor."""
+    feats = extract_background(model, dataset, device=torch.device("cpu"), batch_size=64)
+    return frame_descriptor(feats.keys, feats.cls_attention, feats.clip)
 
 
 def _p_object(fit: ObjectnessFit, descriptors: torch.Tensor) -> np.ndarray:
