@@ -13,14 +13,11 @@ from torch import Tensor, nn
 from .affinity import prompt_affinity
 from .backbones import ClipBackbone, DinoBackbone, cls_saliency, minmax
 from .config import AffordanceConfig
-from .objectness import ObjectnessFit, descriptor_dim, frame_descriptor
+from .objectness import ObjectnessFit, ObjectnessHead
 from .part_prior import PartPriorFit, part_descriptors
 from .prompts import HAND_PROMPT, ego_prompt, exo_prompt
 
 __all__ = ["AffordanceModel", "Features", "TokenMLP"]
-
-#: Bias of an objectness read-out that was never fitted: P(object) = 1 - 1e-13, no gating.
-_UNFITTED_OBJECTNESS_LOGIT = 30.0
 
 
 @dataclass
@@ -125,12 +122,9 @@ class AffordanceModel(nn.Module):
             nn.init.zeros_(self.part_prior.weight)
             nn.init.zeros_(self.part_prior.bias)
             self.part_prior.requires_grad_(False)
-        self.objectness: nn.Linear | None = None
-        if config.objectness and clip is not None:  # fitted by set_objectness, never trained
-            heads = len(dino.saliency_heads)
-            self.objectness = nn.Linear(descriptor_dim(dim, clip.dim, heads), 1)
-            nn.init.zeros_(self.objectness.weight)
-            nn.init.constant_(self.objectness.bias, _UNFITTED_OBJECTNESS_LOGIT)
+        self.objectness: ObjectnessHead | None = None
+        if config.objectness and clip is not None:  # trained by set_objectness, never here
+            self.objectness = ObjectnessHead(dim, clip.dim, len(dino.saliency_heads))
             self.objectness.requires_grad_(False)
         self.register_buffer("ego_text", torch.empty(0), persistent=False)
         self.register_buffer("exo_text", torch.empty(0), persistent=False)
@@ -325,33 +319,30 @@ class AffordanceModel(nn.Module):
 
     @torch.no_grad()
     def set_objectness(self, fit: ObjectnessFit) -> None:
-        """Load a fitted objectness read-out (:func:`affordance_core.objectness.fit_objectness`).
+        """Load a trained objectness head (:func:`affordance_core.objectness.train_objectness`).
 
         Raises:
-            ValueError: the model has no read-out, or the fit's width does not match the
-                backbones' frame descriptor (fitted on other backbones).
+            ValueError: the model has no head, or the fit's shapes do not match these
+                backbones (trained on other backbones).
         """
         if self.objectness is None:
+            raise ValueError("this model has no objectness head; build it with objectness=True")
+        if tuple(fit.dims) != self.objectness.dims:
             raise ValueError(
-                "this model has no objectness read-out; build it with objectness=True"
+                f"the objectness head was trained for (key, CLIP, heads, hidden) = "
+                f"{tuple(fit.dims)} but these backbones need {self.objectness.dims}: it was "
+                "trained on other backbones; retrain it with `python -m "
+                "training.pretrain.objectness --weights-dir DIR`"
             )
-        width = self.objectness.in_features
-        if fit.weight.shape != (width,):
-            raise ValueError(
-                f"the objectness read-out has {tuple(fit.weight.shape)} weights but these "
-                f"backbones' frame descriptor has {width}: it was fitted on other backbones; "
-                "refit it with `python -m training.pretrain.objectness --weights-dir DIR`"
-            )
-        self.objectness.weight.copy_(fit.weight.to(self.objectness.weight)[None])
-        self.objectness.bias.fill_(float(fit.bias))
+        self.objectness.load_state_dict(fit.state)
 
     def frame_objectness(self, feats: Features) -> Tensor:
         """(N,) float in [0, 1]: the probability that each frame shows an object (1 without a
-        read-out, or with an unfitted one)."""
+        head, or with an untrained one)."""
         if self.objectness is None or feats.clip is None:
             return torch.ones(feats.keys.shape[0], device=feats.keys.device)
-        desc = frame_descriptor(feats.keys, feats.cls_attention, feats.clip)
-        return torch.sigmoid(self.objectness(desc)[:, 0])
+        logits = self.objectness(feats.keys, feats.cls_attention, feats.clip)
+        return torch.sigmoid(logits.float())
 
     def inference_branch(self) -> str:
         """The branch whose CAM maps an ego image at inference (``config.inference_branch``)."""

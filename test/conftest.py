@@ -105,7 +105,7 @@ def tiny_agd_root(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def random_tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Folder with randomly initialised tiny backbones (``dino_tiny.pt``, ``clip_tiny.pt``)
-    and a pass-through objectness read-out (``objectness_tiny.pt``).
+    and a pass-through objectness head (``objectness_tiny.pt``).
 
     Pass it as ``--weights-dir`` so tests do not depend on the pretrained files in
     ``weights/tiny`` (which ``make pretrain`` may change).
@@ -118,11 +118,10 @@ def random_tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     torch.save(tiny.build_tiny_dino().state_dict(), directory / tiny.TINY_DINO_FILE)
     torch.save(tiny.build_tiny_clip().state_dict(), directory / tiny.TINY_CLIP_FILE)
-    # the objectness read-out that affordance-train copies: pass-through (P(object) = 1)
+    # the objectness head that affordance-train copies: the unfitted pass-through (P = 1)
     from affordance_core import create_model
     from affordance_core.objectness import ObjectnessFit, objectness_file, save_objectness
 
     gated = create_model("tiny", vocabulary=["hold"], pretrained=False, objectness=True)
-    width = gated.objectness.in_features
-    save_objectness(ObjectnessFit(torch.zeros(width), 30.0), directory / objectness_file("tiny"))
+    save_objectness(ObjectnessFit.of(gated.objectness), directory / objectness_file("tiny"))
     return directory

@@ -76,7 +76,7 @@ def test_corrupt_and_mismatched_weights(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_paper_tier_objectness_read_out_is_fitted_beside_its_weights(paper_weights) -> None:
+def test_paper_tier_objectness_head_is_trained_beside_its_weights(paper_weights) -> None:
     """`python -m training.pretrain.objectness --model paper` reads the upstream-format files
     and writes objectness_paper.pt there, which a paper-tier model with the gate accepts."""
     import contextlib
@@ -90,12 +90,13 @@ def test_paper_tier_objectness_read_out_is_fitted_beside_its_weights(paper_weigh
     root, _, _ = paper_weights
     out = io.StringIO()
     args = ["--model", "paper", "--weights-dir", str(root), "--n-frames", "3", "--size", "64"]
+    args += ["--seeds", "10", "--mine-seeds", "--epochs", "1"]  # no mining: 3 + 3 frames
     with contextlib.redirect_stdout(out):
         assert cli.main([*args, "--no-progress"]) == 0
     assert json.loads(out.getvalue().strip().splitlines()[-1])["n_backgrounds"] == 3
     fit = load_objectness(root / objectness_file("paper"))
     model = create_model("paper", vocabulary=["hold"], weights_dir=root, objectness=True)
-    assert model.objectness.in_features == 3 * 384 + 2 * 512 + 2 * 3
+    assert model.objectness.dims == (384, 512, 3, 64)
     model.set_objectness(fit)
     with torch.no_grad():
         p_object = model.frame_objectness(model.extract(torch.rand(2, 3, 224, 224)))

@@ -1,9 +1,10 @@
-"""The objectness read-out's penalty, chosen on validation frames
+"""The linear objectness read-out's penalty, chosen on validation frames
 (``python -m training.probes.objectness``).
 
-Fits the read-out (:func:`affordance_core.objectness.fit_objectness`) once per inverse L2
-strength ``C`` on the same pretraining frames ``python -m training.pretrain.objectness`` renders
-(same seed, count and size, so a ``C`` here gives the very file that command writes with
+Fits the linear read-out (:func:`affordance_core.objectness.fit_linear_objectness`: the gate
+before the objectness head, now the miner of its hard background frames) once per inverse L2
+strength ``C`` on the same pretraining frames ``python -m training.pretrain.objectness`` fits it
+on (its first seed, count and size, so a ``C`` here is the miner that command fits with
 ``--c C``), then scores each fit on validation corpora: their background-only frames
 (``testset/background``) and their test images (every frame holds an object). Per ``C``,
 over all corpora pooled (beside the fit's cross-validated statistics and bias): background
@@ -29,7 +30,11 @@ from affordance_core.data import AffordanceTestDataset, BackgroundFrames
 from affordance_core.factory import default_weights_dir
 from affordance_core.metrics import auroc
 from affordance_core.model import AffordanceModel
-from affordance_core.objectness import ObjectnessFit, fit_objectness, frame_descriptor
+from affordance_core.objectness import (
+    LinearObjectness,
+    fit_linear_objectness,
+    frame_descriptor,
+)
 from affordance_core.registry import get_config
 from affordance_core.synthetic.corpus import iter_pretrain_backgrounds, iter_pretrain_scenes
 from training.common import print_json_result
@@ -45,7 +50,7 @@ def _descriptors(model: AffordanceModel, dataset: Dataset) -> torch.Tensor:
     return frame_descriptor(feats.keys, feats.cls_attention, feats.clip)
 
 
-def _p_object(fit: ObjectnessFit, descriptors: torch.Tensor) -> np.ndarray:
+def _p_object(fit: LinearObjectness, descriptors: torch.Tensor) -> np.ndarray:
     with torch.no_grad():
         return torch.sigmoid(fit.logit(descriptors)).double().numpy()
 
@@ -105,7 +110,7 @@ def probe_objectness_penalty(
         desc="background frames",
         progress=progress,
     )
-    fits = {c: fit_objectness(objects, backgrounds, c=c, seed=seed) for c in cs}
+    fits = {c: fit_linear_objectness(objects, backgrounds, c=c, seed=seed) for c in cs}
     pooled: dict[float, tuple[list, list]] = {c: ([], []) for c in cs}
     per_corpus = []
     for root, split in corpora:
