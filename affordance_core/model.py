@@ -184,6 +184,12 @@ class AffordanceModel(nn.Module):
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
+        if "objectness.weight" in state and "objectness.out.weight" in own:
+            raise ValueError(
+                "this checkpoint holds the linear objectness read-out of an older version; "
+                "the gate is now a trained head: retrain it with affordance-train (which "
+                "copies objectness_<preset>.pt from the weights folder)"
+            )
         if missing or unexpected or shapes:
             raise ValueError(
                 f"head weights do not match this model: missing {missing[:3]}, "

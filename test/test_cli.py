@@ -29,6 +29,7 @@ def error_line(err: str, prog: str) -> str:
 def assets(tmp_path_factory: pytest.TempPathFactory, random_tiny_weights: Path) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("cli")
     weights = random_tiny_weights
+    torch.manual_seed(0)  # heads independent of the fixtures created before
     model = create_model("tiny", vocabulary=VOCAB, method="selectivecl", weights_dir=weights)
     checkpoint = save_model(base / "model.pt", model, extra={"step": 0})
     image = np.zeros((60, 80, 3), np.uint8)

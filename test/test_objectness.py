@@ -188,6 +188,11 @@ def test_objectness_needs_clip_and_is_saved_with_the_heads(
         assert loaded.config.objectness and loaded.uses_affinity
         state = loaded.objectness.state_dict()
         assert all(torch.equal(state[k], v) for k, v in fit.state.items())
+        state = gated_model.trainable_state_dict()
+        old = {k: v for k, v in state.items() if not k.startswith("objectness.")}
+        old |= {"objectness.weight": torch.zeros(1, 838), "objectness.bias": torch.zeros(1)}
+        with pytest.raises(ValueError, match="linear objectness read-out of an older version"):
+            loaded.load_trainable_state_dict(old)
         head_params = {id(p) for p in loaded.objectness.parameters()}
         assert not any(id(p) in head_params for g in loaded.param_groups(1.0) for p in g["params"])
     finally:
