@@ -147,12 +147,11 @@ def descriptors_of(
     progress: bool = True,
 ) -> Tensor:
     """(N, F) float32 frame descriptors of (H, W, 3) uint8 RGB frames, in batches."""
-    nothing = torch.zeros  # keep no features
     _, descriptors = features_of(
         model,
         frames,
         total,
-        keep=lambda d: nothing(len(d), dtype=torch.bool),
+        keep=lambda d: torch.zeros(len(d), dtype=torch.bool),
         batch_size=batch_size,
         desc=desc,
         progress=progress,

@@ -33,7 +33,6 @@ from affordance_core.data import AffordanceTestDataset, BackgroundFrames
 from affordance_core.factory import default_weights_dir
 from affordance_core.objectness import (
     fit_linear_objectness,
-    frame_descriptor,
     load_objectness,
     objectness_file,
 )
@@ -46,6 +45,7 @@ from training.pretrain.objectness import (
     descriptors_of,
     head_probabilities,
 )
+from training.probes.objectness_head import _linear_probabilities
 
 __all__ = ["probe_objectness_gate", "main"]
 
@@ -101,6 +101,10 @@ def probe_objectness_gate(
         c=c,
         seed=seed,
     )
+    gates = {
+        "head": lambda feats: head_probabilities(head, feats),
+        "linear": _linear_probabilities(linear),
+    }
     cpu = torch.device("cpu")
     rows, pooled = [], {"head": ([], []), "linear": ([], [])}
     for corpus_seed in corpus_seeds:
@@ -115,18 +119,8 @@ def probe_objectness_gate(
                 )
             ]
             row: dict[str, Any] = {"corpus_seed": corpus_seed, "split": split}
-            for name in ("head", "linear"):
-                if name == "head":
-                    p = [head_probabilities(head, f).double().numpy() for f in frames]
-                else:
-                    p = [
-                        torch.sigmoid(
-                            linear.logit(frame_descriptor(f.keys, f.cls_attention, f.clip))
-                        )
-                        .double()
-                        .numpy()
-                        for f in frames
-                    ]
+            for name, probabilities in gates.items():
+                p = [probabilities(f).double().numpy() for f in frames]
                 pooled[name][0].append(p[0])
                 pooled[name][1].append(p[1])
                 row[name] = _row(p[0], p[1], min_score)

@@ -61,6 +61,7 @@ from training.pretrain.objectness import (
     head_probabilities,
     render_objectness_frames,
 )
+from training.probes.objectness import _corpus
 
 __all__ = ["probe_objectness_heads", "main"]
 
@@ -225,13 +226,6 @@ def probe_objectness_heads(
         "head_stats": head.stats,
         "seconds": round(time.perf_counter() - t0, 1),
     }
-
-
-def _corpus(text: str) -> tuple[str, str]:
-    root, sep, split = text.rpartition(":")
-    if not sep or not root or not split:
-        raise argparse.ArgumentTypeError(f"expected ROOT:SPLIT, got {text!r}")
-    return root, split
 
 
 def main(argv: Sequence[str] | None = None) -> int:
