@@ -17,8 +17,9 @@ Only object presence is used: no affordance label, part mask or heatmap. Writes
 ``WEIGHTS_DIR/objectness_<preset>.pt`` atomically and prints the statistics as JSON.
 
 Usage: ``python -m training.pretrain.objectness --weights-dir weights/tiny`` (what
-``make pretrain`` runs last; about 30 minutes on two CPU cores with the defaults, most of it
-rendering the 40000 mined frames).
+``make pretrain`` runs last; about an hour on two CPU cores with the defaults, 77 minutes
+measured with another job beside it. Most of it is the backbones' forward pass over the 40000
+mined frames: rendering a frame costs a fifth (clutter) to a half (object scene) of that).
 """
 
 from __future__ import annotations
