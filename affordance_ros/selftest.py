@@ -41,13 +41,31 @@ def run_node_selftest(
 ) -> dict[str, Any]:
     """Start node + client processes; returns the client's JSON summary.
 
+    ``log_dir`` keeps the node's log and ``ROS_LOG_DIR``; without it they go to a temporary
+    folder that is removed afterwards (a failure's message holds the log's tail).
     ``node_params`` are extra ``-p name:=value`` parameters for the node.
 
     Raises:
         FileNotFoundError: the messages are not built (``make msgs``).
         RuntimeError: the node or the client failed (the message holds their last output).
     """
-    log_dir = Path(log_dir or tempfile.mkdtemp(prefix="affordance_selftest_"))
+    args = (checkpoint, seconds, rate, msg_prefix, weights_dir, image_size, node_params)
+    if log_dir is not None:
+        return _run_node_selftest(Path(log_dir), *args)
+    with tempfile.TemporaryDirectory(prefix="affordance_selftest_") as tmp:
+        return _run_node_selftest(Path(tmp), *args)
+
+
+def _run_node_selftest(
+    log_dir: Path,
+    checkpoint: str | os.PathLike,
+    seconds: float,
+    rate: float,
+    msg_prefix: str | os.PathLike,
+    weights_dir: str | os.PathLike | None,
+    image_size: int,
+    node_params: dict[str, Any] | None,
+) -> dict[str, Any]:
     log_dir.mkdir(parents=True, exist_ok=True)
     env = ros_env(msg_prefix)
     env.update(
