@@ -60,6 +60,7 @@ __all__ = [
     "features_of",
     "head_probabilities",
     "main",
+    "render_heldout_features",
     "render_objectness_frames",
 ]
 
@@ -177,19 +178,47 @@ class ObjectnessFrames:
     hard: Features | None
     mined_descriptors: Tensor
 
-    def head_training_set(self) -> tuple[Features, Features]:
-        """(frames with an object, background frames) the head is trained on: every fit
-        seed's frames, the hard mined frames last."""
+    def train_head(
+        self, *, epochs: int = 20, device: str | torch.device = "cpu", progress: bool = True
+    ) -> ObjectnessFit:
+        """:func:`~affordance_core.objectness.train_objectness` on every fit seed's frames,
+        the hard mined frames last among the background ones."""
         backgrounds = [f for f, _ in self.backgrounds]
         if self.hard is not None:
             backgrounds.append(self.hard)
-        return cat_features([f for f, _ in self.objects]), cat_features(backgrounds)
+        positives = cat_features([f for f, _ in self.objects])
+        negatives = cat_features(backgrounds)
+        return train_objectness(
+            (positives.keys, positives.cls_attention, positives.clip),
+            (negatives.keys, negatives.cls_attention, negatives.clip),
+            epochs=epochs,
+            device=device,
+            progress=progress,
+        )
 
 
 def _frames(kind: str, seed: int, n: int, size: int) -> Iterable[np.ndarray]:
     if kind == "objects":
         return (s.image for s in iter_pretrain_scenes(seed, n, size=size))
     return iter_pretrain_backgrounds(seed, n, size=size)
+
+
+def render_heldout_features(
+    model: AffordanceModel, seed: int, n_frames: int, size: int = 128, progress: bool = True
+) -> tuple[Features, Features]:
+    """float16 features of ``n_frames`` frames with an object and as many background frames
+    of pretraining seed ``seed`` (the held-out frames a head is scored on)."""
+    objects, backgrounds = (
+        features_of(
+            model,
+            _frames(kind, seed, n_frames, size),
+            n_frames,
+            desc=f"held-out {kind}",
+            progress=progress,
+        )[0]
+        for kind in ("objects", "backgrounds")
+    )
+    return objects, backgrounds  # type: ignore[return-value]
 
 
 def render_objectness_frames(
@@ -332,26 +361,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except ValueError as exc:
         ap.error(str(exc))
-    objects, backgrounds = frames.head_training_set()
-    fit = train_objectness(
-        (objects.keys, objects.cls_attention, objects.clip),
-        (backgrounds.keys, backgrounds.cls_attention, backgrounds.clip),
-        epochs=args.epochs,
-        device=args.device,
-        progress=progress,
+    fit = frames.train_head(epochs=args.epochs, device=args.device, progress=progress)
+    heldout_objects, heldout_backgrounds = render_heldout_features(
+        model, args.heldout_seed, args.n_frames, args.size, progress=progress
     )
-    heldout = {
-        kind: features_of(
-            model,
-            _frames(kind, args.heldout_seed, args.n_frames, args.size),
-            args.n_frames,
-            desc=f"held-out {kind}",
-            progress=progress,
-        )[0]
-        for kind in ("objects", "backgrounds")
-    }
-    p_obj = head_probabilities(fit, heldout["objects"]).double().numpy()
-    p_bg = head_probabilities(fit, heldout["backgrounds"]).double().numpy()
+    p_obj = head_probabilities(fit, heldout_objects).double().numpy()
+    p_bg = head_probabilities(fit, heldout_backgrounds).double().numpy()
     fit.stats.update(
         {
             "fit_seeds": list(args.seeds),

@@ -45,7 +45,6 @@ from affordance_core.objectness import (
     LinearObjectness,
     fit_linear_objectness,
     frame_descriptor,
-    train_objectness,
 )
 from affordance_core.registry import get_config
 from training.common import print_json_result
@@ -54,11 +53,10 @@ from training.pretrain.objectness import (
     DEFAULT_FIT_SEEDS,
     DEFAULT_HELDOUT_SEED,
     DEFAULT_MINE_SEEDS,
-    _frames,
     _half,
     cat_features,
-    features_of,
     head_probabilities,
+    render_heldout_features,
     render_objectness_frames,
 )
 from training.probes.objectness import _corpus
@@ -163,15 +161,8 @@ def probe_objectness_heads(
         size=size,
         progress=progress,
     )
-    heldout_objects, heldout_backgrounds = (
-        features_of(
-            model,
-            _frames(kind, heldout_seed, n_frames, size),
-            n_frames,
-            desc=f"held-out {kind}",
-            progress=progress,
-        )[0]
-        for kind in ("objects", "backgrounds")
+    heldout_objects, heldout_backgrounds = render_heldout_features(
+        model, heldout_seed, n_frames, size, progress=progress
     )
     cpu = torch.device("cpu")
     val_background, val_objects = [], []
@@ -189,13 +180,7 @@ def probe_objectness_heads(
         c=c,
         seed=fit_seeds[0],
     )
-    objects, backgrounds = frames.head_training_set()
-    head = train_objectness(
-        (objects.keys, objects.cls_attention, objects.clip),
-        (backgrounds.keys, backgrounds.cls_attention, backgrounds.clip),
-        epochs=epochs,
-        progress=progress,
-    )
+    head = frames.train_head(epochs=epochs, progress=progress)
     candidates: dict[str, Callable[[Features], Tensor]] = {
         "linear": _linear_probabilities(frames.linear),
         "linear+mined": _linear_probabilities(linear_mined),
